@@ -1,0 +1,55 @@
+"""Datasets from the config: one place that maps ``data.*`` sections to dataset objects."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dataset.datasets import GTA5, Cityscapes, SegmentationDataset
+from dataset.transforms import PairedTransform, TransformSpec
+from utils.config import DataConfig, DomainConfig
+
+log = logging.getLogger(__name__)
+
+
+def ensure_data(cfg: DataConfig) -> None:
+    """Create the built-in synthetic benchmark under ``data.synthetic.root`` on first use."""
+    if not cfg.synthetic.root:
+        return
+    from dataset.synthetic import SyntheticSpec, ensure_synthetic
+
+    spec = SyntheticSpec(
+        seed=cfg.synthetic.seed,
+        num_source=cfg.synthetic.num_source,
+        num_train=cfg.synthetic.num_train,
+        num_val=cfg.synthetic.num_val,
+        source_size=cfg.synthetic.source_size,
+        target_size=cfg.synthetic.target_size,
+    )
+    ensure_synthetic(Path(cfg.synthetic.root), spec)
+
+
+def build_dataset(
+    cfg: DomainConfig, *, with_labels: bool = True, evaluation: bool = False
+) -> SegmentationDataset:
+    """The dataset a ``data.source`` / ``data.target`` / ``data.val`` section describes.
+
+    ``evaluation=True`` resizes the image only and keeps labels at full resolution (SPEC.md).
+    """
+    spec = TransformSpec(
+        resize=cfg.resize,
+        scale_range=cfg.scale_range,
+        image_rescale=cfg.image_rescale,
+        crop=cfg.crop,
+        mirror=cfg.mirror,
+        label_at_full_resolution=evaluation,
+    )
+    transform = PairedTransform(spec)
+    list_file = cfg.list_file or None
+    if cfg.dataset == "gta5":
+        return GTA5(cfg.root, transform, list_file=list_file)
+    if cfg.dataset == "cityscapes":
+        return Cityscapes(
+            cfg.root, cfg.split, transform, list_file=list_file, with_labels=with_labels
+        )
+    raise ValueError(f"dataset: expected 'gta5' or 'cityscapes', got {cfg.dataset!r}")

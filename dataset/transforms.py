@@ -1,0 +1,150 @@
+"""Paired image/label transforms whose randomness comes from an explicit ``torch.Generator``.
+
+A sample is a pure function of (index, seed): every random parameter (scale, crop offset,
+flip) is drawn from the generator passed in, never from global state, so a resumed run sees
+exactly the batches it would have seen without the interruption.
+
+Images enter as uint8 RGB (3, H, W) and leave as float32 BGR minus ``IMG_MEAN_BGR`` (no std
+scaling, SPEC.md "Input"); labels enter as uint8 trainIds (H, W) and leave as int64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor
+from torchvision.transforms.v2.functional import InterpolationMode
+
+from dataset.labels import IGNORE_INDEX
+
+IMG_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """What a ``PairedTransform`` does, in order: resize, rescale, normalise, pad/crop, mirror.
+
+    Sizes are (W, H), as in the paper and the released code.
+    """
+
+    resize: tuple[int, int] | None = None  # (W, H): whole image bicubic, label nearest
+    scale_range: tuple[float, float] = (1.0, 1.0)  # uniform factor: image bilinear, label nearest
+    crop: tuple[int, int] | None = None  # (W, H) random crop, padded first (image 0, label 255)
+    mirror: bool = False  # horizontal flip of image and label with p = 0.5
+    label_at_full_resolution: bool = False  # resize/scale the image only (evaluation)
+    # (factor, probability) pairs applied to the image only, e.g. ((0.8, 0.3), (1.1, 0.3)) is
+    # the released code's augmentation; the loss then upsamples predictions to the label size.
+    image_rescale: tuple[tuple[float, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {self.scale_range}")
+        for name in ("resize", "crop"):
+            size = getattr(self, name)
+            if size is not None and (len(size) != 2 or min(size) <= 0):
+                raise ValueError(f"{name} must be a positive (W, H) pair, got {size}")
+        if sum(p for _, p in self.image_rescale) > 1 or any(
+            f <= 0 or p < 0 for f, p in self.image_rescale
+        ):
+            raise ValueError(
+                "image_rescale must be (factor > 0, probability >= 0) pairs with probabilities "
+                f"summing to at most 1, got {self.image_rescale}"
+            )
+        if (self.label_at_full_resolution or self.image_rescale) and self.crop is not None:
+            raise ValueError(
+                "crop needs image and label at the same size: it cannot be combined with "
+                "label_at_full_resolution or image_rescale"
+            )
+
+
+def normalize(image_uint8_rgb: Tensor) -> Tensor:
+    """RGB uint8 (..., 3, H, W) -> BGR float32 minus ``IMG_MEAN_BGR`` (..., 3, H, W)."""
+    mean = torch.tensor(IMG_MEAN_BGR, dtype=torch.float32, device=image_uint8_rgb.device)
+    return image_uint8_rgb.flip(-3).to(torch.float32) - mean.view(3, 1, 1)
+
+
+def denormalize(image: Tensor) -> Tensor:
+    """Inverse of ``normalize``: BGR float minus mean (..., 3, H, W) -> RGB uint8."""
+    mean = torch.tensor(IMG_MEAN_BGR, dtype=torch.float32, device=image.device)
+    rgb = (image.to(torch.float32) + mean.view(3, 1, 1)).flip(-3)
+    return rgb.round().clamp(0, 255).to(torch.uint8)
+
+
+def _uniform(rng: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand((), generator=rng).item()
+
+
+def _randint(rng: torch.Generator, high: int) -> int:
+    """Uniform integer in [0, high]."""
+    return int(torch.randint(high + 1, (), generator=rng).item())
+
+
+class PairedTransform:
+    """Apply a ``TransformSpec`` to an (image, label) pair with randomness from ``rng``."""
+
+    def __init__(self, spec: TransformSpec) -> None:
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        return f"PairedTransform({self.spec})"
+
+    def __call__(
+        self, image: Tensor, label: Tensor | None, rng: torch.Generator
+    ) -> tuple[Tensor, Tensor | None]:
+        """image: uint8 (3, H, W) RGB; label: uint8 (H, W) trainIds or None.
+
+        Returns float32 (3, H', W') normalised BGR and int64 (H', W') labels (or None).
+        """
+        spec = self.spec
+        resize_label = label is not None and not spec.label_at_full_resolution
+        if label is not None and label.shape != image.shape[-2:]:
+            raise ValueError(f"image {tuple(image.shape)} and label {tuple(label.shape)} differ")
+        labels = label[None] if label is not None else None  # (1, H, W) for the v2 kernels
+
+        if spec.resize is not None:
+            width, height = spec.resize
+            image = TF.resize(image, [height, width], InterpolationMode.BICUBIC, antialias=True)
+            if resize_label:
+                labels = TF.resize(labels, [height, width], InterpolationMode.NEAREST_EXACT)
+
+        if spec.scale_range != (1.0, 1.0):
+            scale = _uniform(rng, *spec.scale_range)
+            _, height, width = image.shape
+            size = [round(height * scale), round(width * scale)]
+            image = TF.resize(image, size, InterpolationMode.BILINEAR, antialias=True)
+            if resize_label:
+                labels = TF.resize(labels, size, InterpolationMode.NEAREST_EXACT)
+
+        if spec.image_rescale:
+            draw = torch.rand((), generator=rng).item()
+            for factor, probability in spec.image_rescale:
+                if draw < probability:
+                    _, height, width = image.shape
+                    size = [round(height * factor), round(width * factor)]
+                    image = TF.resize(image, size, InterpolationMode.BILINEAR, antialias=True)
+                    break
+                draw -= probability
+
+        image = normalize(image)  # padding with 0 below is padding with the mean colour
+
+        if spec.crop is not None:
+            crop_w, crop_h = spec.crop
+            _, height, width = image.shape
+            # left, top, right, bottom: pad right and bottom up to the crop size
+            pad = [0, 0, max(crop_w - width, 0), max(crop_h - height, 0)]
+            if pad[2] or pad[3]:
+                image = TF.pad(image, pad, fill=0.0)
+                labels = TF.pad(labels, pad, fill=IGNORE_INDEX) if labels is not None else None
+            _, height, width = image.shape
+            top, left = _randint(rng, height - crop_h), _randint(rng, width - crop_w)
+            image = TF.crop(image, top, left, crop_h, crop_w)
+            labels = TF.crop(labels, top, left, crop_h, crop_w) if labels is not None else None
+
+        if spec.mirror and torch.rand((), generator=rng).item() < 0.5:
+            image = TF.horizontal_flip(image)
+            labels = TF.horizontal_flip(labels) if labels is not None else None
+
+        return image.contiguous(), labels[0].long() if labels is not None else None

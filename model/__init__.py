@@ -1,0 +1,5 @@
+"""Segmentation network G (DeepLab-v2)."""
+
+from model.deeplabv2 import DeepLabV2, SegOutput, deeplabv2_resnet101
+
+__all__ = ["DeepLabV2", "SegOutput", "deeplabv2_resnet101"]

@@ -1,0 +1,93 @@
+"""Config loading, overrides and errors."""
+
+from pathlib import Path
+
+import pytest
+
+from utils.config import (
+    DEFAULTS_PATH,
+    Config,
+    ConfigError,
+    config_from_dict,
+    dump_yaml,
+    from_dict,
+    load_config,
+    read_yaml,
+    to_dict,
+)
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_defaults_hold_paper_values():
+    cfg = load_config()
+    assert cfg.loss.lambda_norm == 1.5e-4 and cfg.loss.delta_r == 0.12
+    assert cfg.optim.lr == 2.5e-4 and cfg.optim.momentum == 0.9
+    assert cfg.optim.weight_decay == 5e-4 and cfg.optim.power == 0.9
+    assert cfg.optim.schedule_steps == 150_000 and cfg.train.max_steps == 100_000
+    assert cfg.optim.warmup_steps == 150_000 // 20
+    assert cfg.model.layers == (3, 4, 23, 3) and cfg.model.num_classes == 19
+    assert cfg.data.source.crop == (1024, 512) and cfg.data.val.resize == (1024, 512)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    load_config(path)
+
+
+def test_base_chain_and_overrides():
+    cfg = load_config(
+        CONFIGS / "demo" / "source_only.yaml",
+        ["optim.lr=1e-3", "model.layers=[2,2,2,2]", "data.source.crop=null", "train.device=cpu"],
+    )
+    assert cfg.loss.lambda_norm == 0.0  # from source_only.yaml
+    assert cfg.model.base_width == 16  # from its _base_ norm_only.yaml
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
+    assert cfg.model.layers == (2, 2, 2, 2)
+    assert cfg.data.source.crop is None
+
+
+def test_int_accepted_for_float():
+    assert load_config(None, ["loss.lambda_norm=0"]).loss.lambda_norm == 0.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", "unknown key optim.lrr"),
+        ("nosuch.key=1", "unknown key nosuch"),
+        ("model.num_classes=abc", "model.num_classes: expected an integer"),
+        ("train.seed=1.5", "train.seed: expected an integer"),
+        ("model.multi_level=1", "model.multi_level: expected true or false"),
+        ("data.source.crop=[1,2,3]", "data.source.crop"),
+        ("model.layers=[1,x]", "model.layers[1]: expected an integer"),
+        ("model=3", "model is a section"),
+        ("optim.lr", "expected key.sub=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [override])
+
+
+def test_unknown_and_missing_keys_in_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss:\n  lambda_nrom: 0.1\n")
+    with pytest.raises(ConfigError, match="loss.lambda_nrom"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="missing config key.*optim.lr"):
+        data = read_yaml(DEFAULTS_PATH)
+        del data["optim"]["lr"]
+        from_dict(Config, data)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(CONFIGS / "demo" / "norm_only.yaml", ["optim.lr=0.5"])
+    dump_yaml(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert config_from_dict(to_dict(cfg)) == cfg

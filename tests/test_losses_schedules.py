@@ -1,0 +1,106 @@
+"""Loss terms and schedules against values worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from utils.losses import (
+    cross_entropy,
+    feature_norm,
+    focal_loss,
+    segmentation_loss,
+    stepwise_norm_loss,
+)
+from utils.schedules import damping, norm_damping, poly_lr
+
+LN3 = math.log(3.0)
+
+
+def _logits(h=1, w=3):
+    # two classes, softmax = (1/4, 3/4) at every pixel
+    return torch.tensor([0.0, LN3]).view(1, 2, 1, 1).expand(1, 2, h, w).clone()
+
+
+def test_cross_entropy_by_hand_ignores_255():
+    label = torch.tensor([[[1, 0, 255]]])
+    # mean over the two valid pixels of -ln(3/4) and -ln(1/4)
+    expected = (math.log(4 / 3) + math.log(4)) / 2
+    assert cross_entropy(_logits(), label).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_cross_entropy_all_ignored_is_zero_not_nan():
+    logits = _logits().requires_grad_()
+    loss = cross_entropy(logits, torch.full((1, 1, 3), 255))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_focal_loss_by_hand():
+    label = torch.tensor([[[1, 0, 255]]])
+    # -(1 - p)^2 ln p: p = 3/4 -> (1/16) ln(4/3); p = 1/4 -> (9/16) ln 4
+    expected = (math.log(4 / 3) / 16 + 9 * math.log(4) / 16) / 2
+    assert focal_loss(_logits(), label, gamma=2.0).item() == pytest.approx(expected, rel=1e-6)
+    assert focal_loss(_logits(), label, gamma=0.0).item() == pytest.approx(
+        cross_entropy(_logits(), label).item(), rel=1e-6
+    )
+
+
+def test_segmentation_loss_upsamples_both_heads_and_sums():
+    p = _logits(2, 2)
+    label = torch.ones(1, 5, 7, dtype=torch.long)  # larger than the logits: upsampled
+    expected = 2 * math.log(4 / 3)  # constant logits stay constant under bilinear upsampling
+    assert segmentation_loss(p, p, label).item() == pytest.approx(expected, rel=1e-6)
+    focal = segmentation_loss(p, p, label, kind="focal", focal_gamma=2.0)
+    assert focal.item() == pytest.approx(2 * math.log(4 / 3) / 16, rel=1e-6)
+    with pytest.raises(ValueError, match="loss.seg"):
+        segmentation_loss(p, p, label, kind="dice")
+
+
+def test_feature_norm_by_hand():
+    f = torch.tensor([[[[3.0, 0.0]], [[4.0, 1.0]]]])  # B=1, C=2, h=1, w=2
+    assert feature_norm(f).tolist() == [[[5.0, 1.0]]]
+
+
+def test_stepwise_norm_loss_value_and_gradient_by_hand():
+    dr = 0.12
+    f = torch.tensor([[[[3.0, 0.0]], [[4.0, 1.0]]]], requires_grad=True)
+    loss = stepwise_norm_loss(f, dr)
+    # (stopgrad(n) + dr - n)^2 = dr^2 at every pixel
+    assert loss.item() == pytest.approx(dr**2)
+    loss.backward()
+    # d/dF = -2 dr (F / n) / (B h w), B h w = 2: pixel 1 F/n = (0.6, 0.8), pixel 2 (0, 1)
+    expected = torch.tensor([[[[-dr * 0.6, 0.0]], [[-dr * 0.8, -dr * 1.0]]]])
+    torch.testing.assert_close(f.grad, expected)
+
+
+def test_stepwise_norm_loss_one_sgd_step_raises_the_norm_by_about_dr():
+    torch.manual_seed(0)
+    f = torch.randn(2, 8, 3, 3, requires_grad=True)
+    n0 = feature_norm(f).detach()
+    stepwise_norm_loss(f, 0.12).backward()
+    with torch.no_grad():
+        f1 = f - (2 * 3 * 3 / 2) * f.grad  # lr = B h w / 2
+    # each pixel's gradient is -2 dr F/n / (B h w): this step moves F by dr F/n, the norm by dr
+    torch.testing.assert_close(feature_norm(f1) - n0, torch.full_like(n0, 0.12))
+
+
+def test_poly_lr_by_hand():
+    assert poly_lr(0, 1.0, 100, 0.9, 0) == 1.0
+    assert poly_lr(50, 2.0, 100, 0.9, 0) == pytest.approx(2.0 * 0.5**0.9)
+    assert poly_lr(100, 1.0, 100, 0.9, 0) == 0.0
+    assert poly_lr(200, 1.0, 100, 0.9, 0) == 0.0
+    # warm-up: (i + 1) / W times the poly value
+    assert poly_lr(4, 1.0, 100, 1.0, 10) == pytest.approx(0.96 * 0.5)
+    assert poly_lr(9, 1.0, 100, 1.0, 10) == pytest.approx(0.91)
+    assert poly_lr(10, 1.0, 100, 1.0, 10) == pytest.approx(0.90)
+
+
+def test_damping_by_hand():
+    assert damping(0, 150) == 1.0
+    assert damping(75, 150) == 0.5
+    assert damping(300, 150) == 0.0
+    assert norm_damping(50, 150) == pytest.approx(0.5)
+    assert norm_damping(100, 150) == pytest.approx(0.0)
+    assert norm_damping(120, 150) == 0.0
+    assert norm_damping(120, 150, clamp=False) == pytest.approx(-0.2)

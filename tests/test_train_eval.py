@@ -1,0 +1,166 @@
+"""End to end on a tiny synthetic benchmark: train, checkpoint, resume, evaluate, score PNGs."""
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+import evaluate_cityscapes
+import train_norm_only
+from utils.checkpoint import CheckpointError, load_checkpoint
+
+TINY = [
+    "model.layers=[1,1,1,1]",
+    "model.base_width=8",
+    "data.source.crop=[96,48]",
+    "data.target.crop=[96,48]",
+    "data.val.resize=[128,64]",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "eval.num_workers=0",
+    "optim.lr=0.01",
+    "optim.warmup_steps=2",
+    "optim.schedule_steps=12",
+    "train.device=cpu",
+    "train.log_every=1",
+    "train.image_every=2",
+]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    return [
+        f"data.synthetic.root={root}",
+        "data.synthetic.num_source=6",
+        "data.synthetic.num_train=6",
+        "data.synthetic.num_val=3",
+        "data.synthetic.source_size=[160,88]",
+        "data.synthetic.target_size=[192,96]",
+        f"data.source.root={root}/GTA5",
+        f"data.target.root={root}/Cityscapes",
+        f"data.val.root={root}/Cityscapes",
+    ]
+
+
+def _train(tmp_path, synthetic, name, *extra, config="configs/demo/norm_only.yaml"):
+    args = ["--config", config, *TINY, *synthetic, f"train.out_dir={tmp_path}",
+            f"train.run_name={name}", *extra]  # fmt: skip
+    assert train_norm_only.main(args) == 0
+    return tmp_path / name
+
+
+def _metrics(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_norm_only_run_writes_everything(tmp_path, synthetic, capsys):
+    run = _train(tmp_path, synthetic, "a", "train.max_steps=4", "train.save_every=2")
+    out = capsys.readouterr().out
+    assert "| method" in out and out.rstrip().splitlines()[-1].startswith("mIoU: ")
+    assert (run / "config.yaml").is_file() and (run / "train.log").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "last.pth", "step_000002.pth", "step_000004.pth"
+    ]  # fmt: skip
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    records = [r for r in _metrics(run) if "train/loss_seg" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for key in ("loss_norm_s", "loss_norm_t", "feat_norm_s", "feat_norm_t", "lr_G"):
+        assert all(math.isfinite(r[f"train/{key}"]) for r in records)
+    assert records[0]["train/loss_norm_s"] == pytest.approx(0.12**2, rel=1e-5)
+    results = json.loads((run / "results.json").read_text())
+    assert results["step"] == 4 and len(results["iou"]) == 19
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pth")
+    assert ckpt["setup"] == "norm_only" and ckpt["step"] == 4
+    assert set(ckpt["models"]) == {"G"} and "layer6.conv2d_list.0.weight" in ckpt["models"]["G"]
+
+    # the run folder is never reused silently
+    with pytest.raises(FileExistsError, match="--resume"):
+        _train(tmp_path, synthetic, "a", "train.max_steps=4")
+
+
+def test_source_only_has_no_target_pass(tmp_path, synthetic):
+    run = _train(tmp_path, synthetic, "src", "train.max_steps=2",
+                 config="configs/demo/source_only.yaml")  # fmt: skip
+    records = [r for r in _metrics(run) if "train/loss_seg" in r]
+    assert records and all("train/loss_norm_t" not in r for r in records)
+
+
+def test_resume_continues_step_for_step(tmp_path, synthetic):
+    full = _train(tmp_path, synthetic, "full", "train.max_steps=6", "train.save_every=3")
+    part = _train(tmp_path, synthetic, "part", "train.max_steps=3", "train.save_every=3")
+    assert train_norm_only.main(["--resume", str(part), "train.max_steps=6"]) == 0
+    a = [r for r in _metrics(full) if "train/loss_seg" in r]
+    b = [r for r in _metrics(part) if "train/loss_seg" in r]
+    keys = ["train/loss_seg", "train/feat_norm_s", "train/feat_norm_t", "train/lr_G"]
+    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+    wa = load_checkpoint(full / "checkpoints" / "last.pth")["models"]["G"]
+    wb = load_checkpoint(part / "checkpoints" / "last.pth")["models"]["G"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_errors(tmp_path, synthetic):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train_norm_only.main(["--resume", str(tmp_path / "nothing")])
+    bogus = tmp_path / "bogus" / "checkpoints" / "last.pth"
+    bogus.parent.mkdir(parents=True)
+    torch.save({"setup": "clan_norm", "config": {}}, bogus)
+    with pytest.raises(CheckpointError, match="setup 'clan_norm'"):
+        train_norm_only.main(["--resume", str(bogus.parent.parent)])
+
+
+def test_evaluate_restore_save_dir_and_pred_dir(tmp_path, synthetic, capsys):
+    run = _train(tmp_path, synthetic, "ev", "train.max_steps=2")
+    trained = json.loads((run / "results.json").read_text())["mIoU"]
+    capsys.readouterr()
+    preds = tmp_path / "preds"
+    ckpt = run / "checkpoints" / "last.pth"
+    assert evaluate_cityscapes.main(["--restore", str(ckpt), "--save-dir", str(preds)]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().splitlines()[-1] == f"mIoU: {100 * trained:.2f}"
+    saved = json.loads((preds / "results.json").read_text())
+    assert saved["mIoU"] == pytest.approx(trained) and saved["num_images"] == 3
+    pngs = sorted(p for p in preds.rglob("*.png") if "color" not in p.parts)
+    assert len(pngs) == 3 and len(list((preds / "color").rglob("*.png"))) == 3
+    assert Image.open(pngs[0]).size == (192, 96)  # full label resolution
+
+    # scoring the written PNGs gives the same number, without a model
+    scored = tmp_path / "scored.json"
+    args = ["--pred-dir", str(preds), "--results", str(scored), *synthetic, *TINY]
+    assert evaluate_cityscapes.main(args) == 0
+    assert json.loads(scored.read_text())["mIoU"] == pytest.approx(trained)
+
+    # flat basenames, as other repositories write them, are found too
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in pngs:
+        (flat / p.name).write_bytes(p.read_bytes())
+    assert evaluate_cityscapes.main(["--pred-dir", str(flat), *synthetic]) == 0
+
+    # a wrongly sized and a missing prediction are errors naming the file
+    Image.open(pngs[0]).resize((96, 48)).save(flat / pngs[0].name)
+    with pytest.raises(ValueError, match=f"{pngs[0].name}.*96x48"):
+        evaluate_cityscapes.main(["--pred-dir", str(flat), *synthetic])
+    (flat / pngs[0].name).unlink()
+    with pytest.raises(FileNotFoundError, match=f"no prediction for .*{pngs[0].name}"):
+        evaluate_cityscapes.main(["--pred-dir", str(flat), *synthetic])
+
+
+def test_evaluate_rejects_mismatched_checkpoint(tmp_path, synthetic):
+    run = _train(tmp_path, synthetic, "mm", "train.max_steps=1")
+    ckpt = run / "checkpoints" / "last.pth"
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        evaluate_cityscapes.main(["--restore", str(ckpt), "model.base_width=16"])
+    with pytest.raises(CheckpointError, match="not a file"):
+        evaluate_cityscapes.main(["--restore", str(tmp_path / "absent.pth")])
+
+
+@pytest.mark.parametrize("module", [train_norm_only, evaluate_cityscapes])
+def test_help(module, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage" in capsys.readouterr().out

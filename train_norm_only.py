@@ -1,0 +1,93 @@
+"""Norm only (the paper's "Only Norm loss"), and Source only with ``loss.lambda_norm=0``.
+
+G is trained with the segmentation loss on source crops and the step-wise L2 feature-norm loss
+on the backbone features of source and target crops; no discriminator.
+
+    python train_norm_only.py --config configs/demo/norm_only.yaml          # synthetic, CPU
+    python train_norm_only.py --config configs/gta5_to_cityscapes/norm_only.yaml \
+        model.init_from=weights/DeepLab_resnet_pretrained_init-f81d91e8.pth
+    python train_norm_only.py --config configs/gta5_to_cityscapes/source_only.yaml
+    python train_norm_only.py --resume runs/norm_only-20261127-120000       # continue a run
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from dataset.datasets import Batch
+from model.build import build_model
+from utils.config import Config
+from utils.engine import TrainState
+from utils.engine import main as engine_main
+from utils.losses import feature_norm, segmentation_loss, stepwise_norm_loss
+from utils.schedules import norm_damping
+
+SETUP = "norm_only"
+
+
+def build(cfg: Config, device: torch.device) -> TrainState:
+    """G and its SGD optimizer (backbone x1, classifiers x10)."""
+    model = build_model(cfg.model).to(device)
+    model.train()
+    o = cfg.optim
+    optimizer = torch.optim.SGD(
+        model.param_groups(o.lr), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+    )
+    return TrainState(
+        cfg=cfg,
+        device=device,
+        model=model,
+        modules={"G": model},
+        optimizers={"G": optimizer},
+        base_lrs={"G": o.lr},
+        uses_target=cfg.loss.lambda_norm > 0,  # Source only has no target pass
+    )
+
+
+def train_step(
+    state: TrainState, source: Batch, target: Batch | None, step: int
+) -> dict[str, torch.Tensor]:
+    """One step: source (L_seg + norm), then target (norm, features only); one backward each."""
+    cfg, model, device = state.cfg, state.model, state.device
+    optimizer = state.optimizers["G"]
+    optimizer.zero_grad(set_to_none=True)
+    lambda_norm = cfg.loss.lambda_norm
+    d_norm = norm_damping(step, cfg.optim.schedule_steps, cfg.loss.clamp_norm_damping)
+
+    image = source.image.to(device, non_blocking=True)
+    label = source.label.to(device, non_blocking=True)
+    out_s = model(image)
+    loss_seg = segmentation_loss(out_s.p1, out_s.p2, label, cfg.loss.seg, cfg.loss.focal_gamma)
+    loss_norm_s = stepwise_norm_loss(out_s.features, cfg.loss.delta_r)
+    loss_source = (
+        loss_seg
+        + lambda_norm * d_norm * loss_norm_s
+    )  # fmt: skip
+    loss_source.backward()
+    terms = {
+        "loss_seg": loss_seg.detach(),
+        "loss_norm_s": loss_norm_s.detach(),
+        "feat_norm_s": feature_norm(out_s.features.detach()).mean(),
+    }
+
+    if target is not None:
+        out_t = model(target.image.to(device, non_blocking=True), heads=False)
+        loss_norm_t = stepwise_norm_loss(out_t.features, cfg.loss.delta_r)
+        loss_target = lambda_norm * d_norm * loss_norm_t
+        loss_target.backward()
+        terms["loss_norm_t"] = loss_norm_t.detach()
+        terms["feat_norm_t"] = feature_norm(out_t.features.detach()).mean()
+
+    optimizer.step()
+    return terms
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return engine_main(__doc__, SETUP, build, train_step, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

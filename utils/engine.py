@@ -1,0 +1,294 @@
+"""The training loop shared by every setup.
+
+A training script builds its ``TrainState`` and defines its ``train_step``; this loop owns the
+rest: run folder, seeding, data, learning-rate schedules, logging, image grids, evaluation,
+checkpoints and resume. ``train_step(state, source, target, step)`` does one optimisation step
+(forward, backward, ``optimizer.step()``) and returns a dict of detached scalar tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from dataset.build import build_dataset, ensure_data
+from dataset.datasets import Batch, eval_loader, infinite_loader
+from dataset.labels import colorize
+from dataset.transforms import denormalize
+from model.deeplabv2 import DeepLabV2
+from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from utils.config import Config, ConfigError, config_from_dict, dump_yaml, load_config, to_dict
+from utils.evaluation import evaluate, predict_logits
+from utils.logger import MetricWriter, setup_logging, write_json
+from utils.metrics import format_iou_table
+from utils.schedules import poly_lr
+
+log = logging.getLogger("train")
+
+
+@dataclass
+class TrainState:
+    """What a setup builds: G (and other modules) and their optimizers with base learning rates.
+
+    Every optimizer param group carries ``lr_mult`` (x10 for the classifiers); the loop sets
+    ``lr = poly_lr(step, base_lr) * lr_mult`` before each step.
+    """
+
+    cfg: Config
+    device: torch.device
+    model: DeepLabV2
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    base_lrs: dict[str, float]
+    uses_target: bool
+
+
+BuildFn = Callable[[Config, torch.device], TrainState]
+StepFn = Callable[[TrainState, Batch, "Batch | None", int], dict[str, torch.Tensor]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; the message names it and the steps."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU; otherwise the named device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r}: CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="experiment YAML (merged onto configs/defaults.yaml)")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR_OR_CKPT",
+        help="continue a run from its checkpoints/last.pth (or from the given checkpoint)",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    args = parser.parse_args(argv)
+    if args.config is None and args.resume is None:
+        parser.error("one of --config or --resume is required")
+    return args
+
+
+def _resume_checkpoint(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / "last.pth"
+    if not p.is_file():
+        raise CheckpointError(f"--resume {path}: no checkpoint at {p}")
+    return p
+
+
+def _new_run_dir(cfg: Config, config_path: str) -> Path:
+    name = cfg.train.run_name or f"{Path(config_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(cfg.train.out_dir) / name
+    if run_dir.exists():
+        raise FileExistsError(
+            f"run folder {run_dir} already exists: continue it with --resume {run_dir}, or choose "
+            f"another train.run_name"
+        )
+    (run_dir / "checkpoints").mkdir(parents=True)
+    return run_dir
+
+
+def _set_learning_rates(state: TrainState, step: int) -> dict[str, float]:
+    o = state.cfg.optim
+    lrs = {}
+    for name, opt in state.optimizers.items():
+        lr = poly_lr(step, state.base_lrs[name], o.schedule_steps, o.power, o.warmup_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        lrs[f"lr_{name}"] = lr
+    return lrs
+
+
+def checkpoint_dict(
+    state: TrainState, setup: str, step: int, metric: float | None = None
+) -> dict[str, Any]:
+    """Everything a run needs to continue: models, optimizers, step, RNG, config, last metric."""
+    return {
+        "setup": setup,
+        "step": step,
+        "models": {name: m.state_dict() for name, m in state.modules.items()},
+        "optimizers": {name: o.state_dict() for name, o in state.optimizers.items()},
+        "rng": {"torch": torch.get_rng_state()},
+        "config": to_dict(state.cfg),
+        "metric": metric,
+    }
+
+
+def _restore(state: TrainState, ckpt: dict[str, Any]) -> int:
+    for name, module in state.modules.items():
+        module.load_state_dict(ckpt["models"][name])
+    for name, opt in state.optimizers.items():
+        opt.load_state_dict(ckpt["optimizers"][name])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    return int(ckpt["step"])
+
+
+@torch.no_grad()
+def _image_grid(model: DeepLabV2, batch: Batch, device: torch.device) -> torch.Tensor:
+    """input | label | prediction for the first image of a batch, as one 3 x H x 3W image."""
+    image = batch.image[:1].to(device)
+    pred = predict_logits(model, image, tuple(image.shape[-2:])).argmax(1)[0].cpu().numpy()
+    tiles = [denormalize(image[0].cpu())]
+    if batch.label is not None:
+        tiles.append(torch.from_numpy(colorize(batch.label[0].numpy())).permute(2, 0, 1))
+    tiles.append(torch.from_numpy(colorize(pred)).permute(2, 0, 1))
+    return make_grid(torch.stack(tiles), nrow=len(tiles), padding=2)
+
+
+def _evaluate_and_report(
+    state: TrainState, loader: Any, writer: MetricWriter, run_dir: Path, step: int
+) -> float:
+    cm = evaluate(state.model, loader, state.device, state.cfg.model.num_classes)
+    ious = cm.iou()
+    miou = cm.miou()
+    table = format_iou_table({f"step {step}": ious})
+    log.info("target val at step %d:\n%s\nmIoU: %.2f", step, table, 100 * miou)
+    writer.scalars(step, {"mIoU": miou, "pixel_acc": cm.pixel_accuracy()}, prefix="val/")
+    writer.text("val/iou_table", table, step)
+    write_json(run_dir / "results.json", {"step": step, "mIoU": miou, "iou": ious})
+    return miou
+
+
+def train(
+    cfg: Config,
+    setup: str,
+    build: BuildFn,
+    train_step: StepFn,
+    run_dir: Path,
+    checkpoint: dict[str, Any] | None = None,
+) -> float:
+    """Run ``train_step`` from step 0 (or the ``checkpoint``'s) to ``train.max_steps``; returns
+    the final target-val mIoU."""
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    ensure_data(cfg.data)
+    state = build(cfg, device)
+    start = 0
+    if checkpoint is not None:
+        start = _restore(state, checkpoint)
+        log.info("resumed at step %d of %d", start, cfg.train.max_steps)
+    t = cfg.train
+    bs, workers = cfg.data.batch_size, cfg.data.num_workers
+    pin = device.type == "cuda"
+    source = build_dataset(cfg.data.source, with_labels=True)
+    source_iter = infinite_loader(source, bs, t.seed, start, workers, pin)
+    target_iter = None
+    if state.uses_target:
+        target = build_dataset(cfg.data.target, with_labels=False)
+        target_iter = infinite_loader(target, bs, t.seed + 1, start, workers, pin)
+    val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
+    val_loader = eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers)
+    log.info(
+        "data: source %d images (%s), target %s, val %d images",
+        len(source), cfg.data.source.root,
+        f"{len(target)} images ({cfg.data.target.root})" if state.uses_target else "unused",
+        len(val),
+    )  # fmt: skip
+
+    writer = MetricWriter(run_dir)
+    sums: dict[str, torch.Tensor] = {}
+    count, first_unlogged, tic = 0, start, time.perf_counter()
+    miou = math.nan
+    bar = tqdm(range(start, t.max_steps), initial=start, total=t.max_steps, desc="train")
+    for step in bar:
+        lrs = _set_learning_rates(state, step)
+        src = next(source_iter)
+        tgt = next(target_iter) if target_iter is not None else None
+        losses = train_step(state, src, tgt, step)
+        for k, v in losses.items():
+            sums[k] = sums[k] + v if k in sums else v.clone()
+        count += 1
+        done = step + 1
+        last = done == t.max_steps
+        if done % t.log_every == 0 or last or (t.save_every and done % t.save_every == 0):
+            values = {k: (v / count).item() for k, v in sums.items()}
+            bad = [k for k, v in values.items() if not math.isfinite(v)]
+            if bad:
+                raise NonFiniteLossError(
+                    f"loss term(s) {', '.join(bad)} became non-finite between steps "
+                    f"{first_unlogged} and {step} ({values}); the last good checkpoint is "
+                    f"{run_dir / 'checkpoints' / 'last.pth'} (train.log_every=1 pinpoints the step)"
+                )
+            elapsed = time.perf_counter() - tic
+            values.update(lrs, sec_per_step=elapsed / count)
+            writer.scalars(done, values, prefix="train/")
+            bar.set_postfix({k: f"{values[k]:.3g}" for k in losses if k.startswith("loss")})
+            sums, count, first_unlogged, tic = {}, 0, done, time.perf_counter()
+        if t.image_every and (done % t.image_every == 0 or done == 1):
+            writer.image("source/input_label_pred", _image_grid(state.model, src, device), done)
+            if tgt is not None:
+                writer.image("target/input_pred", _image_grid(state.model, tgt, device), done)
+        if t.eval_every and done % t.eval_every == 0 and not last:
+            miou = _evaluate_and_report(state, val_loader, writer, run_dir, done)
+        if (t.save_every and done % t.save_every == 0) or last:
+            ckpt = checkpoint_dict(state, setup, done, None if math.isnan(miou) else miou)
+            save_checkpoint(ckpt, run_dir / "checkpoints" / "last.pth")
+            if t.save_every and done % t.save_every == 0:
+                save_checkpoint(ckpt, run_dir / "checkpoints" / f"step_{done:06d}.pth")
+    bar.close()
+    miou = _evaluate_and_report(state, val_loader, writer, run_dir, t.max_steps)
+    writer.close()
+    return miou
+
+
+def main(
+    description: str,
+    setup: str,
+    build: BuildFn,
+    train_step: StepFn,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Command-line entry shared by the training scripts."""
+    args = parse_args(description, argv)
+    checkpoint = None
+    if args.resume:
+        path = _resume_checkpoint(args.resume)
+        checkpoint = load_checkpoint(path)
+        if not isinstance(checkpoint, dict) or checkpoint.get("setup") != setup:
+            found = checkpoint.get("setup") if isinstance(checkpoint, dict) else None
+            raise CheckpointError(
+                f"--resume {path}: checkpoint of setup {found!r}, this script trains {setup!r}"
+            )
+        cfg = config_from_dict(checkpoint["config"], args.overrides)
+        run_dir = path.parent.parent
+    else:
+        cfg = load_config(args.config, args.overrides)
+        run_dir = _new_run_dir(cfg, args.config)
+        dump_yaml(cfg, run_dir / "config.yaml")
+    setup_logging(run_dir / "train.log")
+    log.info("run folder: %s", run_dir)
+
+    miou = train(cfg, setup, build, train_step, run_dir, checkpoint)
+    print(f"mIoU: {100 * miou:.2f}")
+    return 0

@@ -1,0 +1,61 @@
+"""Run logging: console via ``logging``, a JSON-lines metrics file and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
+    """Console logging (and a log file in the run folder when given)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(
+        level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", handlers=handlers, force=True
+    )
+
+
+class MetricWriter:
+    """Scalars to ``metrics.jsonl`` (one JSON object per line) and TensorBoard; images to
+    TensorBoard. Files stay open for the run (no reopening every step)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self._jsonl = (self.run_dir / "metrics.jsonl").open("a")
+        self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
+        record = {"step": step, **{f"{prefix}{k}": v for k, v in values.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for key, value in values.items():
+            self._tb.add_scalar(f"{prefix}{key}", value, step)
+
+    def image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """``image``: 3 x H x W uint8."""
+        self._tb.add_image(tag, image, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self._tb.add_text(tag, text, step)
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._tb.close()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)

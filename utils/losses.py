@@ -1,0 +1,85 @@
+"""Loss terms as pure functions of tensors (SPEC.md, "Losses").
+
+Shapes: logits ``B x K x h x w``, labels ``B x H x W`` (trainIds, ``ignore_index`` ignored),
+features ``B x C x h x w``. Log-losses and norms are computed in float32 whatever the input
+dtype, so the same code serves mixed precision.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dataset.labels import IGNORE_INDEX
+
+
+def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling (align_corners=True, as DeepLab-v2) of ``B x K x h x w`` to ``size``."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
+
+def cross_entropy(
+    logits: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Pixel-wise CE averaged over non-ignored pixels; ``logits`` already at label size.
+
+    Returns 0 (with a gradient path) when every pixel is ignored, instead of NaN.
+    """
+    valid = label != ignore_index
+    loss = F.cross_entropy(logits.float(), label, ignore_index=ignore_index, reduction="sum")
+    return loss / valid.sum().clamp(min=1)
+
+
+def focal_loss(
+    logits: torch.Tensor, label: torch.Tensor, gamma: float, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Focal form ``mean(-(1 - p_y)^gamma * log p_y)`` over non-ignored pixels.
+
+    This is what the released CLAN/FeatureToAdapt code calls ``CrossEntropy2d``; gamma 0 is CE.
+    """
+    valid = label != ignore_index
+    logp = F.log_softmax(logits.float(), dim=1)  # B x K x H x W
+    target = torch.where(valid, label, torch.zeros_like(label))
+    logp_y = logp.gather(1, target.unsqueeze(1)).squeeze(1)  # B x H x W
+    loss = -((1.0 - logp_y.exp()) ** gamma) * logp_y
+    return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+def segmentation_loss(
+    p1: torch.Tensor,
+    p2: torch.Tensor,
+    label: torch.Tensor,
+    kind: str = "ce",
+    focal_gamma: float = 2.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """``L_seg = l(up(p1), y) + l(up(p2), y)`` with l = CE (paper) or focal (released code)."""
+    size = tuple(label.shape[-2:])
+    terms = []
+    for logits in (p1, p2):
+        logits = upsample_to(logits, size)
+        if kind == "ce":
+            terms.append(cross_entropy(logits, label, ignore_index))
+        elif kind == "focal":
+            terms.append(focal_loss(logits, label, focal_gamma, ignore_index))
+        else:
+            raise ValueError(f"loss.seg: expected 'ce' or 'focal', got {kind!r}")
+    return terms[0] + terms[1]
+
+
+def feature_norm(features: torch.Tensor) -> torch.Tensor:
+    """L2 norm over channels at every pixel: ``B x C x h x w`` -> ``B x h x w`` (float32)."""
+    return torch.linalg.vector_norm(features.float(), ord=2, dim=1)
+
+
+def stepwise_norm_loss(features: torch.Tensor, delta_r: float) -> torch.Tensor:
+    """Step-wise adaptive feature norm: ``mean((stopgrad(n) + dr - n)^2)``, n = ||F||_2 per pixel.
+
+    ``stopgrad(n)`` is F(x, theta_0), the value of this very forward pass before the update, so
+    the loss always equals ``dr^2`` and its gradient pushes every pixel's norm up by about dr:
+    d/dF = -2 dr * F / (n * B h w). No second forward pass is needed.
+    """
+    n = feature_norm(features)
+    return ((n.detach() + delta_r - n) ** 2).mean()

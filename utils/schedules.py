@@ -1,0 +1,25 @@
+"""Learning-rate and damping schedules: pure functions of the step, so resumed runs continue
+exactly."""
+
+from __future__ import annotations
+
+
+def poly_lr(step: int, base_lr: float, total_steps: int, power: float, warmup_steps: int) -> float:
+    """``base_lr * (1 - i/N)^power``, times a linear warm-up ``(i + 1) / W`` for the first W steps."""
+    progress = min(step, total_steps) / total_steps
+    lr = base_lr * (1.0 - progress) ** power
+    if warmup_steps > 0 and step < warmup_steps:
+        lr *= (step + 1) / warmup_steps
+    return lr
+
+
+def damping(step: int, total_steps: int) -> float:
+    """Adversarial and weight-discrepancy damping ``d = 1 - i/N`` (never below 0)."""
+    return max(0.0, 1.0 - step / total_steps)
+
+
+def norm_damping(step: int, total_steps: int, clamp: bool = True) -> float:
+    """Norm-loss damping ``d_norm = max(0, 1 - 1.5 i/N)``; ``clamp=False`` is the released code's
+    form, which turns negative after 2N/3 steps."""
+    d = 1.0 - 1.5 * step / total_steps
+    return max(0.0, d) if clamp else d
