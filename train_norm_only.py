@@ -18,9 +18,8 @@ from collections.abc import Sequence
 import torch
 
 from dataset.datasets import Batch
-from model.build import build_model
 from utils.config import Config
-from utils.engine import TrainState
+from utils.engine import TrainState, build_generator
 from utils.engine import main as engine_main
 from utils.losses import feature_norm, segmentation_loss, stepwise_norm_loss
 from utils.schedules import norm_damping
@@ -30,19 +29,14 @@ SETUP = "norm_only"
 
 def build(cfg: Config, device: torch.device) -> TrainState:
     """G and its SGD optimizer (backbone x1, classifiers x10)."""
-    model = build_model(cfg.model).to(device)
-    model.train()
-    o = cfg.optim
-    optimizer = torch.optim.SGD(
-        model.param_groups(o.lr), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
-    )
+    model, optimizer = build_generator(cfg, device)
     return TrainState(
         cfg=cfg,
         device=device,
         model=model,
         modules={"G": model},
         optimizers={"G": optimizer},
-        base_lrs={"G": o.lr},
+        base_lrs={"G": cfg.optim.lr},
         uses_target=cfg.loss.lambda_norm > 0,  # Source only has no target pass
     )
 

@@ -127,16 +127,16 @@ _SOURCE = _Domain(
 
 _TARGET = _Domain(
     colours={
-        "road": (120, 104, 116), "sidewalk": (156, 146, 140), "building": (124, 120, 112),
-        "wall": (146, 140, 124), "fence": (118, 112, 98), "pole": (100, 100, 96),
-        "light": (64, 62, 52), "sign": (94, 110, 148), "vegetation": (80, 98, 54),
-        "terrain": (132, 134, 92), "sky": (200, 206, 214), "person": (78, 66, 80),
-        "rider": (122, 96, 70), "car": (90, 94, 104), "truck": (170, 168, 158),
-        "bus": (170, 96, 84), "train": (188, 182, 156), "motorcycle": (60, 58, 64),
-        "bicycle": (100, 66, 82), "sky_top": (164, 180, 200), "cloud": (222, 224, 228),
-        "window": (58, 62, 68), "skin": (176, 144, 124), "trunk": (82, 72, 60),
-        "lamp_red": (210, 96, 84), "lamp_amber": (214, 176, 96), "lamp_green": (124, 200, 156),
-        "tyre": (32, 32, 34), "static": (74, 80, 74), "hood": (44, 46, 50),
+        "road": (104, 94, 104), "sidewalk": (164, 154, 146), "building": (140, 124, 112),
+        "wall": (142, 138, 120), "fence": (120, 100, 80), "pole": (108, 110, 114),
+        "light": (50, 50, 44), "sign": (70, 96, 150), "vegetation": (78, 112, 58),
+        "terrain": (140, 150, 96), "sky": (188, 200, 214), "person": (120, 70, 80),
+        "rider": (168, 128, 80), "car": (70, 90, 130), "truck": (196, 196, 196),
+        "bus": (196, 170, 100), "train": (150, 74, 70), "motorcycle": (44, 42, 50),
+        "bicycle": (140, 70, 110), "sky_top": (120, 145, 185), "cloud": (225, 228, 232),
+        "window": (70, 86, 104), "skin": (190, 160, 140), "trunk": (88, 72, 56),
+        "lamp_red": (190, 80, 70), "lamp_amber": (200, 170, 90), "lamp_green": (100, 190, 130),
+        "tyre": (26, 26, 28), "static": (64, 90, 70), "hood": (48, 46, 50),
     },
     colour_jitter=9.0,
     brightness_jitter=0.15,
@@ -230,9 +230,10 @@ def _front_grid(z: float, x0: np.ndarray, x1: np.ndarray, y0: np.ndarray, y1: np
 class _Painter:
     """Draws shapes into an RGB image and, with identical geometry, into a label-id map."""
 
-    def __init__(self, camera: _Camera, domain: _Domain, sky_jitter: Jitter) -> None:
+    def __init__(self, camera: _Camera, domain: _Domain, light: Sequence[float], sky_jitter: Jitter):
         self.camera = camera
         self.domain = domain
+        self.light = light  # per-channel gain of the scene's illumination (time of day, weather)
         self.horizon = (0.0, 0.0, 0.0)  # colour() needs it; no haze at depth 0
         self.horizon = self.colour("sky", sky_jitter, 0.0)
         top = np.asarray(self.colour("sky_top", sky_jitter, 0.0), dtype=np.float32)
@@ -252,8 +253,8 @@ class _Painter:
         spread = d.colour_jitter * _SPREAD.get(name, 1.0)
         w = d.haze * (1.0 - math.exp(-max(depth, 0.0) / d.haze_distance))
         return tuple(  # type: ignore[return-value]
-            int(min(255.0, max(0.0, (1.0 - w) * (b * gain + spread * j) + w * h)))
-            for b, j, h in zip(d.colours[name], jitter[1:], self.horizon)
+            int(min(255.0, max(0.0, (1.0 - w) * (b * gain * k + spread * j) + w * h)))
+            for b, j, h, k in zip(d.colours[name], jitter[1:], self.horizon, self.light)
         )
 
     def polygon(self, points: np.ndarray, label: int | None, rgb: Colour) -> None:
@@ -973,7 +974,8 @@ def render(
     rng = np.random.default_rng([seed, domain_code, split_code, index])
     look = _DOMAINS[domain]
     camera = _sample_camera(rng, size)
-    painter = _Painter(camera, look, _jitter(rng))
+    light = (rng.uniform(0.85, 1.1) * (1.0 + rng.normal(0.0, 0.05, 3))).tolist()
+    painter = _Painter(camera, look, light, _jitter(rng))
     if look.photographic:  # Cityscapes: the Mercedes bonnet, always in view
         hood: int | None = EGO_VEHICLE_ID
     else:  # GTA5: unlabelled bonnet in some frames

@@ -1,5 +1,6 @@
 """Segmentation network G (DeepLab-v2)."""
 
 from model.deeplabv2 import DeepLabV2, SegOutput, deeplabv2_resnet101
+from model.discriminator import FCDiscriminator
 
-__all__ = ["DeepLabV2", "SegOutput", "deeplabv2_resnet101"]
+__all__ = ["DeepLabV2", "FCDiscriminator", "SegOutput", "deeplabv2_resnet101"]

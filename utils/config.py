@@ -81,6 +81,10 @@ class LossConfig:
     lambda_norm: float
     delta_r: float
     clamp_norm_damping: bool
+    lambda_adv: float
+    lambda_weight: float
+    lambda_local: float
+    eps: float
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,9 @@ class OptimConfig:
     power: float
     warmup_steps: int
     schedule_steps: int
+    lr_d: float
+    betas_d: tuple[float, float]
+    weight_decay_d: float
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class TrainConfig:
     image_every: int
     eval_every: int
     save_every: int
+    keep_checkpoints: int
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,14 @@ checkpoints and resume. ``train_step(state, source, target, step)`` does one opt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,8 +32,9 @@ from dataset.build import build_dataset, ensure_data
 from dataset.datasets import Batch, eval_loader, infinite_loader
 from dataset.labels import colorize
 from dataset.transforms import denormalize
+from model.build import build_model
 from model.deeplabv2 import DeepLabV2
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
 from utils.config import Config, ConfigError, config_from_dict, dump_yaml, load_config, to_dict
 from utils.evaluation import evaluate, predict_logits
 from utils.logger import MetricWriter, setup_logging, write_json
@@ -63,6 +67,51 @@ StepFn = Callable[[TrainState, Batch, "Batch | None", int], dict[str, torch.Tens
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite; the message names it and the steps."""
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint of the last finished step was written."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"stopped by signal {signum} after step {step}")
+        self.signum = signum
+
+
+class _StopRequest:
+    """Signal handler: the first SIGTERM/SIGINT asks the loop to save and stop after the current
+    step; a second one stops at once (the last complete checkpoint stays intact)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def build_generator(cfg: Config, device: torch.device) -> tuple[DeepLabV2, torch.optim.SGD]:
+    """G in train mode on ``device`` and its SGD optimizer (backbone x1, classifiers x10)."""
+    model = build_model(cfg.model).to(device)
+    model.train()
+    o = cfg.optim
+    sgd = torch.optim.SGD(
+        model.param_groups(o.lr), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+    )
+    return model, sgd
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,9 +194,9 @@ def checkpoint_dict(
     }
 
 
-def _restore(state: TrainState, ckpt: dict[str, Any]) -> int:
+def _restore(state: TrainState, ckpt: dict[str, Any], source: str) -> int:
     for name, module in state.modules.items():
-        module.load_state_dict(ckpt["models"][name])
+        load_state_strict(module, ckpt["models"].get(name, {}), f"{source} (model {name})")
     for name, opt in state.optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][name])
     torch.set_rng_state(ckpt["rng"]["torch"])
@@ -180,6 +229,22 @@ def _evaluate_and_report(
     return miou
 
 
+class _Checkpointer:
+    """``last.pth`` plus periodic ``step_NNNNNN.pth``, the oldest removed beyond ``keep``."""
+
+    def __init__(self, folder: Path, keep: int) -> None:
+        self.folder, self.keep = folder, keep
+
+    def save(self, ckpt: dict[str, Any], periodic: bool) -> None:
+        save_checkpoint(ckpt, self.folder / "last.pth")
+        if not periodic:
+            return
+        save_checkpoint(ckpt, self.folder / f"step_{ckpt['step']:06d}.pth")
+        if self.keep > 0:
+            for old in sorted(self.folder.glob("step_*.pth"))[: -self.keep]:
+                old.unlink()
+
+
 def train(
     cfg: Config,
     setup: str,
@@ -187,16 +252,17 @@ def train(
     train_step: StepFn,
     run_dir: Path,
     checkpoint: dict[str, Any] | None = None,
+    checkpoint_path: str = "",
 ) -> float:
     """Run ``train_step`` from step 0 (or the ``checkpoint``'s) to ``train.max_steps``; returns
-    the final target-val mIoU."""
+    the final target-val mIoU. SIGTERM/SIGINT save ``last.pth`` and raise ``Interrupted``."""
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     ensure_data(cfg.data)
     state = build(cfg, device)
     start = 0
     if checkpoint is not None:
-        start = _restore(state, checkpoint)
+        start = _restore(state, checkpoint, checkpoint_path)
         log.info("resumed at step %d of %d", start, cfg.train.max_steps)
     t = cfg.train
     bs, workers = cfg.data.batch_size, cfg.data.num_workers
@@ -217,49 +283,59 @@ def train(
     )  # fmt: skip
 
     writer = MetricWriter(run_dir)
+    checkpoints = _Checkpointer(run_dir / "checkpoints", t.keep_checkpoints)
     sums: dict[str, torch.Tensor] = {}
     count, first_unlogged, tic = 0, start, time.perf_counter()
     miou = math.nan
     bar = tqdm(range(start, t.max_steps), initial=start, total=t.max_steps, desc="train")
-    for step in bar:
-        lrs = _set_learning_rates(state, step)
-        src = next(source_iter)
-        tgt = next(target_iter) if target_iter is not None else None
-        losses = train_step(state, src, tgt, step)
-        for k, v in losses.items():
-            sums[k] = sums[k] + v if k in sums else v.clone()
-        count += 1
-        done = step + 1
-        last = done == t.max_steps
-        if done % t.log_every == 0 or last or (t.save_every and done % t.save_every == 0):
-            values = {k: (v / count).item() for k, v in sums.items()}
-            bad = [k for k, v in values.items() if not math.isfinite(v)]
-            if bad:
-                raise NonFiniteLossError(
-                    f"loss term(s) {', '.join(bad)} became non-finite between steps "
-                    f"{first_unlogged} and {step} ({values}); the last good checkpoint is "
-                    f"{run_dir / 'checkpoints' / 'last.pth'} (train.log_every=1 pinpoints the step)"
-                )
-            elapsed = time.perf_counter() - tic
-            values.update(lrs, sec_per_step=elapsed / count)
-            writer.scalars(done, values, prefix="train/")
-            bar.set_postfix({k: f"{values[k]:.3g}" for k in losses if k.startswith("loss")})
-            sums, count, first_unlogged, tic = {}, 0, done, time.perf_counter()
-        if t.image_every and (done % t.image_every == 0 or done == 1):
-            writer.image("source/input_label_pred", _image_grid(state.model, src, device), done)
-            if tgt is not None:
-                writer.image("target/input_pred", _image_grid(state.model, tgt, device), done)
-        if t.eval_every and done % t.eval_every == 0 and not last:
-            miou = _evaluate_and_report(state, val_loader, writer, run_dir, done)
-        if (t.save_every and done % t.save_every == 0) or last:
-            ckpt = checkpoint_dict(state, setup, done, None if math.isnan(miou) else miou)
-            save_checkpoint(ckpt, run_dir / "checkpoints" / "last.pth")
-            if t.save_every and done % t.save_every == 0:
-                save_checkpoint(ckpt, run_dir / "checkpoints" / f"step_{done:06d}.pth")
+    with _StopRequest().installed() as stop:
+        for step in bar:
+            lrs = _set_learning_rates(state, step)
+            src = next(source_iter)
+            tgt = next(target_iter) if target_iter is not None else None
+            losses = train_step(state, src, tgt, step)
+            for k, v in losses.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            count += 1
+            done = step + 1
+            last = done == t.max_steps
+            periodic = bool(t.save_every) and done % t.save_every == 0
+            saving = periodic or last or stop.signum is not None
+            if done % t.log_every == 0 or saving:
+                values = {k: (v / count).item() for k, v in sums.items()}
+                _check_finite(values, first_unlogged, step, run_dir)
+                values.update(lrs, sec_per_step=(time.perf_counter() - tic) / count)
+                writer.scalars(done, values, prefix="train/")
+                bar.set_postfix({k: f"{values[k]:.3g}" for k in losses if k.startswith("loss")})
+                sums, count, first_unlogged, tic = {}, 0, done, time.perf_counter()
+            if t.image_every and (done % t.image_every == 0 or done == 1):
+                writer.image("source/input_label_pred", _image_grid(state.model, src, device), done)
+                if tgt is not None:
+                    writer.image("target/input_pred", _image_grid(state.model, tgt, device), done)
+            if t.eval_every and done % t.eval_every == 0 and not last:
+                miou = _evaluate_and_report(state, val_loader, writer, run_dir, done)
+            if saving:
+                metric = None if math.isnan(miou) else miou
+                checkpoints.save(checkpoint_dict(state, setup, done, metric), periodic)
+            if stop.signum is not None and not last:
+                bar.close()
+                writer.close()
+                log.warning("saved %s at step %d", run_dir / "checkpoints" / "last.pth", done)
+                raise Interrupted(stop.signum, done)
     bar.close()
     miou = _evaluate_and_report(state, val_loader, writer, run_dir, t.max_steps)
     writer.close()
     return miou
+
+
+def _check_finite(values: dict[str, float], first: int, step: int, run_dir: Path) -> None:
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLossError(
+            f"loss term(s) {', '.join(bad)} became non-finite between steps {first} and {step} "
+            f"({values}); the last good checkpoint is {run_dir / 'checkpoints' / 'last.pth'} "
+            f"(train.log_every=1 pinpoints the step)"
+        )
 
 
 def main(
@@ -289,6 +365,10 @@ def main(
     setup_logging(run_dir / "train.log")
     log.info("run folder: %s", run_dir)
 
-    miou = train(cfg, setup, build, train_step, run_dir, checkpoint)
+    try:
+        miou = train(cfg, setup, build, train_step, run_dir, checkpoint, str(args.resume or ""))
+    except Interrupted as stop:
+        log.warning("%s; continue with --resume %s", stop, run_dir)
+        return 128 + stop.signum
     print(f"mIoU: {100 * miou:.2f}")
     return 0

@@ -83,3 +83,35 @@ def stepwise_norm_loss(features: torch.Tensor, delta_r: float) -> torch.Tensor:
     """
     n = feature_norm(features)
     return ((n.detach() + delta_r - n) ** 2).mean()
+
+
+def discrepancy_map(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """CLAN's category-level map ``M = 1 - cos(softmax(p1), softmax(p2))`` over classes at every
+    pixel: ``B x K x H x W`` logits -> ``B x 1 x H x W`` in [0, 1]."""
+    q1 = F.softmax(p1.float(), dim=1)
+    q2 = F.softmax(p2.float(), dim=1)
+    return 1.0 - F.cosine_similarity(q1, q2, dim=1, eps=1e-12).unsqueeze(1)
+
+
+def weighted_bce_with_logits(
+    logits: torch.Tensor,
+    domain: float,
+    weight_map: torch.Tensor | None = None,
+    lambda_local: float = 40.0,
+    eps: float = 0.4,
+) -> torch.Tensor:
+    """``mean((lambda_local * M + eps) * BCE(logits, domain))``; plain ``mean(BCE)`` when
+    ``weight_map`` is None. ``logits``: D's map at full size ``B x 1 x H x W``; ``domain``: the
+    label every pixel is pushed to (source 0, target 1)."""
+    logits = logits.float()
+    bce = F.binary_cross_entropy_with_logits(
+        logits, torch.full_like(logits, domain), reduction="none"
+    )
+    if weight_map is None:
+        return bce.mean()
+    return ((lambda_local * weight_map + eps) * bce).mean()
+
+
+def weight_discrepancy_loss(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """``cos(w1, w2) + 1`` between the flattened classifier weights (the +1 keeps it positive)."""
+    return F.cosine_similarity(w1.float(), w2.float(), dim=0) + 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 def poly_lr(step: int, base_lr: float, total_steps: int, power: float, warmup_steps: int) -> float:
-    """``base_lr * (1 - i/N)^power``, times a linear warm-up ``(i + 1) / W`` for the first W steps."""
+    """``base_lr * (1 - i/N)^power``, times a linear warm-up ``(i + 1) / W`` in the first W."""
     progress = min(step, total_steps) / total_steps
     lr = base_lr * (1.0 - progress) ** power
     if warmup_steps > 0 and step < warmup_steps:

@@ -1,0 +1,95 @@
+"""Checkpoint writing and safe, strict loading."""
+
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from model.build import generator_state, load_initial_weights
+from model.deeplabv2 import DeepLabV2
+from utils.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_round_trip_and_atomic_write(tmp_path):
+    path = tmp_path / "sub" / "ckpt.pth"
+    obj = {"step": 3, "models": {"G": {"w": torch.arange(4.0)}}, "config": {"a": [1, 2]}}
+    save_checkpoint(obj, path)
+    loaded = load_checkpoint(path)
+    assert loaded["step"] == 3 and torch.equal(loaded["models"]["G"]["w"], torch.arange(4.0))
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pth"]  # no temporary left behind
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "last.pth"
+    save_checkpoint({"step": 1}, path)
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        save_checkpoint({"step": 2, "bad": lambda: None}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="evil.pth: refused by the safe loader"):
+        load_checkpoint(path)
+
+
+def test_truncated_and_missing_files(tmp_path):
+    path = tmp_path / "t.pth"
+    save_checkpoint({"w": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="t.pth: cannot be read"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not a file \\(missing\\)"):
+        load_checkpoint(tmp_path / "absent.pth")
+    with pytest.raises(CheckpointError, match="not a file \\(a folder\\)"):
+        load_checkpoint(tmp_path)
+
+
+def test_strict_loading_lists_missing_unexpected_and_shapes():
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["extra.weight"] = torch.zeros(1)
+    del state["1.bias"]
+    state["0.weight"] = torch.zeros(5, 2)
+    with pytest.raises(CheckpointError) as err:
+        load_state_strict(model, state, "file.pth")
+    text = str(err.value)
+    assert "file.pth" in text and "missing keys (1): 1.bias" in text
+    assert "unexpected keys (1): extra.weight" in text
+    assert "0.weight: checkpoint (5, 2) vs model (3, 2)" in text
+
+
+def test_generator_state_unwraps_the_common_layouts():
+    w = torch.ones(1)
+    assert generator_state({"models": {"G": {"conv1.weight": w}}}, "f") == {"conv1.weight": w}
+    assert generator_state({"state_dict": {"module.conv1.weight": w}}, "f") == {"conv1.weight": w}
+    assert generator_state({"Scale.conv1.weight": w}, "f") == {"conv1.weight": w}
+    with pytest.raises(CheckpointError, match="state dict of tensors"):
+        generator_state({"a": 1}, "f")
+
+
+def test_initial_weights_keep_backbone_and_drop_foreign_classifier(tmp_path):
+    torch.manual_seed(0)
+    donor = DeepLabV2(num_classes=21, layers=(1, 1, 1, 1), base_width=8)
+    path = tmp_path / "init.pth"
+    torch.save({f"Scale.{k}": v for k, v in donor.state_dict().items()}, path)
+    model = DeepLabV2(num_classes=19, layers=(1, 1, 1, 1), base_width=8)
+    fresh_c1 = model.layer5.conv2d_list[0].weight.clone()
+    load_initial_weights(model, str(path))
+    torch.testing.assert_close(model.conv1.weight, donor.conv1.weight)
+    torch.testing.assert_close(model.layer4[0].conv3.weight, donor.layer4[0].conv3.weight)
+    torch.testing.assert_close(model.layer5.conv2d_list[0].weight, fresh_c1)
+    # a backbone of another shape is an error, not a partial load
+    other = DeepLabV2(layers=(1, 1, 1, 1), base_width=16)
+    torch.save(other.state_dict(), path)
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_initial_weights(model, str(path))

@@ -1,0 +1,241 @@
+"""CLAN + Norm: the adversarial losses by hand, D/G freezing, gradients, signals, resume."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train_clan_norm
+from dataset.datasets import Batch
+from model.discriminator import FCDiscriminator
+from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.config import load_config
+from utils.losses import discrepancy_map, weight_discrepancy_loss, weighted_bce_with_logits
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "model.layers=[1,1,1,1]",
+    "model.base_width=8",
+    "data.source.crop=[96,48]",
+    "data.target.crop=[96,48]",
+    "data.val.resize=[128,64]",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "eval.num_workers=0",
+    "optim.warmup_steps=2",
+    "optim.schedule_steps=12",
+    "train.device=cpu",
+    "train.log_every=1",
+    "train.image_every=0",
+]
+
+
+def test_discriminator_shapes_and_names():
+    disc = FCDiscriminator(19)
+    assert disc(torch.zeros(1, 19, 512, 1024)).shape == (1, 1, 16, 32)
+    assert [n for n, _ in disc.named_parameters()][::2] == [
+        "conv1.weight", "conv2.weight", "conv3.weight", "conv4.weight", "classifier.weight"
+    ]  # fmt: skip
+    assert [m.out_channels for m in disc.children() if hasattr(m, "out_channels")] == [
+        64, 128, 256, 512, 1
+    ]  # fmt: skip
+
+
+def test_discrepancy_map_by_hand():
+    # softmax(p1) = (1/2, 1/2), softmax(p2) = (1/4, 3/4): cos = (1/8 + 3/8) / (sqrt(1/2) sqrt(10/16))
+    p1 = torch.zeros(1, 2, 1, 1)
+    p2 = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1)
+    cos = 0.5 / (math.sqrt(0.5) * math.sqrt(10 / 16))
+    assert discrepancy_map(p1, p2).shape == (1, 1, 1, 1)
+    assert discrepancy_map(p1, p2).item() == pytest.approx(1 - cos, rel=1e-6)
+    assert discrepancy_map(p2, p2).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_weighted_bce_by_hand():
+    logits = torch.tensor([0.0, math.log(3.0)]).view(1, 1, 1, 2)  # sigmoid: 1/2, 3/4
+    weight = torch.tensor([0.0, 0.5]).view(1, 1, 1, 2)
+    # label 0: BCE = -ln(1 - sigmoid) = ln 2, ln 4
+    assert weighted_bce_with_logits(logits, 0.0).item() == pytest.approx(
+        (math.log(2) + math.log(4)) / 2, rel=1e-6
+    )
+    # (40 M + 0.4) * BCE: 0.4 ln 2 and 20.4 ln 4
+    expected = (0.4 * math.log(2) + 20.4 * math.log(4)) / 2
+    assert weighted_bce_with_logits(logits, 0.0, weight, 40.0, 0.4).item() == pytest.approx(
+        expected, rel=1e-6
+    )
+    # label 1: -ln(sigmoid) = ln 2, ln(4/3)
+    assert weighted_bce_with_logits(logits, 1.0).item() == pytest.approx(
+        (math.log(2) + math.log(4 / 3)) / 2, rel=1e-6
+    )
+
+
+def test_weight_discrepancy_by_hand():
+    w1 = torch.tensor([1.0, 0.0, 1.0])
+    w2 = torch.tensor([1.0, 1.0, 0.0])
+    assert weight_discrepancy_loss(w1, w2).item() == pytest.approx(1.5)  # cos 1/2, plus 1
+    assert weight_discrepancy_loss(w1, -w1).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def _state_and_batches(overrides=()):
+    torch.manual_seed(0)
+    cfg = load_config(ROOT / "configs/demo/clan_norm.yaml", [*TINY, *overrides])
+    state = train_clan_norm.build(cfg, torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    label = torch.randint(0, 19, (2, 48, 96), generator=g)
+    label[:, :4] = 255
+    source = Batch(torch.randn(2, 3, 48, 96, generator=g), label, ["a", "b"])
+    target = Batch(torch.randn(2, 3, 48, 96, generator=g), None, ["c", "d"])
+    return state, source, target
+
+
+def test_every_trainable_parameter_of_g_and_d_gets_a_gradient():
+    state, source, target = _state_and_batches()
+    for opt in state.optimizers.values():  # keep the gradients: no update
+        opt.step = lambda: None
+    train_clan_norm.train_step(state, source, target, step=5)
+    for name, module in state.modules.items():
+        for pname, p in module.named_parameters():
+            if p.requires_grad:
+                assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
+
+
+def test_d_frozen_in_g_step_and_g_untouched_by_d_step(monkeypatch):
+    state, source, target = _state_and_batches()
+    disc, model = state.modules["D"], state.model
+    seen = {}
+    real_backward = torch.Tensor.backward
+
+    def spy(self, *args, **kwargs):
+        # before each backward: which side has grads so far
+        d_grads = [p.grad for p in disc.parameters()]
+        seen.setdefault("calls", []).append(
+            (all(g is None for g in d_grads), [p.grad.clone() if p.grad is not None else None
+                                               for p in model.parameters()])
+        )  # fmt: skip
+        return real_backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", spy)
+    for opt in state.optimizers.values():
+        opt.step = lambda: None
+    train_clan_norm.train_step(state, source, target, step=5)
+    calls = seen["calls"]
+    assert len(calls) == 3  # source, target, D: one backward per pass
+    assert calls[0][0] and calls[1][0] and calls[2][0]  # D had no gradient before its own step
+    assert all(p.grad is not None for p in disc.parameters())
+    # G's gradients after the target backward equal those at the end: the D step added nothing
+    g_before_d = calls[2][1]
+    for before, p in zip(g_before_d, model.parameters()):
+        if before is None:
+            assert p.grad is None
+        else:
+            assert torch.equal(before, p.grad)
+
+
+def test_updates_move_g_and_d_only_through_their_optimizers():
+    state, source, target = _state_and_batches()
+    d0 = {k: v.clone() for k, v in state.modules["D"].state_dict().items()}
+    g0 = {k: v.clone() for k, v in state.model.state_dict().items() if "conv" in k}
+    terms = train_clan_norm.train_step(state, source, target, step=5)
+    assert all(torch.isfinite(v) for v in terms.values())
+    d1, g1 = state.modules["D"].state_dict(), state.model.state_dict()
+    assert any(not torch.equal(d0[k], d1[k]) for k in d0)
+    assert any(not torch.equal(g0[k], g1[k]) for k in g0)
+    assert 0.0 <= terms["d_acc_s"].item() <= 1.0 and terms["loss_weight"].item() >= 0.0
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    return [
+        f"data.synthetic.root={root}",
+        "data.synthetic.num_source=6",
+        "data.synthetic.num_train=6",
+        "data.synthetic.num_val=3",
+        "data.synthetic.source_size=[160,88]",
+        "data.synthetic.target_size=[192,96]",
+        f"data.source.root={root}/GTA5",
+        f"data.target.root={root}/Cityscapes",
+        f"data.val.root={root}/Cityscapes",
+    ]
+
+
+def _run(tmp_path, synthetic, name, *extra):
+    args = ["--config", "configs/demo/clan_norm.yaml", *TINY, *synthetic,
+            f"train.out_dir={tmp_path}", f"train.run_name={name}", *extra]  # fmt: skip
+    assert train_clan_norm.main(args) == 0
+    return tmp_path / name
+
+
+def _losses(run):
+    import json
+
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in r.items() if k.startswith("train/")}
+        for r in rows
+        if "train/loss_seg" in r
+    ]
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, synthetic):
+    full = _run(tmp_path, synthetic, "full", "train.max_steps=5")
+    part = _run(tmp_path, synthetic, "part", "train.max_steps=2")
+    assert train_clan_norm.main(["--resume", str(part), "train.max_steps=5"]) == 0
+    a = [{k: v for k, v in r.items() if k != "train/sec_per_step"} for r in _losses(full)]
+    b = [{k: v for k, v in r.items() if k != "train/sec_per_step"} for r in _losses(part)]
+    assert a == b and len(a) == 5
+    ca = load_checkpoint(full / "checkpoints" / "last.pth")
+    cb = load_checkpoint(part / "checkpoints" / "last.pth")
+    for name in ("G", "D"):
+        assert all(
+            torch.equal(ca["models"][name][k], cb["models"][name][k]) for k in ca["models"][name]
+        )
+    # resuming with another class count is refused with the mismatching keys
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        train_clan_norm.main(["--resume", str(part), "model.num_classes=7", "train.max_steps=6"])
+
+
+def test_keep_checkpoints(tmp_path, synthetic):
+    run = _run(tmp_path, synthetic, "keep", "train.max_steps=4", "train.save_every=1",
+               "train.keep_checkpoints=2")  # fmt: skip
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["last.pth", "step_000003.pth", "step_000004.pth"]
+
+
+def test_non_finite_loss_stops_with_the_term(tmp_path, synthetic):
+    with pytest.raises(Exception, match="loss_norm_s.*non-finite"):
+        _run(tmp_path, synthetic, "nan", "train.max_steps=3", "loss.delta_r=.nan")
+
+
+def test_sigterm_saves_a_loadable_checkpoint(tmp_path, synthetic):
+    args = [sys.executable, "train_clan_norm.py", "--config", "configs/demo/clan_norm.yaml",
+            *TINY, *synthetic, f"train.out_dir={tmp_path}", "train.run_name=sig",
+            "train.max_steps=100000", "train.save_every=0"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metrics = tmp_path / "sig" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out.decode()[-2000:]
+    ckpt = load_checkpoint(tmp_path / "sig" / "checkpoints" / "last.pth")
+    assert ckpt["step"] >= 1 and set(ckpt["models"]) == {"G", "D"}
+    assert not [p for p in (tmp_path / "sig" / "checkpoints").iterdir() if p.suffix == ".tmp"]
+    # and the run continues from it
+    assert train_clan_norm.main(["--resume", str(tmp_path / "sig"),
+                                 f"train.max_steps={ckpt['step'] + 1}"]) == 0  # fmt: skip
+    assert os.path.exists(tmp_path / "sig" / "results.json")
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_clan_norm.main(["--help"])
+    assert exit_info.value.code == 0 and "torchrun" not in capsys.readouterr().err

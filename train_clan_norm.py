@@ -1,0 +1,148 @@
+"""CLAN + Norm (the paper's main setup), and the CLAN baseline with ``loss.lambda_norm=0``.
+
+G is trained with the segmentation loss on source crops, the step-wise L2 feature-norm loss on
+source and target backbone features, CLAN's category-level adversarial loss on target
+predictions and the classifiers' weight-discrepancy loss; D learns to tell source (0) from
+target (1) predictions.
+
+    python train_clan_norm.py --config configs/demo/clan_norm.yaml          # synthetic, CPU
+    python train_clan_norm.py --config configs/gta5_to_cityscapes/clan_norm.yaml \
+        model.init_from=weights/DeepLab_resnet_pretrained_init-f81d91e8.pth
+    python train_clan_norm.py --config configs/gta5_to_cityscapes/clan.yaml  # CLAN baseline
+    python train_clan_norm.py --resume runs/clan_norm-20261127-120000        # continue a run
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from dataset.datasets import Batch
+from model.discriminator import FCDiscriminator
+from utils.config import Config
+from utils.engine import TrainState, build_generator
+from utils.engine import main as engine_main
+from utils.losses import (
+    discrepancy_map,
+    feature_norm,
+    segmentation_loss,
+    stepwise_norm_loss,
+    upsample_to,
+    weight_discrepancy_loss,
+    weighted_bce_with_logits,
+)
+from utils.schedules import damping, norm_damping
+
+SETUP = "clan_norm"
+SOURCE, TARGET = 0.0, 1.0  # domain labels of D
+
+
+def build(cfg: Config, device: torch.device) -> TrainState:
+    """G with SGD (backbone x1, classifiers x10) and D with Adam."""
+    model, sgd = build_generator(cfg, device)
+    disc = FCDiscriminator(cfg.model.num_classes).to(device)
+    disc.train()
+    o = cfg.optim
+    adam = torch.optim.Adam(
+        [{"params": disc.parameters(), "lr": o.lr_d, "lr_mult": 1.0}],
+        lr=o.lr_d,
+        betas=o.betas_d,
+        weight_decay=o.weight_decay_d,
+    )
+    return TrainState(
+        cfg=cfg,
+        device=device,
+        model=model,
+        modules={"G": model, "D": disc},
+        optimizers={"G": sgd, "D": adam},
+        base_lrs={"G": o.lr, "D": o.lr_d},
+        uses_target=True,
+    )
+
+
+def train_step(
+    state: TrainState, source: Batch, target: Batch | None, step: int
+) -> dict[str, torch.Tensor]:
+    """G on source (seg + norm), G on target (norm + adversarial + weight), then D on the
+    detached source and target predictions; one backward per pass."""
+    assert target is not None
+    cfg, model, device = state.cfg, state.model, state.device
+    disc = state.modules["D"]
+    opt_g, opt_d = state.optimizers["G"], state.optimizers["D"]
+    opt_g.zero_grad(set_to_none=True)
+    opt_d.zero_grad(set_to_none=True)
+    lo = cfg.loss
+    d = damping(step, cfg.optim.schedule_steps)
+    d_norm = norm_damping(step, cfg.optim.schedule_steps, lo.clamp_norm_damping)
+
+    # G step: D is frozen.
+    disc.requires_grad_(False)
+    x_s = source.image.to(device, non_blocking=True)
+    y_s = source.label.to(device, non_blocking=True)
+    out_s = model(x_s)
+    p_s1, p_s2 = upsample_to(out_s.p1, y_s.shape[-2:]), upsample_to(out_s.p2, y_s.shape[-2:])
+    loss_seg = segmentation_loss(p_s1, p_s2, y_s, lo.seg, lo.focal_gamma)
+    loss_norm_s = stepwise_norm_loss(out_s.features, lo.delta_r)
+    loss_source = (
+        loss_seg
+        + lo.lambda_norm * d_norm * loss_norm_s
+    )  # fmt: skip
+    loss_source.backward()
+
+    x_t = target.image.to(device, non_blocking=True)
+    out_t = model(x_t)
+    p_t1, p_t2 = upsample_to(out_t.p1, x_t.shape[-2:]), upsample_to(out_t.p2, x_t.shape[-2:])
+    weight_map = discrepancy_map(p_t1, p_t2)  # B x 1 x H x W
+    prob_t = F.softmax(p_t1 + p_t2, dim=1)
+    d_out = upsample_to(disc(prob_t), x_t.shape[-2:])
+    loss_adv = weighted_bce_with_logits(  # fool D: target predictions labelled source
+        d_out, SOURCE, weight_map if step > 0 else None, lo.lambda_local, lo.eps
+    )
+    loss_norm_t = stepwise_norm_loss(out_t.features, lo.delta_r)
+    loss_weight = weight_discrepancy_loss(*model.classifier_weights())
+    loss_target = (
+        lo.lambda_norm * d_norm * loss_norm_t
+        + lo.lambda_adv * d * loss_adv
+        + lo.lambda_weight * d * loss_weight
+    )  # fmt: skip
+    loss_target.backward()
+
+    # D step: G's predictions detached, so G gets no gradient.
+    disc.requires_grad_(True)
+    prob_s = F.softmax(p_s1 + p_s2, dim=1).detach()
+    d_out_s = upsample_to(disc(prob_s), y_s.shape[-2:])
+    d_out_t = upsample_to(disc(prob_t.detach()), x_t.shape[-2:])
+    map_d = weight_map.detach() if step >= cfg.optim.warmup_steps else None
+    loss_d_s = weighted_bce_with_logits(d_out_s, SOURCE)
+    loss_d_t = weighted_bce_with_logits(d_out_t, TARGET, map_d, lo.lambda_local, lo.eps)
+    (loss_d_s + loss_d_t).backward()
+
+    opt_g.step()
+    opt_d.step()
+    return {
+        "loss_seg": loss_seg.detach(),
+        "loss_norm_s": loss_norm_s.detach(),
+        "loss_norm_t": loss_norm_t.detach(),
+        "loss_adv": loss_adv.detach(),
+        "loss_weight": loss_weight.detach(),
+        "loss_d_s": loss_d_s.detach(),
+        "loss_d_t": loss_d_t.detach(),
+        "d_acc_s": (d_out_s.detach() < 0).float().mean(),
+        "d_acc_t": (d_out_t.detach() > 0).float().mean(),
+        "feat_norm_s": feature_norm(out_s.features.detach()).mean(),
+        "feat_norm_t": feature_norm(out_t.features.detach()).mean(),
+        "weight_map_mean": weight_map.detach().mean(),
+        "damping": torch.tensor(d),
+        "damping_norm": torch.tensor(d_norm),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return engine_main(__doc__, SETUP, build, train_step, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
