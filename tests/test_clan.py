@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import train_clan_norm
 from dataset.datasets import Batch
@@ -49,7 +48,8 @@ def test_discriminator_shapes_and_names():
 
 
 def test_discrepancy_map_by_hand():
-    # softmax(p1) = (1/2, 1/2), softmax(p2) = (1/4, 3/4): cos = (1/8 + 3/8) / (sqrt(1/2) sqrt(10/16))
+    # softmax(p1) = (1/2, 1/2), softmax(p2) = (1/4, 3/4):
+    # cos = (1/8 + 3/8) / (sqrt(1/2) sqrt(10/16))
     p1 = torch.zeros(1, 2, 1, 1)
     p2 = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1)
     cos = 0.5 / (math.sqrt(0.5) * math.sqrt(10 / 16))
