@@ -43,7 +43,7 @@ SOURCE, TARGET = 0.0, 1.0  # domain labels of D
 def build(cfg: Config, device: torch.device) -> TrainState:
     """G with SGD (backbone x1, classifiers x10) and D with Adam."""
     model, sgd = build_generator(cfg, device)
-    disc = FCDiscriminator(cfg.model.num_classes).to(device)
+    disc = FCDiscriminator(cfg.model.num_classes, cfg.model.d_width).to(device)
     disc.train()
     o = cfg.optim
     adam = torch.optim.Adam(

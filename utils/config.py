@@ -38,6 +38,7 @@ class ModelConfig:
     predict_with: str
     freeze_bn_stats: bool
     init_from: str
+    d_width: int
 
 
 @dataclass(frozen=True)
