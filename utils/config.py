@@ -30,6 +30,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
+    preset: str
     num_classes: int
     layers: tuple[int, ...]
     base_width: int
@@ -99,6 +100,7 @@ class OptimConfig:
     lr_d: float
     betas_d: tuple[float, float]
     weight_decay_d: float
+    lr_scaling: str
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,16 @@ class TrainConfig:
     eval_every: int
     save_every: int
     keep_checkpoints: int
+    amp: str
+    channels_last: bool
+    compile: bool
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     batch_size: int
     num_workers: int
+    flip: bool
 
 
 @dataclass(frozen=True)
