@@ -69,59 +69,61 @@ def train_step(
     """G on source (seg + norm), G on target (norm + adversarial + weight), then D on the
     detached source and target predictions; one backward per pass."""
     assert target is not None
-    cfg, model, device = state.cfg, state.model, state.device
-    disc = state.modules["D"]
-    opt_g, opt_d = state.optimizers["G"], state.optimizers["D"]
-    opt_g.zero_grad(set_to_none=True)
-    opt_d.zero_grad(set_to_none=True)
+    cfg, g = state.cfg, state.run("G")
+    disc = state.modules["D"]  # plain D in the G step: no DDP hooks while it is frozen
+    for opt in state.optimizers.values():
+        opt.zero_grad(set_to_none=True)
     lo = cfg.loss
     d = damping(step, cfg.optim.schedule_steps)
     d_norm = norm_damping(step, cfg.optim.schedule_steps, lo.clamp_norm_damping)
 
     # G step: D is frozen.
     disc.requires_grad_(False)
-    x_s = source.image.to(device, non_blocking=True)
-    y_s = source.label.to(device, non_blocking=True)
-    out_s = model(x_s)
-    p_s1, p_s2 = upsample_to(out_s.p1, y_s.shape[-2:]), upsample_to(out_s.p2, y_s.shape[-2:])
+    y_s = state.to_device(source.label)
+    with state.autocast():
+        out_s = g(state.to_device(source.image))
+        p_s1, p_s2 = upsample_to(out_s.p1, y_s.shape[-2:]), upsample_to(out_s.p2, y_s.shape[-2:])
     loss_seg = segmentation_loss(p_s1, p_s2, y_s, lo.seg, lo.focal_gamma)
     loss_norm_s = stepwise_norm_loss(out_s.features, lo.delta_r)
     loss_source = (
         loss_seg
         + lo.lambda_norm * d_norm * loss_norm_s
     )  # fmt: skip
-    loss_source.backward()
+    state.backward(loss_source)
 
-    x_t = target.image.to(device, non_blocking=True)
-    out_t = model(x_t)
-    p_t1, p_t2 = upsample_to(out_t.p1, x_t.shape[-2:]), upsample_to(out_t.p2, x_t.shape[-2:])
+    x_t = state.to_device(target.image)
+    size_t = x_t.shape[-2:]
+    with state.autocast():
+        out_t = g(x_t)
+        p_t1, p_t2 = upsample_to(out_t.p1, size_t), upsample_to(out_t.p2, size_t)
+        prob_t = F.softmax(p_t1.float() + p_t2.float(), dim=1)
+        d_out = upsample_to(disc(prob_t), size_t)
     weight_map = discrepancy_map(p_t1, p_t2)  # B x 1 x H x W
-    prob_t = F.softmax(p_t1 + p_t2, dim=1)
-    d_out = upsample_to(disc(prob_t), x_t.shape[-2:])
     loss_adv = weighted_bce_with_logits(  # fool D: target predictions labelled source
         d_out, SOURCE, weight_map if step > 0 else None, lo.lambda_local, lo.eps
     )
     loss_norm_t = stepwise_norm_loss(out_t.features, lo.delta_r)
-    loss_weight = weight_discrepancy_loss(*model.classifier_weights())
+    loss_weight = weight_discrepancy_loss(*state.model.classifier_weights())
     loss_target = (
         lo.lambda_norm * d_norm * loss_norm_t
         + lo.lambda_adv * d * loss_adv
         + lo.lambda_weight * d * loss_weight
     )  # fmt: skip
-    loss_target.backward()
+    state.backward(loss_target)
 
     # D step: G's predictions detached, so G gets no gradient.
     disc.requires_grad_(True)
-    prob_s = F.softmax(p_s1 + p_s2, dim=1).detach()
-    d_out_s = upsample_to(disc(prob_s), y_s.shape[-2:])
-    d_out_t = upsample_to(disc(prob_t.detach()), x_t.shape[-2:])
+    d_run = state.run("D")
+    prob_s = F.softmax(p_s1.float() + p_s2.float(), dim=1).detach()
+    with state.autocast():
+        d_out_s = upsample_to(d_run(prob_s), y_s.shape[-2:])
+        d_out_t = upsample_to(d_run(prob_t.detach()), size_t)
     map_d = weight_map.detach() if step >= cfg.optim.warmup_steps else None
     loss_d_s = weighted_bce_with_logits(d_out_s, SOURCE)
     loss_d_t = weighted_bce_with_logits(d_out_t, TARGET, map_d, lo.lambda_local, lo.eps)
-    (loss_d_s + loss_d_t).backward()
+    state.backward(loss_d_s + loss_d_t)
 
-    opt_g.step()
-    opt_d.step()
+    state.step_optimizers()
     return {
         "loss_seg": loss_seg.detach(),
         "loss_norm_s": loss_norm_s.detach(),

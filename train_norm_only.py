@@ -45,22 +45,21 @@ def train_step(
     state: TrainState, source: Batch, target: Batch | None, step: int
 ) -> dict[str, torch.Tensor]:
     """One step: source (L_seg + norm), then target (norm, features only); one backward each."""
-    cfg, model, device = state.cfg, state.model, state.device
-    optimizer = state.optimizers["G"]
-    optimizer.zero_grad(set_to_none=True)
+    cfg, g = state.cfg, state.run("G")
+    state.optimizers["G"].zero_grad(set_to_none=True)
     lambda_norm = cfg.loss.lambda_norm
     d_norm = norm_damping(step, cfg.optim.schedule_steps, cfg.loss.clamp_norm_damping)
 
-    image = source.image.to(device, non_blocking=True)
-    label = source.label.to(device, non_blocking=True)
-    out_s = model(image)
+    label = state.to_device(source.label)
+    with state.autocast():
+        out_s = g(state.to_device(source.image))
     loss_seg = segmentation_loss(out_s.p1, out_s.p2, label, cfg.loss.seg, cfg.loss.focal_gamma)
     loss_norm_s = stepwise_norm_loss(out_s.features, cfg.loss.delta_r)
     loss_source = (
         loss_seg
         + lambda_norm * d_norm * loss_norm_s
     )  # fmt: skip
-    loss_source.backward()
+    state.backward(loss_source)
     terms = {
         "loss_seg": loss_seg.detach(),
         "loss_norm_s": loss_norm_s.detach(),
@@ -68,14 +67,15 @@ def train_step(
     }
 
     if target is not None:
-        out_t = model(target.image.to(device, non_blocking=True), heads=False)
+        with state.autocast():
+            out_t = g(state.to_device(target.image), heads=False)
         loss_norm_t = stepwise_norm_loss(out_t.features, cfg.loss.delta_r)
         loss_target = lambda_norm * d_norm * loss_norm_t
-        loss_target.backward()
+        state.backward(loss_target)
         terms["loss_norm_t"] = loss_norm_t.detach()
         terms["feat_norm_t"] = feature_norm(out_t.features.detach()).mean()
 
-    optimizer.step()
+    state.step_optimizers()
     return terms
 
 

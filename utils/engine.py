@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
@@ -36,6 +37,15 @@ from model.build import build_model
 from model.deeplabv2 import DeepLabV2
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
 from utils.config import Config, ConfigError, config_from_dict, dump_yaml, load_config, to_dict
+from utils.distributed import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_mean,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+    resolve_device,
+)
 from utils.evaluation import evaluate, predict_logits
 from utils.logger import MetricWriter, setup_logging, write_json
 from utils.metrics import format_iou_table
@@ -44,12 +54,18 @@ from utils.schedules import poly_lr
 log = logging.getLogger("train")
 
 
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass
 class TrainState:
     """What a setup builds: G (and other modules) and their optimizers with base learning rates.
 
     Every optimizer param group carries ``lr_mult`` (x10 for the classifiers); the loop sets
-    ``lr = poly_lr(step, base_lr) * lr_mult`` before each step.
+    ``lr = poly_lr(step, base_lr) * lr_mult`` before each step. The loop then fills ``runners``
+    (what a step calls for a training forward: the module itself, or its DDP / compiled
+    wrapper), ``amp_dtype`` and ``scaler`` (a GradScaler, enabled for float16 only, that serves
+    every optimizer); ``modules`` stay the plain modules (checkpoints, methods, evaluation).
     """
 
     cfg: Config
@@ -59,6 +75,63 @@ class TrainState:
     optimizers: dict[str, torch.optim.Optimizer]
     base_lrs: dict[str, float]
     uses_target: bool
+    runners: dict[str, nn.Module] = field(default_factory=dict)
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def run(self, name: str) -> nn.Module:
+        """The module to call for a training forward (DDP/compiled wrapper when there is one)."""
+        return self.runners.get(name, self.modules[name])
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The one mixed-precision context (``train.amp``); a no-op when it is off."""
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        )
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch tensor on the device (non-blocking; NHWC images with channels_last)."""
+        x = x.to(self.device, non_blocking=True)
+        if x.dim() == 4 and self.device.type == "cuda" and self.cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, through the GradScaler when float16 needs one."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step_optimizers(self) -> None:
+        """Step every optimizer (unscaling first under float16), then update the scale."""
+        for opt in self.optimizers.values():
+            if self.scaler is not None:
+                self.scaler.step(opt)
+            else:
+                opt.step()
+        if self.scaler is not None:
+            self.scaler.update()
+
+
+def prepare(state: TrainState, info: DistInfo) -> None:
+    """Memory layout, compilation, DDP and mixed precision, from ``train.*``."""
+    t, device = state.cfg.train, state.device
+    if t.amp not in AMP_DTYPES:
+        raise ConfigError(f"train.amp: expected one of {', '.join(AMP_DTYPES)}, got {t.amp!r}")
+    state.amp_dtype = AMP_DTYPES[t.amp]
+    if t.amp == "fp16":
+        state.scaler = torch.amp.GradScaler(device.type)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    for name, module in state.modules.items():
+        if device.type == "cuda" and t.channels_last:
+            module.to(memory_format=torch.channels_last)
+        runner = module
+        if info.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            # G's target pass in Norm only skips the heads: some parameters go unused there.
+            runner = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+        if t.compile:
+            runner = torch.compile(runner)
+        state.runners[name] = runner
 
 
 BuildFn = Callable[[Config, torch.device], TrainState]
@@ -114,16 +187,6 @@ def build_generator(cfg: Config, device: torch.device) -> tuple[DeepLabV2, torch
     return model, sgd
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU; otherwise the named device, checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r}: CUDA is not available on this machine")
-    return device
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -168,11 +231,16 @@ def _new_run_dir(cfg: Config, config_path: str) -> Path:
     return run_dir
 
 
-def _set_learning_rates(state: TrainState, step: int) -> dict[str, float]:
+LR_SCALING = ("none", "linear")
+
+
+def _set_learning_rates(state: TrainState, step: int, world_size: int) -> dict[str, float]:
     o = state.cfg.optim
+    scale = world_size if o.lr_scaling == "linear" else 1
     lrs = {}
     for name, opt in state.optimizers.items():
-        lr = poly_lr(step, state.base_lrs[name], o.schedule_steps, o.power, o.warmup_steps)
+        base = state.base_lrs[name] * scale
+        lr = poly_lr(step, base, o.schedule_steps, o.power, o.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr * group["lr_mult"]
         lrs[f"lr_{name}"] = lr
@@ -216,13 +284,17 @@ def _image_grid(model: DeepLabV2, batch: Batch, device: torch.device) -> torch.T
 
 
 def _evaluate_and_report(
-    state: TrainState, loader: Any, writer: MetricWriter, run_dir: Path, step: int
+    state: TrainState, loader: Any, writer: MetricWriter | None, run_dir: Path, step: int
 ) -> float:
-    cm = evaluate(state.model, loader, state.device, state.cfg.model.num_classes)
+    with state.autocast():
+        cm = evaluate(state.model, loader, state.device, state.cfg.model.num_classes,
+                      progress=writer is not None)  # fmt: skip
     ious = cm.iou()
     miou = cm.miou()
+    if writer is None:  # not rank 0: the matrix was all-reduced, rank 0 reports
+        return miou
     table = format_iou_table({f"step {step}": ious})
-    log.info("target val at step %d:\n%s\nmIoU: %.2f", step, table, 100 * miou)
+    log.info("target val at step %d:\n%s", step, table)
     writer.scalars(step, {"mIoU": miou, "pixel_acc": cm.pixel_accuracy()}, prefix="val/")
     writer.text("val/iou_table", table, step)
     write_json(run_dir / "results.json", {"step": step, "mIoU": miou, "iou": ious})
@@ -253,44 +325,57 @@ def train(
     run_dir: Path,
     checkpoint: dict[str, Any] | None = None,
     checkpoint_path: str = "",
+    info: DistInfo | None = None,
+    device: torch.device | None = None,
 ) -> float:
     """Run ``train_step`` from step 0 (or the ``checkpoint``'s) to ``train.max_steps``; returns
-    the final target-val mIoU. SIGTERM/SIGINT save ``last.pth`` and raise ``Interrupted``."""
-    device = resolve_device(cfg.train.device)
-    seed_everything(cfg.train.seed)
-    ensure_data(cfg.data)
+    the final target-val mIoU. SIGTERM/SIGINT save ``last.pth`` and raise ``Interrupted``.
+    Under torchrun every rank calls this; only rank 0 writes."""
+    info = info or DistInfo()
+    device = device or resolve_device(cfg.train.device)
+    if cfg.optim.lr_scaling not in LR_SCALING:
+        raise ConfigError(
+            f"optim.lr_scaling: expected none or linear, got {cfg.optim.lr_scaling!r}"
+        )
+    seed_everything(cfg.train.seed + info.rank)
+    if info.is_main:
+        ensure_data(cfg.data)
+    broadcast_object(None, info)  # the others wait for the synthetic data
     state = build(cfg, device)
     start = 0
     if checkpoint is not None:
         start = _restore(state, checkpoint, checkpoint_path)
         log.info("resumed at step %d of %d", start, cfg.train.max_steps)
+    prepare(state, info)
     t = cfg.train
     bs, workers = cfg.data.batch_size, cfg.data.num_workers
     pin = device.type == "cuda"
+    ranks = {"rank": info.rank, "world_size": info.world_size}
     source = build_dataset(cfg.data.source, with_labels=True)
-    source_iter = infinite_loader(source, bs, t.seed, start, workers, pin)
+    source_iter = infinite_loader(source, bs, t.seed, start, workers, pin, **ranks)
     target_iter = None
     if state.uses_target:
         target = build_dataset(cfg.data.target, with_labels=False)
-        target_iter = infinite_loader(target, bs, t.seed + 1, start, workers, pin)
+        target_iter = infinite_loader(target, bs, t.seed + 1, start, workers, pin, **ranks)
     val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
-    val_loader = eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers)
+    val_loader = eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers, **ranks)
     log.info(
-        "data: source %d images (%s), target %s, val %d images",
+        "data: source %d images (%s), target %s, val %d images; batch %d per process x %d",
         len(source), cfg.data.source.root,
         f"{len(target)} images ({cfg.data.target.root})" if state.uses_target else "unused",
-        len(val),
+        len(val), bs, info.world_size,
     )  # fmt: skip
 
-    writer = MetricWriter(run_dir)
+    writer = MetricWriter(run_dir) if info.is_main else None
     checkpoints = _Checkpointer(run_dir / "checkpoints", t.keep_checkpoints)
     sums: dict[str, torch.Tensor] = {}
     count, first_unlogged, tic = 0, start, time.perf_counter()
     miou = math.nan
-    bar = tqdm(range(start, t.max_steps), initial=start, total=t.max_steps, desc="train")
+    bar = tqdm(range(start, t.max_steps), initial=start, total=t.max_steps, desc="train",
+               disable=not info.is_main)  # fmt: skip
     with _StopRequest().installed() as stop:
         for step in bar:
-            lrs = _set_learning_rates(state, step)
+            lrs = _set_learning_rates(state, step, info.world_size)
             src = next(source_iter)
             tgt = next(target_iter) if target_iter is not None else None
             losses = train_step(state, src, tgt, step)
@@ -299,32 +384,42 @@ def train(
             count += 1
             done = step + 1
             last = done == t.max_steps
+            log_step = done % t.log_every == 0 or last
+            # Without torchrun a signal is seen at once; with it, the ranks agree at log steps.
+            stopping = stop.signum is not None and not info.distributed
+            if log_step and info.distributed:
+                stopping = all_reduce_max(float(stop.signum or 0), info, device) > 0
             periodic = bool(t.save_every) and done % t.save_every == 0
-            saving = periodic or last or stop.signum is not None
-            if done % t.log_every == 0 or saving:
-                values = {k: (v / count).item() for k, v in sums.items()}
+            saving = periodic or last or stopping
+            if log_step or saving:
+                keys = sorted(sums)
+                means = all_reduce_mean(torch.stack([sums[k] / count for k in keys]), info)
+                values = dict(zip(keys, means.tolist()))
                 _check_finite(values, first_unlogged, step, run_dir)
                 values.update(lrs, sec_per_step=(time.perf_counter() - tic) / count)
-                writer.scalars(done, values, prefix="train/")
+                if writer is not None:
+                    writer.scalars(done, values, prefix="train/")
                 bar.set_postfix({k: f"{values[k]:.3g}" for k in losses if k.startswith("loss")})
                 sums, count, first_unlogged, tic = {}, 0, done, time.perf_counter()
-            if t.image_every and (done % t.image_every == 0 or done == 1):
+            if writer is not None and t.image_every and (done % t.image_every == 0 or done == 1):
                 writer.image("source/input_label_pred", _image_grid(state.model, src, device), done)
                 if tgt is not None:
                     writer.image("target/input_pred", _image_grid(state.model, tgt, device), done)
             if t.eval_every and done % t.eval_every == 0 and not last:
                 miou = _evaluate_and_report(state, val_loader, writer, run_dir, done)
-            if saving:
+            if saving and info.is_main:
                 metric = None if math.isnan(miou) else miou
                 checkpoints.save(checkpoint_dict(state, setup, done, metric), periodic)
-            if stop.signum is not None and not last:
+            if stopping and not last:
                 bar.close()
-                writer.close()
-                log.warning("saved %s at step %d", run_dir / "checkpoints" / "last.pth", done)
-                raise Interrupted(stop.signum, done)
+                if writer is not None:
+                    writer.close()
+                    log.warning("saved %s at step %d", run_dir / "checkpoints" / "last.pth", done)
+                raise Interrupted(stop.signum or signal.SIGTERM, done)
     bar.close()
     miou = _evaluate_and_report(state, val_loader, writer, run_dir, t.max_steps)
-    writer.close()
+    if writer is not None:
+        writer.close()
     return miou
 
 
@@ -345,7 +440,7 @@ def main(
     train_step: StepFn,
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Command-line entry shared by the training scripts."""
+    """Command-line entry shared by the training scripts (single process or torchrun)."""
     args = parse_args(description, argv)
     checkpoint = None
     if args.resume:
@@ -360,15 +455,24 @@ def main(
         run_dir = path.parent.parent
     else:
         cfg = load_config(args.config, args.overrides)
-        run_dir = _new_run_dir(cfg, args.config)
-        dump_yaml(cfg, run_dir / "config.yaml")
-    setup_logging(run_dir / "train.log")
-    log.info("run folder: %s", run_dir)
-
+    info, device = init_distributed(cfg.train.device)
     try:
-        miou = train(cfg, setup, build, train_step, run_dir, checkpoint, str(args.resume or ""))
-    except Interrupted as stop:
-        log.warning("%s; continue with --resume %s", stop, run_dir)
-        return 128 + stop.signum
-    print(f"mIoU: {100 * miou:.2f}")
+        if checkpoint is None:
+            run_dir = _new_run_dir(cfg, args.config) if info.is_main else None
+            run_dir = broadcast_object(run_dir, info)
+            if info.is_main:
+                dump_yaml(cfg, run_dir / "config.yaml")
+        setup_logging(run_dir / "train.log" if info.is_main else None,
+                      logging.INFO if info.is_main else logging.WARNING)  # fmt: skip
+        log.info("run folder: %s", run_dir)
+        try:
+            miou = train(cfg, setup, build, train_step, run_dir, checkpoint,
+                         str(args.resume or ""), info, device)  # fmt: skip
+        except Interrupted as stop:
+            log.warning("%s; continue with --resume %s", stop, run_dir)
+            return 128 + stop.signum
+    finally:
+        cleanup()
+    if info.is_main:
+        print(f"mIoU: {100 * miou:.2f}")
     return 0

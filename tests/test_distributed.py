@@ -1,0 +1,101 @@
+"""Two CPU processes with gloo (as torchrun starts them): every setup trains a few steps and
+both ranks end with identical weights; rank 0 alone writes the run folder."""
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = [
+    "model.layers=[1,1,1,1]",
+    "model.base_width=8",
+    "model.d_width=8",
+    "data.source.resize=null",
+    "data.source.crop=[96,48]",
+    "data.target.resize=null",
+    "data.target.crop=[96,48]",
+    "data.val.resize=[128,64]",
+    "data.batch_size=1",
+    "data.num_workers=0",
+    "eval.num_workers=0",
+    "optim.warmup_steps=1",
+    "optim.schedule_steps=6",
+    "train.device=cpu",
+    "train.log_every=1",
+    "train.image_every=0",
+    "train.max_steps=3",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, script: str, argv: list[str], out: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    module = __import__(script)
+    build = module.build
+    captured = {}
+
+    def capture(cfg, device):
+        captured["state"] = build(cfg, device)
+        return captured["state"]
+
+    module.build = capture
+    assert module.main(argv) == 0
+    state = captured["state"]
+    params = {f"{n}.{k}": v for n, m in state.modules.items() for k, v in m.named_parameters()}
+    torch.save({k: v.detach().clone() for k, v in params.items()}, f"{out}/rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    from dataset.synthetic import SyntheticSpec, generate
+
+    generate(root, SyntheticSpec(num_source=4, num_train=4, num_val=3, source_size=(160, 88),
+                                 target_size=(192, 96)), progress=False)  # fmt: skip
+    return [
+        f"data.source.root={root}/GTA5",
+        f"data.target.root={root}/Cityscapes",
+        f"data.val.root={root}/Cityscapes",
+    ]
+
+
+@pytest.mark.parametrize(
+    "script, config",
+    [
+        ("train_clan_norm", "configs/demo/clan_norm.yaml"),
+        ("train_norm_only", "configs/demo/norm_only.yaml"),
+        ("train_norm_only", "configs/demo/source_only.yaml"),
+    ],
+)
+def test_two_gloo_processes_keep_identical_weights(tmp_path, synthetic, script, config):
+    argv = ["--config", config, *TINY, *synthetic, f"train.out_dir={tmp_path}",
+            "train.run_name=ddp"]  # fmt: skip
+    mp.spawn(_worker, args=(2, _free_port(), script, argv, str(tmp_path)), nprocs=2, join=True)
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert w0.keys() == w1.keys() and w0
+    for key in w0:
+        assert torch.equal(w0[key], w1[key]), key
+    run = tmp_path / "ddp"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "rank0.pt", "rank1.pt"]
+    assert (run / "checkpoints" / "last.pth").is_file()
+    results = json.loads((run / "results.json").read_text())
+    assert results["step"] == 3 and len(results["iou"]) == 19
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps.count(1) == 1  # one writer: rank 0
