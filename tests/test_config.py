@@ -47,6 +47,13 @@ def test_base_chain_and_overrides():
     assert cfg.data.source.crop is None
 
 
+def test_yaml_boolean_words_stay_words_in_overrides():
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    assert load_config(None, ["model.multi_level=true"]).model.multi_level is True
+    with pytest.raises(ConfigError, match="model.multi_level: expected true or false"):
+        load_config(None, ["model.multi_level=off"])
+
+
 def test_int_accepted_for_float():
     assert load_config(None, ["loss.lambda_norm=0"]).loss.lambda_norm == 0.0
 
