@@ -1,16 +1,22 @@
-"""mIoU of a trained model (or of predictions on disk) on Cityscapes val.
+r"""mIoU of a trained model (or of predictions on disk) on Cityscapes val.
 
 Input images resized to 1024x512, logits upsampled (bilinear) to the 2048x1024 labels, argmax,
-one confusion matrix over the split; per-class table in the paper's column order.
+one confusion matrix over the split; per-class table in the paper's column order. ``--flip``
+averages the softmax with the mirrored image's, as every number of the paper's Table 1 did.
 
     python evaluate_cityscapes.py --restore runs/RUN/checkpoints/last.pth
-    python evaluate_cityscapes.py --restore GTA2City.pth \
-        --config configs/gta5_to_cityscapes/norm_only.yaml
+    python evaluate_cityscapes.py --restore runs/RUN/checkpoints/last.pth --flip \
+        --compare-with "Only Norm"                       # the paper's row and the difference
+    python evaluate_cityscapes.py --restore GTA2Cityscapes_CLAN.pth     # preset inferred: clan
+    python evaluate_cityscapes.py --restore GTA2Cityscapes_multi-ed35151c.pth --preset adaptsegnet
+    python evaluate_cityscapes.py --restore GTA5_MaxSquare.pth --preset maxsquare --flip
+    python evaluate_cityscapes.py --restore ADVENT.pth --preset advent
     python evaluate_cityscapes.py --restore last.pth --save-dir preds/   # + trainId/colour PNGs
     python evaluate_cityscapes.py --pred-dir other_repo/preds/           # score PNGs on disk
 
 Without ``--config`` the config stored in the checkpoint is used (the defaults for files from
-elsewhere); ``key.sub=value`` overrides apply on top, e.g. ``data.val.root=/data/Cityscapes``.
+elsewhere, whose preset is inferred from the file unless ``--preset`` names it); ``key.sub=value``
+overrides apply on top, e.g. ``data.val.root=/data/Cityscapes``.
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ from pathlib import Path
 from dataset.build import build_dataset, ensure_data
 from dataset.datasets import eval_loader
 from dataset.labels import CLASS_NAMES
-from model.build import build_model, restore_generator
-from utils.checkpoint import load_checkpoint
-from utils.config import config_from_dict, load_config
+from model.build import preset_name, restore_model
+from model.weights import PRESETS, read_weights
 from utils.engine import resolve_device
-from utils.evaluation import evaluate, score_prediction_dir
+from utils.evaluation import eval_config, evaluate, score_prediction_dir
 from utils.logger import setup_logging, write_json
 from utils.metrics import format_iou_table
+from utils.paper_results import paper_row
 
 log = logging.getLogger("evaluate")
 
@@ -40,11 +46,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--restore", metavar="CKPT", help="checkpoint of G to evaluate")
+    source.add_argument("--restore", metavar="CKPT", help="weights of G to evaluate (any layout)")
     source.add_argument(
         "--pred-dir", metavar="DIR", help="score trainId PNGs named like the images"
     )
     parser.add_argument("--config", help="YAML for the model and data.val (default: checkpoint's)")
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), help="network layout (sets model.preset)"
+    )
+    parser.add_argument(
+        "--flip", action="store_true", help="average with the mirrored image (sets eval.flip)"
+    )
+    parser.add_argument(
+        "--compare-with", metavar="ROW", help="print this row of the paper's Table 1 beside ours"
+    )
     parser.add_argument("--save-dir", metavar="DIR", help="write trainId and colour PNGs here")
     parser.add_argument("--results", metavar="FILE", help="results JSON (default: see below)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -52,39 +67,52 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "results JSON default: <save-dir>/results.json, else <checkpoint>.results.json, else "
         "<pred-dir>/results.json"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.pred_dir and (args.flip or args.preset):
+        parser.error("--flip and --preset need --restore (predictions on disk are fixed)")
+    if args.compare_with:
+        paper_row(args.compare_with)  # an unknown row fails before any work
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    stored = load_checkpoint(args.restore) if args.restore else None
-    if args.config:
-        cfg = load_config(args.config, args.overrides)
-    elif isinstance(stored, dict) and isinstance(stored.get("config"), dict):
-        cfg = config_from_dict(stored["config"], args.overrides)
-    else:
-        cfg = load_config(None, args.overrides)
+    overrides = list(args.overrides)
+    if args.preset:
+        overrides.append(f"model.preset={args.preset}")
+    if args.flip:
+        overrides.append("eval.flip=true")
+    weights = read_weights(args.restore) if args.restore else None
+    cfg = eval_config(args.config, weights.config if weights else None, overrides)
     ensure_data(cfg.data)
     val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
     log.info("val: %d images from %s (split %s)", len(val), cfg.data.val.root, cfg.data.val.split)
 
-    if args.pred_dir:
+    flip = None
+    if weights is None:
         cm = score_prediction_dir(args.pred_dir, val, cfg.model.num_classes)
         row, default_results = Path(args.pred_dir).name, Path(args.pred_dir) / "results.json"
+        preset = None
     else:
         device = resolve_device(cfg.train.device)
-        model = build_model(cfg.model)
-        restore_generator(model, args.restore)
-        model.to(device)
+        model, model_cfg, _ = restore_model(cfg.model, weights)
+        preset, flip = preset_name(model_cfg), cfg.eval.flip
         loader = eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers)
-        cm = evaluate(model, loader, device, cfg.model.num_classes, save_dir=args.save_dir)
+        log.info("evaluating with preset %s, flip averaging %s", preset, "on" if flip else "off")
+        cm = evaluate(
+            model.to(device), loader, device, model_cfg.num_classes, args.save_dir, flip=flip
+        )
         ckpt = Path(args.restore)
-        row, default_results = ckpt.stem, ckpt.with_name(ckpt.name + ".results.json")
+        row = f"{ckpt.stem} ({preset}, flip {'on' if flip else 'off'})"
+        default_results = ckpt.with_name(ckpt.name + ".results.json")
     if args.save_dir:
         default_results = Path(args.save_dir) / "results.json"
     ious, miou = cm.iou(), cm.miou()
-    print(format_iou_table({row: ious}))
+    rows = {row: ious}
+    if args.compare_with:
+        rows.update(_paper_rows(args.compare_with, ious, flip))
+    print(format_iou_table(rows))
     results = Path(args.results) if args.results else default_results
     results.parent.mkdir(parents=True, exist_ok=True)
     write_json(
@@ -92,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         {
             "restore": args.restore,
             "pred_dir": args.pred_dir,
+            "layout": weights.layout if weights else None,
+            "preset": preset,
+            "flip": flip,
             "val_root": cfg.data.val.root,
             "num_images": len(val),
             "mIoU": miou,
@@ -101,6 +132,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("results written to %s", results)
     print(f"mIoU: {100 * miou:.2f}")
     return 0
+
+
+def _paper_rows(name: str, ious: list[float], flip: bool | None) -> dict[str, list[float]]:
+    """The paper's row (fractions) and ours minus it, per class."""
+    name, paper = paper_row(name)
+    if flip is False:
+        log.warning("the paper's Table 1 used flip averaging: add --flip to compare like with like")
+    if paper.note:
+        log.info("paper row %r: %s", name, paper.note)
+    theirs = [v / 100 for v in paper.iou]
+    return {
+        f"paper: {name} (stated mIoU {paper.miou:.2f})": theirs,
+        f"ours - paper: {name}": [a - b for a, b in zip(ious, theirs)],
+    }
 
 
 if __name__ == "__main__":

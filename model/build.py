@@ -1,22 +1,53 @@
-"""G from the ``model`` config section, with its initial weights."""
+"""G from the ``model`` config section: its preset, its initial weights, or a trained file."""
 
 from __future__ import annotations
 
 import logging
-
-import torch
+from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
 
 from model.deeplabv2 import DeepLabV2
-from utils.checkpoint import CheckpointError, load_checkpoint, load_state_strict
-from utils.config import ModelConfig
+from model.weights import PRESETS, LoadReport, Weights, load_weights, preset_for, read_weights
+from utils.config import ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
 
-_PREFIXES = ("Scale.", "module.")
+
+class Restored(NamedTuple):
+    """A trained G, the model config it was built from (preset applied) and the load report."""
+
+    model: DeepLabV2
+    config: ModelConfig
+    report: LoadReport
+
+
+def apply_preset(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with ``model.preset`` (when set) overriding multi_level, aspp_branches and
+    predict_with."""
+    if not cfg.preset:
+        return cfg
+    if cfg.preset not in PRESETS:
+        raise ConfigError(
+            f"model.preset={cfg.preset!r}: unknown preset (valid: {', '.join(PRESETS)})"
+        )
+    p = PRESETS[cfg.preset]
+    return replace(
+        cfg, multi_level=p.multi_level, aspp_branches=p.aspp_branches, predict_with=p.predict_with
+    )
+
+
+def preset_name(cfg: ModelConfig) -> str:
+    """The preset ``cfg`` names or whose switches it has; ``custom`` for other switches."""
+    cfg = apply_preset(cfg)
+    switches = (cfg.multi_level, cfg.aspp_branches, cfg.predict_with)
+    return cfg.preset or next((n for n, p in PRESETS.items() if p == switches), "custom")
 
 
 def build_model(cfg: ModelConfig) -> DeepLabV2:
-    """A DeepLab-v2 as ``cfg`` describes; ``cfg.init_from`` loads initial weights."""
+    """A DeepLab-v2 as ``cfg`` describes (preset applied); ``cfg.init_from`` loads initial
+    weights (backbone strictly, classifiers where they fit)."""
+    cfg = apply_preset(cfg)
     model = DeepLabV2(
         num_classes=cfg.num_classes,
         layers=cfg.layers,
@@ -27,53 +58,14 @@ def build_model(cfg: ModelConfig) -> DeepLabV2:
         freeze_bn_stats=cfg.freeze_bn_stats,
     )
     if cfg.init_from:
-        load_initial_weights(model, cfg.init_from)
+        load_weights(model, cfg.init_from, purpose="init")
     return model
 
 
-def generator_state(obj: object, source: str) -> dict[str, torch.Tensor]:
-    """G's state dict from a file's content: this repository's checkpoint (``models.G``), a
-    ``{'state_dict': ...}`` wrapper, or a raw state dict; ``Scale.``/``module.`` prefixes go."""
-    if isinstance(obj, dict) and isinstance(obj.get("models"), dict) and "G" in obj["models"]:
-        obj = obj["models"]["G"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{source}: expected a state dict of tensors")
-    state = {}
-    for key, value in obj.items():
-        for prefix in _PREFIXES:
-            key = key.removeprefix(prefix)
-        state[key] = value
-    return state
-
-
-def load_initial_weights(model: DeepLabV2, path: str) -> None:
-    """Initial weights: the backbone must match exactly; classifier weights whose shapes differ
-    (e.g. the DeepLab-v2 init file's own ``layer5``) are dropped and stay at their init."""
-    state = generator_state(load_checkpoint(path), path)
-    own = model.state_dict()
-    dropped = [
-        k
-        for k in state
-        if k.startswith(("layer5.", "layer6.")) and (k not in own or state[k].shape != own[k].shape)
-    ]
-    kept = {k: v for k, v in state.items() if k not in dropped}
-    for k, v in own.items():
-        if k.startswith(("layer5.", "layer6.")) and k not in kept:
-            kept[k] = v  # classifiers absent or of another class count: keep the fresh init
-    kept = {k: v for k, v in kept.items() if k != "fc.weight" and k != "fc.bias"}
-    load_state_strict(model, kept, path)
-    log.info(
-        "initial weights from %s (%d tensors; %d classifier tensors kept at init)",
-        path,
-        len(state) - len(dropped),
-        len(dropped),
-    )
-
-
-def restore_generator(model: DeepLabV2, path: str) -> dict:
-    """Load a trained G strictly (every key, every shape); returns the file's content."""
-    obj = load_checkpoint(path)
-    load_state_strict(model, generator_state(obj, path), path)
-    return obj
+def restore_model(cfg: ModelConfig, source: str | Path | Weights) -> Restored:
+    """A trained G from a file of any layout: the preset ``cfg`` names, else (files from
+    elsewhere) the one inferred from the file; no initial weights; every key checked."""
+    weights = source if isinstance(source, Weights) else read_weights(source)
+    cfg = apply_preset(preset_for(replace(cfg, init_from=""), weights))
+    model = build_model(cfg)
+    return Restored(model, cfg, load_weights(model, weights, purpose="restore"))

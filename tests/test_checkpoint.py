@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from model.build import generator_state, load_initial_weights
 from model.deeplabv2 import DeepLabV2
+from model.weights import load_weights, read_weights
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
 
 
@@ -68,13 +68,18 @@ def test_strict_loading_lists_missing_unexpected_and_shapes():
     assert "0.weight: checkpoint (5, 2) vs model (3, 2)" in text
 
 
-def test_generator_state_unwraps_the_common_layouts():
+def test_read_weights_unwraps_the_common_layouts(tmp_path):
     w = torch.ones(1)
-    assert generator_state({"models": {"G": {"conv1.weight": w}}}, "f") == {"conv1.weight": w}
-    assert generator_state({"state_dict": {"module.conv1.weight": w}}, "f") == {"conv1.weight": w}
-    assert generator_state({"Scale.conv1.weight": w}, "f") == {"conv1.weight": w}
+
+    def state(obj):
+        torch.save(obj, tmp_path / "f.pth")
+        return read_weights(tmp_path / "f.pth").state
+
+    assert state({"models": {"G": {"conv1.weight": w}}}) == {"conv1.weight": w}
+    assert state({"state_dict": {"module.conv1.weight": w}}) == {"conv1.weight": w}
+    assert state({"Scale.conv1.weight": w}) == {"conv1.weight": w}
     with pytest.raises(CheckpointError, match="state dict of tensors"):
-        generator_state({"a": 1}, "f")
+        state({"a": 1})
 
 
 def test_initial_weights_keep_backbone_and_drop_foreign_classifier(tmp_path):
@@ -84,7 +89,7 @@ def test_initial_weights_keep_backbone_and_drop_foreign_classifier(tmp_path):
     torch.save({f"Scale.{k}": v for k, v in donor.state_dict().items()}, path)
     model = DeepLabV2(num_classes=19, layers=(1, 1, 1, 1), base_width=8)
     fresh_c1 = model.layer5.conv2d_list[0].weight.clone()
-    load_initial_weights(model, str(path))
+    load_weights(model, str(path), purpose="init")
     torch.testing.assert_close(model.conv1.weight, donor.conv1.weight)
     torch.testing.assert_close(model.layer4[0].conv3.weight, donor.layer4[0].conv3.weight)
     torch.testing.assert_close(model.layer5.conv2d_list[0].weight, fresh_c1)
@@ -92,4 +97,4 @@ def test_initial_weights_keep_backbone_and_drop_foreign_classifier(tmp_path):
     other = DeepLabV2(layers=(1, 1, 1, 1), base_width=16)
     torch.save(other.state_dict(), path)
     with pytest.raises(CheckpointError, match="shape mismatches"):
-        load_initial_weights(model, str(path))
+        load_weights(model, str(path), purpose="init")

@@ -1,28 +1,67 @@
 """mIoU on the target val split (SPEC.md, "Evaluation"): input resized, logits upsampled to the
-full-resolution label, argmax, one confusion matrix over the split."""
+full-resolution label, argmax, one confusion matrix over the split.
+
+With flip averaging, the softmax probabilities of the image and of its mirror image (mirrored
+back) are averaged at the label resolution: logits are upsampled first, as without flip, so a
+flip-free prediction is exactly the argmax of the logits. An ensemble weighs its members'
+scores (probabilities or logits, each member flip-averaged the same way) and one pass scores
+every member and the ensemble together."""
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
+from dataset.datasets import Batch
 from dataset.labels import NUM_CLASSES, colorize
 from model.deeplabv2 import DeepLabV2
+from utils.config import Config, config_from_dict, load_config
 from utils.losses import upsample_to
 from utils.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
+
+Space = Literal["prob", "logit"]
+SPACES: tuple[str, ...] = ("prob", "logit")
 
 
 @torch.no_grad()
 def predict_logits(model: DeepLabV2, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The model's prediction logits (``p1 + p2`` or C2) upsampled to ``size`` (H, W)."""
     return upsample_to(model.predict(model(image)).float(), size)
+
+
+@torch.no_grad()
+def predict_scores(
+    model: DeepLabV2,
+    image: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    flip: bool = False,
+    space: Space = "prob",
+) -> torch.Tensor:
+    """B x K x H x W scores at ``size``: the prediction logits upsampled, then softmax
+    probabilities (``space="prob"``) or the logits themselves (``"logit"``); ``flip=True``
+    averages them with the scores of the mirrored image, mirrored back."""
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+
+    def scores(x: torch.Tensor) -> torch.Tensor:
+        logits = predict_logits(model, x, size)  # B x K x H x W
+        return logits.softmax(1) if space == "prob" else logits
+
+    out = scores(image)
+    if flip:
+        out = (out + scores(image.flip(-1)).flip(-1)) / 2
+    return out
 
 
 @torch.no_grad()
@@ -33,17 +72,19 @@ def evaluate(
     num_classes: int = NUM_CLASSES,
     save_dir: str | Path | None = None,
     progress: bool = True,
+    *,
+    flip: bool = False,
 ) -> ConfusionMatrix:
-    """Score ``model`` on every batch of ``loader``; optionally write trainId and colour PNGs."""
+    """Score ``model`` on every batch of ``loader`` (``flip``: average the softmax with the
+    mirrored image's); optionally write trainId and colour PNGs."""
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes, device=device)
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        if batch.label is None:
-            raise ValueError("evaluation needs labels: the val dataset was built without them")
-        label = batch.label.to(device, non_blocking=True)
-        logits = predict_logits(model, batch.image.to(device, non_blocking=True), label.shape[-2:])
-        pred = logits.argmax(1)
+        label = _labels(batch, device)
+        image = batch.image.to(device, non_blocking=True)
+        space = "prob" if flip else "logit"  # without flip: the argmax of the logits
+        pred = predict_scores(model, image, label.shape[-2:], flip=flip, space=space).argmax(1)
         cm.update(pred, label)
         if save_dir is not None:
             for name, p in zip(batch.names, pred.to(torch.uint8).cpu().numpy()):
@@ -53,11 +94,110 @@ def evaluate(
     return cm
 
 
+def normalise_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    """Ensemble weights that sum to 1 (``None``: equal); an error names a wrong count, a
+    negative or non-finite weight, or a sum that is not positive."""
+    if weights is None:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise ValueError(f"--weights: {len(weights)} weights for {count} checkpoints")
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise ValueError(f"--weights: each weight must be finite and >= 0, got {list(weights)}")
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError(f"--weights must sum to a positive number, got {list(weights)}")
+    return [w / total for w in weights]
+
+
+def combine_scores(
+    scores: Sequence[torch.Tensor], weights: Sequence[float], names: Sequence[str]
+) -> torch.Tensor:
+    """sum_i w_i * scores_i; members whose scores differ in shape (classes or size) are an
+    error naming them."""
+    for name, s in zip(names[1:], scores[1:]):
+        if s.shape != scores[0].shape:
+            raise ValueError(
+                f"ensemble members' outputs differ: {names[0]} gives {tuple(scores[0].shape)}, "
+                f"{name} gives {tuple(s.shape)} (B x K x H x W)"
+            )
+    total = weights[0] * scores[0]
+    for w, s in zip(weights[1:], scores[1:]):
+        total = total + w * s
+    return total
+
+
+@torch.no_grad()
+def evaluate_ensemble(
+    models: Sequence[DeepLabV2],
+    weights: Sequence[float],
+    names: Sequence[str],
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    num_classes: int = NUM_CLASSES,
+    *,
+    flip: bool = False,
+    combine: Space = "prob",
+    offload: bool = False,
+    save_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[list[ConfusionMatrix], ConfusionMatrix]:
+    """One pass over ``loader`` scoring every member and the ensemble ``sum_i w_i S_i``, with
+    ``S_i`` member i's ``predict_scores`` in the ``combine`` space (each with its own preset and
+    flip averaging). ``offload``: members wait on the CPU and each visits ``device`` only for
+    its own forward pass. ``save_dir`` receives the ensemble's PNGs. Returns the members' and
+    the ensemble's confusion matrices."""
+    home = "cpu" if offload else device
+    for model in models:
+        model.eval().to(home)
+    member_cms = [ConfusionMatrix(num_classes, device=device) for _ in models]
+    ensemble_cm = ConfusionMatrix(num_classes, device=device)
+    for batch in tqdm(loader, desc="ensemble", disable=not progress, leave=False):
+        label = _labels(batch, device)
+        image = batch.image.to(device, non_blocking=True)
+        scores = []
+        for model, cm in zip(models, member_cms):
+            model.to(device)
+            s = predict_scores(model, image, label.shape[-2:], flip=flip, space=combine)
+            model.to(home)
+            cm.update(s.argmax(1), label)
+            scores.append(s)
+        pred = combine_scores(scores, weights, names).argmax(1)
+        ensemble_cm.update(pred, label)
+        if save_dir is not None:
+            for name, p in zip(batch.names, pred.to(torch.uint8).cpu().numpy()):
+                save_prediction(p, name, Path(save_dir))
+    for cm in (*member_cms, ensemble_cm):
+        cm.all_reduce()
+    return member_cms, ensemble_cm
+
+
+def eval_config(
+    config_path: str | None, stored: dict[str, Any] | None, overrides: Sequence[str]
+) -> Config:
+    """The config to evaluate a file with: ``config_path`` if given, else the config stored in
+    the checkpoint, else the defaults; ``overrides`` on top."""
+    if config_path:
+        return load_config(config_path, overrides)
+    if stored is not None:
+        return config_from_dict(stored, overrides)
+    return load_config(None, overrides)
+
+
+def _labels(batch: Batch, device: torch.device) -> torch.Tensor:
+    if batch.label is None:
+        raise ValueError("evaluation needs labels: the val dataset was built without them")
+    return batch.label.to(device, non_blocking=True)
+
+
+def prediction_paths(name: str, save_dir: Path) -> tuple[Path, Path]:
+    """Where ``save_prediction`` writes image ``name``: its trainId PNG and its colour PNG."""
+    return (save_dir / name).with_suffix(".png"), (save_dir / "color" / name).with_suffix(".png")
+
+
 def save_prediction(pred: np.ndarray, name: str, save_dir: Path) -> None:
     """``save_dir/<name>``: trainId PNG (what ``--pred-dir`` reads); ``save_dir/color/<name>``:
     the Cityscapes colours."""
-    for path, array in ((save_dir / name, pred), (save_dir / "color" / name, colorize(pred))):
-        path = path.with_suffix(".png")
+    for path, array in zip(prediction_paths(name, save_dir), (pred, colorize(pred))):
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(array).save(path)
 

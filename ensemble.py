@@ -1,0 +1,212 @@
+r"""Ensemble of trained DeepLab-v2 models on Cityscapes val: P = sum_i w_i softmax(G_i(x)).
+
+Each member predicts with its own preset (p1 + p2, or C2 alone for the multi-level models),
+with ``--flip`` averaged with its mirrored image; members are combined in probability space
+(``--combine logit`` weighs logits instead) with weights normalised to sum 1 (default: equal).
+One pass over the data scores every member and the ensemble; the table has a row per member,
+one for the ensemble and the ensemble minus the best member, per class.
+
+The paper's "*" rows weigh the Norm-only model 0.7 and the released model 0.3, with flip:
+
+    python ensemble.py --restore runs/norm_only/checkpoints/last.pth GTA2Cityscapes_CLAN.pth \
+        --weights 0.7 0.3 --flip                                    # CLAN + Norm*
+    python ensemble.py --restore runs/norm_only/checkpoints/last.pth GTA5_MaxSquare.pth \
+        --presets auto maxsquare --weights 0.7 0.3 --flip           # MaxSquare + Norm*
+    python ensemble.py --restore A.pth B.pth --save-dir preds/      # + the ensemble's PNGs
+    python ensemble.py --restore A.pth B.pth --offload   # one member on the GPU at a time
+
+Each member's config is ``--config`` if given, else the one stored in its checkpoint, else the
+defaults (files from elsewhere: preset from ``--presets`` or inferred from the file); the data
+and evaluation settings are the first member's. Overrides ``key.sub=value`` go before
+``--restore`` or after ``--``: ``ensemble.py --restore A.pth B.pth -- data.val.root=/data/cs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dataset.build import build_dataset, ensure_data
+from dataset.datasets import eval_loader
+from dataset.labels import CLASS_NAMES
+from model.build import preset_name, restore_model
+from model.weights import PRESETS, Weights, read_weights
+from utils.config import Config
+from utils.engine import resolve_device
+from utils.evaluation import (
+    SPACES,
+    eval_config,
+    evaluate_ensemble,
+    normalise_weights,
+    prediction_paths,
+)
+from utils.logger import setup_logging, write_json
+from utils.metrics import format_iou_table
+
+log = logging.getLogger("ensemble")
+
+_OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)+=")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--restore", nargs="+", required=True, metavar="CKPT", help="two or more weights files"
+    )
+    parser.add_argument(
+        "--weights", nargs="+", type=float, metavar="W", help="one per member (default: equal)"
+    )
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        choices=[*PRESETS, "auto"],
+        help="one per member; auto: the checkpoint's config, or inferred from the file",
+    )
+    parser.add_argument("--combine", choices=SPACES, default="prob", help="weigh probs or logits")
+    parser.add_argument(
+        "--flip", action="store_true", help="each member averaged with the mirrored image"
+    )
+    parser.add_argument("--save-dir", metavar="DIR", help="write the ensemble's PNGs here")
+    parser.add_argument("--overwrite", action="store_true", help="replace files in --save-dir")
+    parser.add_argument("--results", metavar="FILE", help="results JSON (default: see below)")
+    parser.add_argument(
+        "--offload", action="store_true", help="keep members on the CPU between forward passes"
+    )
+    parser.add_argument("--config", help="YAML for every member (default: each checkpoint's)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    parser.epilog = (
+        "results JSON default: <save-dir>/results.json, else <first checkpoint>.ensemble.json"
+    )
+    args = parser.parse_args(argv)
+    stray = [p for p in args.restore if _OVERRIDE.match(p) and not Path(p).exists()]
+    if stray:
+        parser.error(f"--restore {stray[0]!r} looks like an override: put overrides after --")
+    if len(args.restore) < 2:
+        parser.error("--restore needs two or more checkpoints")
+    if args.presets and len(args.presets) != len(args.restore):
+        parser.error(f"--presets: {len(args.presets)} presets for {len(args.restore)} checkpoints")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    weights = normalise_weights(args.weights, len(args.restore))
+    files = [read_weights(path) for path in args.restore]
+    configs = _member_configs(args, files)
+    cfg = configs[0]
+    ensure_data(cfg.data)
+    val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
+    log.info("val: %d images from %s (split %s)", len(val), cfg.data.val.root, cfg.data.val.split)
+    save_dir = Path(args.save_dir) if args.save_dir else None
+    first = Path(args.restore[0])
+    results = Path(
+        args.results
+        or (
+            save_dir / "results.json"
+            if save_dir
+            else first.with_name(first.name + ".ensemble.json")
+        )
+    )
+    if save_dir is not None and not args.overwrite:
+        _refuse_overwrite(save_dir, [name for _, _, name in val.items], results)
+
+    members = [restore_model(c.model, f) for c, f in zip(configs, files)]
+    del files  # the models hold the weights now
+    presets = [preset_name(m.config) for m in members]
+    labels = [
+        f"{i + 1}: {short} ({preset}, w {w:.2f})"
+        for i, (short, preset, w) in enumerate(zip(_short_names(args.restore), presets, weights))
+    ]
+    flip = cfg.eval.flip
+    log.info(
+        "ensemble of %d members, weights %s, %s space, flip averaging %s%s",
+        len(members), [round(w, 4) for w in weights], args.combine, "on" if flip else "off",
+        ", offloaded to the CPU between passes" if args.offload else "",
+    )  # fmt: skip
+    member_cms, ensemble_cm = evaluate_ensemble(
+        [m.model for m in members], weights, labels,
+        eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers),
+        resolve_device(cfg.train.device), cfg.model.num_classes,
+        flip=flip, combine=args.combine, offload=args.offload, save_dir=save_dir,
+    )  # fmt: skip
+
+    member_ious = [cm.iou() for cm in member_cms]
+    member_mious = [cm.miou() for cm in member_cms]
+    ious, miou = ensemble_cm.iou(), ensemble_cm.miou()
+    best = max(range(len(members)), key=lambda i: member_mious[i])
+    rows = dict(zip(labels, member_ious))
+    rows[f"ensemble ({args.combine}, flip {'on' if flip else 'off'})"] = ious
+    rows[f"ensemble - {best + 1} (best member)"] = [a - b for a, b in zip(ious, member_ious[best])]
+    print(format_iou_table(rows))
+    results.parent.mkdir(parents=True, exist_ok=True)
+    write_json(
+        results,
+        {
+            "members": [
+                {"restore": path, "preset": preset, "weight": w, "mIoU": m,
+                 "iou": dict(zip(CLASS_NAMES, member_iou))}
+                for path, preset, w, m, member_iou in zip(
+                    args.restore, presets, weights, member_mious, member_ious
+                )
+            ],
+            "combine": args.combine,
+            "flip": flip,
+            "val_root": cfg.data.val.root,
+            "num_images": len(val),
+            "mIoU": miou,
+            "iou": dict(zip(CLASS_NAMES, ious)),
+            "best_member": best + 1,
+        },
+    )  # fmt: skip
+    log.info("results written to %s", results)
+    print(f"mIoU: {100 * miou:.2f}")
+    return 0
+
+
+def _member_configs(args: argparse.Namespace, files: list[Weights]) -> list[Config]:
+    """Each member's config (``--config``, else its stored one, else the defaults) with the
+    overrides, ``--flip`` and its ``--presets`` entry; all must predict the same classes."""
+    presets = args.presets or ["auto"] * len(files)
+    configs = []
+    for file, preset in zip(files, presets):
+        overrides = [*args.overrides, *(["eval.flip=true"] if args.flip else [])]
+        if preset != "auto":
+            overrides.append(f"model.preset={preset}")
+        configs.append(eval_config(args.config, file.config, overrides))
+    if len({c.model.num_classes for c in configs}) > 1:
+        counts = ", ".join(f"{f.path}: {c.model.num_classes}" for f, c in zip(files, configs))
+        raise ValueError(f"ensemble members predict different numbers of classes ({counts})")
+    return configs
+
+
+def _refuse_overwrite(save_dir: Path, names: list[str], results: Path) -> None:
+    """An error naming the files ``--save-dir`` already holds that this run would write."""
+    targets = [results, *(p for name in names for p in prediction_paths(name, save_dir))]
+    existing = [p for p in targets if p.exists() and save_dir in p.parents]
+    if existing:
+        shown = ", ".join(str(p) for p in existing[:3])
+        raise FileExistsError(
+            f"--save-dir {save_dir} already holds {len(existing)} of this run's files ({shown}"
+            f"{', ...' if len(existing) > 3 else ''}): pass --overwrite to replace them"
+        )
+
+
+def _short_names(paths: Sequence[str]) -> list[str]:
+    """The shortest trailing parts of each path that tell the members apart."""
+    parts = [Path(p).parts for p in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [Path(p).name for p in paths]  # the same file twice: the row number tells them apart
+
+
+if __name__ == "__main__":
+    sys.exit(main())
