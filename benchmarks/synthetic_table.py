@@ -29,12 +29,6 @@ from utils.metrics import SHORT_NAMES
 SETUPS: dict[str, tuple[str, object, str, tuple[str, ...]]] = {
     "source_only": ("Source only", train_norm_only, "configs/demo/source_only.yaml", ()),
     "norm_only": ("Norm only", train_norm_only, "configs/demo/norm_only.yaml", ()),
-    "norm_only_strong": (
-        "Norm only, lambda_norm 1e-2",
-        train_norm_only,
-        "configs/demo/norm_only.yaml",
-        ("loss.lambda_norm=1e-2",),
-    ),
     "clan": ("CLAN", train_clan_norm, "configs/demo/clan.yaml", ()),
     "clan_norm": ("CLAN + Norm", train_clan_norm, "configs/demo/clan_norm.yaml", ()),
     "oracle": (
@@ -47,6 +41,12 @@ SETUPS: dict[str, tuple[str, object, str, tuple[str, ...]]] = {
             "data.source.resize=[256,128]",
             "data.source.crop=null",
         ),
+    ),
+    "norm_only_strong": (
+        "Norm only, lambda_norm 1e-2",
+        train_norm_only,
+        "configs/demo/norm_only.yaml",
+        ("loss.lambda_norm=1e-2",),
     ),
 }
 

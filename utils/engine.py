@@ -273,9 +273,12 @@ def _restore(state: TrainState, ckpt: dict[str, Any], source: str) -> int:
 
 @torch.no_grad()
 def _image_grid(model: DeepLabV2, batch: Batch, device: torch.device) -> torch.Tensor:
-    """input | label | prediction for the first image of a batch, as one 3 x H x 3W image."""
+    """input | label | prediction for the first image of a batch, as one 3 x H x 3W image
+    (eval mode, as evaluation: the picture leaves BN's running statistics alone)."""
     image = batch.image[:1].to(device)
+    model.eval()
     pred = predict_logits(model, image, tuple(image.shape[-2:])).argmax(1)[0].cpu().numpy()
+    model.train()
     tiles = [denormalize(image[0].cpu())]
     if batch.label is not None:
         tiles.append(torch.from_numpy(colorize(batch.label[0].numpy())).permute(2, 0, 1))
@@ -288,7 +291,7 @@ def _evaluate_and_report(
 ) -> float:
     with state.autocast():
         cm = evaluate(state.model, loader, state.device, state.cfg.model.num_classes,
-                      progress=writer is not None)  # fmt: skip
+                      progress=writer is not None, flip=state.cfg.eval.flip)  # fmt: skip
     ious = cm.iou()
     miou = cm.miou()
     if writer is None:  # not rank 0: the matrix was all-reduced, rank 0 reports
