@@ -150,22 +150,6 @@ def test_updates_move_g_and_d_only_through_their_optimizers():
     assert 0.0 <= terms["d_acc_s"].item() <= 1.0 and terms["loss_weight"].item() >= 0.0
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic") / "data"
-    return [
-        f"data.synthetic.root={root}",
-        "data.synthetic.num_source=6",
-        "data.synthetic.num_train=6",
-        "data.synthetic.num_val=3",
-        "data.synthetic.source_size=[160,88]",
-        "data.synthetic.target_size=[192,96]",
-        f"data.source.root={root}/GTA5",
-        f"data.target.root={root}/Cityscapes",
-        f"data.val.root={root}/Cityscapes",
-    ]
-
-
 def _run(tmp_path, synthetic, name, *extra):
     args = ["--config", "configs/demo/clan_norm.yaml", *TINY, *synthetic,
             f"train.out_dir={tmp_path}", f"train.run_name={name}", *extra]  # fmt: skip

@@ -29,22 +29,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic") / "data"
-    return [
-        f"data.synthetic.root={root}",
-        "data.synthetic.num_source=6",
-        "data.synthetic.num_train=6",
-        "data.synthetic.num_val=3",
-        "data.synthetic.source_size=[160,88]",
-        "data.synthetic.target_size=[192,96]",
-        f"data.source.root={root}/GTA5",
-        f"data.target.root={root}/Cityscapes",
-        f"data.val.root={root}/Cityscapes",
-    ]
-
-
 def _train(tmp_path, synthetic, name, *extra, config="configs/demo/norm_only.yaml"):
     args = ["--config", config, *TINY, *synthetic, f"train.out_dir={tmp_path}",
             f"train.run_name={name}", *extra]  # fmt: skip
