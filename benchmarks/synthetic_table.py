@@ -42,6 +42,12 @@ SETUPS: dict[str, tuple[str, object, str, tuple[str, ...]]] = {
             "data.source.crop=null",
         ),
     ),
+    "norm_only_bn": (
+        "Norm only, lambda_norm 1e-9 (target pass, no norm gradient)",
+        train_norm_only,
+        "configs/demo/norm_only.yaml",
+        ("loss.lambda_norm=1e-9",),
+    ),
     "norm_only_strong": (
         "Norm only, lambda_norm 1e-2",
         train_norm_only,
