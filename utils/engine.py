@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -344,7 +345,11 @@ def train(
     if info.is_main:
         ensure_data(cfg.data)
     broadcast_object(None, info)  # the others wait for the synthetic data
-    state = build(cfg, device)
+    # A resumed run takes every weight from its checkpoint: the initial-weights file is not
+    # read again (it may have moved since).
+    no_init = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=""))
+    state = build(cfg if checkpoint is None else no_init, device)
+    state.cfg = cfg
     start = 0
     if checkpoint is not None:
         start = _restore(state, checkpoint, checkpoint_path)
