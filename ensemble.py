@@ -130,10 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         len(members), [round(w, 4) for w in weights], args.combine, "on" if flip else "off",
         ", offloaded to the CPU between passes" if args.offload else "",
     )  # fmt: skip
+    device = resolve_device(cfg.train.device)
+    loader = eval_loader(
+        val, cfg.eval.batch_size, cfg.eval.num_workers, pin_memory=device.type == "cuda"
+    )
     member_cms, ensemble_cm = evaluate_ensemble(
-        [m.model for m in members], weights, labels,
-        eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers),
-        resolve_device(cfg.train.device), cfg.model.num_classes,
+        [m.model for m in members], weights, labels, loader, device, cfg.model.num_classes,
         flip=flip, combine=args.combine, offload=args.offload, save_dir=save_dir,
     )  # fmt: skip
 

@@ -98,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = resolve_device(cfg.train.device)
         model, model_cfg, _ = restore_model(cfg.model, weights)
         preset, flip = preset_name(model_cfg), cfg.eval.flip
-        loader = eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers)
+        pin = device.type == "cuda"
+        loader = eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers, pin_memory=pin)
         log.info("evaluating with preset %s, flip averaging %s", preset, "on" if flip else "off")
         cm = evaluate(
             model.to(device), loader, device, model_cfg.num_classes, args.save_dir, flip=flip

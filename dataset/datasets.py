@@ -371,9 +371,10 @@ def eval_loader(
     num_workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """In-order loader over this rank's shard (indices rank, rank + W, ...): no padding, so
-    every index is seen exactly once over all ranks."""
+    every index is seen exactly once over all ranks. ``pin_memory`` for CUDA evaluation."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
     return DataLoader(
@@ -382,4 +383,5 @@ def eval_loader(
         sampler=range(rank, len(dataset), world_size),
         num_workers=num_workers,
         collate_fn=collate,
+        pin_memory=pin_memory,
     )

@@ -366,7 +366,9 @@ def train(
         target = build_dataset(cfg.data.target, with_labels=False)
         target_iter = infinite_loader(target, bs, t.seed + 1, start, workers, pin, **ranks)
     val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
-    val_loader = eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers, **ranks)
+    val_loader = eval_loader(
+        val, cfg.eval.batch_size, cfg.eval.num_workers, pin_memory=pin, **ranks
+    )
     log.info(
         "data: source %d images (%s), target %s, val %d images; batch %d per process x %d",
         len(source), cfg.data.source.root,

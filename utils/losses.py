@@ -81,8 +81,13 @@ def stepwise_norm_loss(features: torch.Tensor, delta_r: float) -> torch.Tensor:
     the loss always equals ``dr^2`` and its gradient pushes every pixel's norm up by about dr:
     d/dF = -2 dr * F / (n * B h w). No second forward pass is needed.
     """
-    n = feature_norm(features)
-    return ((n.detach() + delta_r - n) ** 2).mean()
+    return stepwise_norm_loss_from_norms(feature_norm(features), delta_r)
+
+
+def stepwise_norm_loss_from_norms(norms: torch.Tensor, delta_r: float) -> torch.Tensor:
+    """:func:`stepwise_norm_loss` from ``feature_norm(features)``, so that a training step that
+    also logs the norms computes them once."""
+    return ((norms.detach() + delta_r - norms) ** 2).mean()
 
 
 def discrepancy_map(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
