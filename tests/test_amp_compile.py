@@ -1,0 +1,105 @@
+"""Mixed precision (one autocast path, float32 losses, one GradScaler for both optimizers) and
+torch.compile (same results as eager), on a small model on the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+import train_clan_norm
+from dataset.datasets import Batch
+from utils.config import load_config
+from utils.distributed import DistInfo
+from utils.engine import TrainState, prepare
+from utils.losses import feature_norm
+
+SMALL = [
+    "train.device=cpu",
+    "model.layers=[1,1,1,1]",
+    "model.base_width=8",
+    "model.d_width=8",
+    "optim.warmup_steps=10",
+    "optim.schedule_steps=1000",
+]
+
+
+def _batches() -> tuple[Batch, Batch]:
+    gen = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 19, (1, 48, 64), generator=gen)
+    source = Batch(torch.randn(1, 3, 48, 64, generator=gen), label, ["s"])
+    return source, Batch(torch.randn(1, 3, 48, 64, generator=gen), None, ["t"])
+
+
+def _state(*overrides: str) -> TrainState:
+    torch.manual_seed(0)
+    state = train_clan_norm.build(load_config(None, [*SMALL, *overrides]), torch.device("cpu"))
+    prepare(state, DistInfo())
+    return state
+
+
+def _weights(state: TrainState) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{key}": value.detach().clone()
+        for name, module in state.modules.items()
+        for key, value in module.state_dict().items()
+    }
+
+
+def test_bf16_autocasts_the_networks_and_keeps_norms_and_losses_in_float32():
+    state = _state("train.amp=bf16")
+    source, target = _batches()
+    with state.autocast():
+        out = state.run("G")(source.image)
+    assert out.features.dtype == torch.bfloat16 and out.p1.dtype == torch.bfloat16
+    assert feature_norm(out.features).dtype == torch.float32
+    before = _weights(state)
+    terms = train_clan_norm.train_step(state, source, target, 20)
+    for name, value in terms.items():
+        assert value.dtype == torch.float32, name
+        assert torch.isfinite(value), name
+    after = _weights(state)
+    assert all(p.dtype == torch.float32 for p in after.values() if p.is_floating_point())
+    for name in ("G.layer1.0.conv1.weight", "G.layer6.conv2d_list.0.weight", "D.conv1.weight"):
+        assert not torch.equal(before[name], after[name]), name
+
+
+def test_fp16_one_grad_scaler_serves_both_optimizers():
+    state = _state("train.amp=fp16")
+    assert state.scaler is not None and state.scaler.is_enabled()
+    source, target = _batches()
+    # At the default initial scale, 2^16, D's float16 gradients overflow here and only D's
+    # step is skipped (each optimizer is unscaled and checked on its own); start lower.
+    state.scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    before = _weights(state)
+    train_clan_norm.train_step(state, source, target, 20)
+    after = _weights(state)
+    assert state.scaler.get_scale() == 256.0  # no overflow anywhere
+    assert not torch.equal(before["G.layer1.0.conv1.weight"], after["G.layer1.0.conv1.weight"])
+    assert not torch.equal(before["D.conv1.weight"], after["D.conv1.weight"])
+
+    # A scale that overflows float16 gradients: both optimizers skip the step, the scale drops.
+    state.scaler.update(new_scale=torch.tensor(3.0e38))
+    train_clan_norm.train_step(state, source, target, 21)
+    skipped = _weights(state)
+    for name, module in state.modules.items():
+        for key, _ in module.named_parameters():  # (BN running statistics move regardless)
+            assert torch.equal(after[f"{name}.{key}"], skipped[f"{name}.{key}"]), key
+    assert state.scaler.get_scale() < 3.0e38
+
+
+def test_off_and_bf16_have_no_grad_scaler():
+    assert _state("train.amp=off").scaler is None
+    assert _state("train.amp=bf16").scaler is None
+
+
+def test_compile_gives_the_eager_results():
+    source, target = _batches()
+    eager, compiled = _state(), _state("train.compile=true")
+    assert compiled.run("G") is not compiled.modules["G"]  # the compiled wrapper is what runs
+    for step in (20, 21):
+        logs_e = train_clan_norm.train_step(eager, source, target, step)
+        logs_c = train_clan_norm.train_step(compiled, source, target, step)
+        for key in logs_e:
+            torch.testing.assert_close(logs_c[key], logs_e[key], rtol=1e-3, atol=1e-5, msg=key)
+    w_e, w_c = _weights(eager), _weights(compiled)
+    for name in w_e:
+        torch.testing.assert_close(w_c[name], w_e[name], rtol=1e-3, atol=1e-5, msg=name)
