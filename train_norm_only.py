@@ -38,6 +38,7 @@ def build(cfg: Config, device: torch.device) -> TrainState:
         optimizers={"G": optimizer},
         base_lrs={"G": cfg.optim.lr},
         uses_target=cfg.loss.lambda_norm > 0,  # Source only has no target pass
+        partial_g_passes=cfg.loss.lambda_norm > 0,  # the target pass skips the heads
     )
 
 

@@ -76,6 +76,7 @@ class TrainState:
     optimizers: dict[str, torch.optim.Optimizer]
     base_lrs: dict[str, float]
     uses_target: bool
+    partial_g_passes: bool = False  # some of G's passes leave parameters unused (DDP must look)
     runners: dict[str, nn.Module] = field(default_factory=dict)
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
@@ -128,8 +129,10 @@ def prepare(state: TrainState, info: DistInfo) -> None:
         runner = module
         if info.distributed:
             ids = [device.index] if device.type == "cuda" else None
-            # G's target pass in Norm only skips the heads: some parameters go unused there.
-            runner = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+            # Looking for unused parameters costs a graph traversal per pass: only where some
+            # go unused (G in Norm only, whose target pass skips the heads) and for the small D.
+            unused = state.partial_g_passes if name == "G" else True
+            runner = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
         if t.compile:
             runner = torch.compile(runner)
         state.runners[name] = runner
