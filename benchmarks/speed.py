@@ -213,11 +213,11 @@ def bench_norm_term(args: argparse.Namespace, device: torch.device) -> float:
     return statistics.median(_time(both, device) for _ in range(max(10, args.steps)))
 
 
-def eval_dataset(args: argparse.Namespace, cfg) -> tuple[str, str]:
-    """(root, list file) of the evaluation set: ``--eval-root`` (a Cityscapes root; its val
-    split, ``--eval-images`` of them), else synthetic Cityscapes-val-layout images of
-    ``--eval-size`` (``--eval-distinct`` drawn once under ``--eval-cache``, listed
-    repeatedly up to ``--eval-images``)."""
+def eval_dataset(args: argparse.Namespace, list_dir: Path) -> tuple[str, str]:
+    """(root, list file written to ``list_dir``) of the evaluation set: ``--eval-root`` (a
+    Cityscapes root; its val split, ``--eval-images`` of them), else synthetic
+    Cityscapes-val-layout images of ``--eval-size`` (``--eval-distinct`` drawn once under
+    ``--eval-cache``, listed repeatedly up to ``--eval-images``)."""
     lh, lw = args.eval_size
     if args.eval_root:
         root = Path(args.eval_root)
@@ -235,7 +235,7 @@ def eval_dataset(args: argparse.Namespace, cfg) -> tuple[str, str]:
             for p in (root / "leftImg8bit" / "val").glob("*/*_leftImg8bit.png")
         )
     names = [names[i % len(names)] for i in range(args.eval_images)]
-    list_file = Path(tempfile.mkdtemp(prefix="bench_eval_")) / "val.txt"
+    list_file = list_dir / "val.txt"
     list_file.write_text("\n".join(names) + "\n")
     return str(root), str(list_file)
 
@@ -259,10 +259,12 @@ def bench_eval(args: argparse.Namespace, device: torch.device) -> dict[str, floa
     batches = max(1, args.eval_images // args.eval_batch)
     model_ips = batches * args.eval_batch / _time(lambda: [one() for _ in range(batches)], device)
 
-    root, list_file = eval_dataset(args, cfg)
-    val_cfg = dataclasses.replace(cfg.data.val, root=root, list_file=list_file)
-    val = build_dataset(val_cfg, with_labels=True, evaluation=True)
-    loader = eval_loader(val, args.eval_batch, args.eval_workers, pin_memory=device.type == "cuda")
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as list_dir:
+        root, list_file = eval_dataset(args, Path(list_dir))
+        val_cfg = dataclasses.replace(cfg.data.val, root=root, list_file=list_file)
+        val = build_dataset(val_cfg, with_labels=True, evaluation=True)
+    pin = device.type == "cuda"
+    loader = eval_loader(val, args.eval_batch, args.eval_workers, pin_memory=pin)
     seconds = _time(lambda: evaluate(model, loader, device, progress=False), device)
     return {"model": model_ips, "end_to_end": len(val) / seconds, "images": len(val)}
 
