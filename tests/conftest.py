@@ -29,3 +29,27 @@ def synthetic(tmp_path_factory):
         f"data.target.root={root}/Cityscapes",
         f"data.val.root={root}/Cityscapes",
     ]
+
+
+@pytest.fixture
+def small_model():
+    """Overrides for a small G and D on the CPU, with warm-up over by step 10."""
+    return [
+        "train.device=cpu",
+        "model.layers=[1,1,1,1]",
+        "model.base_width=8",
+        "model.d_width=8",
+        "optim.warmup_steps=10",
+        "optim.schedule_steps=1000",
+    ]
+
+
+@pytest.fixture
+def small_batches():
+    """A labelled source batch and an unlabelled target batch of one 48x64 image each."""
+    from dataset.datasets import Batch
+
+    gen = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 19, (1, 48, 64), generator=gen)
+    source = Batch(torch.randn(1, 3, 48, 64, generator=gen), label, ["s"])
+    return source, Batch(torch.randn(1, 3, 48, 64, generator=gen), None, ["t"])

@@ -6,32 +6,16 @@ from __future__ import annotations
 import torch
 
 import train_clan_norm
-from dataset.datasets import Batch
 from utils.config import load_config
 from utils.distributed import DistInfo
 from utils.engine import TrainState, prepare
 from utils.losses import feature_norm
 
-SMALL = [
-    "train.device=cpu",
-    "model.layers=[1,1,1,1]",
-    "model.base_width=8",
-    "model.d_width=8",
-    "optim.warmup_steps=10",
-    "optim.schedule_steps=1000",
-]
 
-
-def _batches() -> tuple[Batch, Batch]:
-    gen = torch.Generator().manual_seed(0)
-    label = torch.randint(0, 19, (1, 48, 64), generator=gen)
-    source = Batch(torch.randn(1, 3, 48, 64, generator=gen), label, ["s"])
-    return source, Batch(torch.randn(1, 3, 48, 64, generator=gen), None, ["t"])
-
-
-def _state(*overrides: str) -> TrainState:
+def _state(small_model: list[str], *overrides: str) -> TrainState:
     torch.manual_seed(0)
-    state = train_clan_norm.build(load_config(None, [*SMALL, *overrides]), torch.device("cpu"))
+    cfg = load_config(None, [*small_model, *overrides])
+    state = train_clan_norm.build(cfg, torch.device("cpu"))
     prepare(state, DistInfo())
     return state
 
@@ -44,9 +28,11 @@ def _weights(state: TrainState) -> dict[str, torch.Tensor]:
     }
 
 
-def test_bf16_autocasts_the_networks_and_keeps_norms_and_losses_in_float32():
-    state = _state("train.amp=bf16")
-    source, target = _batches()
+def test_bf16_autocasts_the_networks_and_keeps_norms_and_losses_in_float32(
+    small_model, small_batches
+):
+    state = _state(small_model, "train.amp=bf16")
+    source, target = small_batches
     with state.autocast():
         out = state.run("G")(source.image)
     assert out.features.dtype == torch.bfloat16 and out.p1.dtype == torch.bfloat16
@@ -62,10 +48,10 @@ def test_bf16_autocasts_the_networks_and_keeps_norms_and_losses_in_float32():
         assert not torch.equal(before[name], after[name]), name
 
 
-def test_fp16_one_grad_scaler_serves_both_optimizers():
-    state = _state("train.amp=fp16")
+def test_fp16_one_grad_scaler_serves_both_optimizers(small_model, small_batches):
+    state = _state(small_model, "train.amp=fp16")
     assert state.scaler is not None and state.scaler.is_enabled()
-    source, target = _batches()
+    source, target = small_batches
     # At the default initial scale, 2^16, D's float16 gradients overflow here and only D's
     # step is skipped (each optimizer is unscaled and checked on its own); start lower.
     state.scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
@@ -86,14 +72,14 @@ def test_fp16_one_grad_scaler_serves_both_optimizers():
     assert state.scaler.get_scale() < 3.0e38
 
 
-def test_off_and_bf16_have_no_grad_scaler():
-    assert _state("train.amp=off").scaler is None
-    assert _state("train.amp=bf16").scaler is None
+def test_off_and_bf16_have_no_grad_scaler(small_model):
+    assert _state(small_model, "train.amp=off").scaler is None
+    assert _state(small_model, "train.amp=bf16").scaler is None
 
 
-def test_compile_gives_the_eager_results():
-    source, target = _batches()
-    eager, compiled = _state(), _state("train.compile=true")
+def test_compile_gives_the_eager_results(small_model, small_batches):
+    source, target = small_batches
+    eager, compiled = _state(small_model), _state(small_model, "train.compile=true")
     assert compiled.run("G") is not compiled.modules["G"]  # the compiled wrapper is what runs
     for step in (20, 21):
         logs_e = train_clan_norm.train_step(eager, source, target, step)

@@ -13,17 +13,7 @@ import torch
 import train_clan_norm
 import train_norm_only
 from benchmarks import speed
-from dataset.datasets import Batch
 from utils.config import load_config
-
-SMALL = [
-    "train.device=cpu",
-    "model.layers=[1,1,1,1]",
-    "model.base_width=8",
-    "model.d_width=8",
-    "optim.warmup_steps=10",
-    "optim.schedule_steps=1000",
-]
 
 
 @pytest.mark.parametrize(
@@ -36,13 +26,10 @@ SMALL = [
     ],
     ids=["norm_only", "source_only", "clan_norm", "clan"],
 )
-def test_reference_step_makes_the_same_update_as_ours(script, extra):
+def test_reference_step_makes_the_same_update_as_ours(script, extra, small_model, small_batches):
     # lambda_norm large enough that the norm term visibly moves the backbone
-    cfg = load_config(None, [*SMALL, "loss.lambda_norm=0.5", *extra])
-    gen = torch.Generator().manual_seed(0)
-    label = torch.randint(0, 19, (1, 48, 64), generator=gen)
-    source = Batch(torch.randn(1, 3, 48, 64, generator=gen), label, ["s"])
-    target = Batch(torch.randn(1, 3, 48, 64, generator=gen), None, ["t"])
+    cfg = load_config(None, [*small_model, "loss.lambda_norm=0.5", *extra])
+    source, target = small_batches
     states = []
     for _ in range(2):
         torch.manual_seed(0)
@@ -74,13 +61,13 @@ def test_state_bytes_counts_parameters_gradients_and_optimizer_state():
     assert speed._state_bytes(state) == 3 * params + buffers
 
 
-def test_benchmark_runs_end_to_end_and_writes_its_table(tmp_path, capsys):
+def test_benchmark_runs_end_to_end_and_writes_its_table(tmp_path, capsys, small_model):
     out = tmp_path / "speed.md"
     args = [
         "--device", "cpu", "--crop", "48", "64", "--amp", "off", "--steps", "2", "--warmup", "0",
         "--eval-images", "3", "--eval-distinct", "2", "--eval-batch", "2", "--eval-workers", "0",
         "--eval-size", "64", "128", "--eval-cache", str(tmp_path / "eval"), "--out", str(out),
-        *SMALL, "data.val.resize=[64,32]",
+        *small_model, "data.val.resize=[64,32]",
     ]  # fmt: skip
     assert speed.main(args) == 0
     table = out.read_text()
