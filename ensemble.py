@@ -36,7 +36,7 @@ from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
 from model.weights import PRESETS, Weights, read_weights
 from utils.config import Config
-from utils.engine import resolve_device
+from utils.distributed import select_device
 from utils.evaluation import (
     SPACES,
     eval_config,
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         len(members), [round(w, 4) for w in weights], args.combine, "on" if flip else "off",
         ", offloaded to the CPU between passes" if args.offload else "",
     )  # fmt: skip
-    device = resolve_device(cfg.train.device)
+    device = select_device(cfg.train.device)
     loader = eval_loader(
         val, cfg.eval.batch_size, cfg.eval.num_workers, pin_memory=device.type == "cuda"
     )

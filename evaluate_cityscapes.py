@@ -32,7 +32,7 @@ from dataset.datasets import eval_loader
 from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
 from model.weights import PRESETS, read_weights
-from utils.engine import resolve_device
+from utils.distributed import DistInfo, describe, select_device
 from utils.evaluation import eval_config, evaluate, score_prediction_dir
 from utils.logger import setup_logging, write_json
 from utils.metrics import format_iou_table
@@ -95,12 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         row, default_results = Path(args.pred_dir).name, Path(args.pred_dir) / "results.json"
         preset = None
     else:
-        device = resolve_device(cfg.train.device)
+        device = select_device(cfg.train.device)
         model, model_cfg, _ = restore_model(cfg.model, weights)
         preset, flip = preset_name(model_cfg), cfg.eval.flip
         pin = device.type == "cuda"
         loader = eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers, pin_memory=pin)
-        log.info("evaluating with preset %s, flip averaging %s", preset, "on" if flip else "off")
+        log.info("evaluating with preset %s, flip averaging %s, %s", preset,
+                 "on" if flip else "off", describe(DistInfo(), device))  # fmt: skip
         cm = evaluate(
             model.to(device), loader, device, model_cfg.num_classes, args.save_dir, flip=flip
         )

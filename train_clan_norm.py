@@ -65,7 +65,7 @@ def build(cfg: Config, device: torch.device) -> TrainState:
 
 def train_step(
     state: TrainState, source: Batch, target: Batch | None, step: int
-) -> dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor | float]:
     """G on source (seg + norm), G on target (norm + adversarial + weight), then D on the
     detached source and target predictions; one backward per pass."""
     assert target is not None
@@ -100,7 +100,7 @@ def train_step(
     with state.autocast():
         out_t = g(x_t)
         p_t1, p_t2 = upsample_to(out_t.p1, size_t), upsample_to(out_t.p2, size_t)
-        prob_t = F.softmax(p_t1.float() + p_t2.float(), dim=1)
+        prob_t = F.softmax(p_t1 + p_t2, dim=1)  # float32: upsample_to returns float32
         d_out = upsample_to(disc(prob_t), size_t)
     weight_map = discrepancy_map(p_t1, p_t2)  # B x 1 x H x W
     loss_adv = weighted_bce_with_logits(  # fool D: target predictions labelled source
@@ -119,7 +119,7 @@ def train_step(
     # D step: G's predictions detached, so G gets no gradient.
     disc.requires_grad_(True)
     d_run = state.run("D")
-    prob_s = F.softmax(p_s1.float() + p_s2.float(), dim=1).detach()
+    prob_s = F.softmax(p_s1 + p_s2, dim=1).detach()
     with state.autocast():
         d_out_s = upsample_to(d_run(prob_s), y_s.shape[-2:])
         d_out_t = upsample_to(d_run(prob_t.detach()), size_t)
@@ -142,8 +142,8 @@ def train_step(
         "feat_norm_s": norms_s.detach().mean(),
         "feat_norm_t": norms_t.detach().mean(),
         "weight_map_mean": weight_map.detach().mean(),
-        "damping": torch.tensor(d),
-        "damping_norm": torch.tensor(d_norm),
+        "damping": d,  # plain numbers: the loop logs tensors on the device and numbers alike
+        "damping_norm": d_norm,
     }
 
 

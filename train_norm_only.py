@@ -44,7 +44,7 @@ def build(cfg: Config, device: torch.device) -> TrainState:
 
 def train_step(
     state: TrainState, source: Batch, target: Batch | None, step: int
-) -> dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor | float]:
     """One step: source (L_seg + norm), then target (norm, features only); one backward each."""
     cfg, g = state.cfg, state.run("G")
     state.optimizers["G"].zero_grad(set_to_none=True)
@@ -64,10 +64,11 @@ def train_step(
         + lambda_norm * d_norm * loss_norm_s
     )  # fmt: skip
     state.backward(loss_source)
-    terms = {
+    terms: dict[str, torch.Tensor | float] = {
         "loss_seg": loss_seg.detach(),
         "loss_norm_s": loss_norm_s.detach(),
         "feat_norm_s": norms_s.detach().mean(),
+        "damping_norm": d_norm,
     }
 
     if target is not None:

@@ -9,9 +9,13 @@ For each setup (Source only, Norm only, CLAN, CLAN + Norm) it times our ``train_
 reference step that follows the released code: a separate backward through the backbone for
 the norm term (``retain_graph``), classifier heads on every pass, float32. All eight run on the
 same full-size DeepLab-v2/ResNet-101 (or ``model.*`` overrides) and the same random inputs,
-interleaved within each round in a shuffled order. The table gives the median step time, the
-step's peak memory (CUDA), ours / reference, and the norm loss's overhead: CLAN + Norm over
-CLAN and Norm only over Source only (paired per round), and the norm term timed alone.
+interleaved within each round in a shuffled order. Both columns go through ``prepare`` with the
+same memory layout (channels_last on CUDA unless ``train.channels_last=false``) and the same
+``--compile``; they differ in procedure and precision only (ours: ``--amp``; reference:
+float32). The table gives the median step time, the step's peak memory (CUDA, measured after
+the warm-up, which holds cudnn.benchmark's autotuning workspaces), ours / reference, and the
+norm loss's overhead: CLAN + Norm over CLAN and Norm only over Source only (paired per round),
+and the norm term timed alone.
 Evaluation is timed as ``evaluate_cityscapes.py`` runs it, on the real Cityscapes val split
 (``--eval-root``) or on synthetic images of its size and layout, end to end and for the model
 alone.
@@ -28,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +71,7 @@ SETUPS = {
 def reference_step(state: TrainState, source: Batch, target: Batch | None, step: int) -> None:
     """The released code's procedure: float32, heads on every pass, and the norm term's own
     backward through the backbone before the other terms' (same gradient, more compute)."""
-    cfg, model, dev = state.cfg, state.model, state.device
+    cfg, model, g = state.cfg, state.model, state.run("G")
     lo, n = cfg.loss, cfg.optim.schedule_steps
     d, d_norm = damping(step, n), norm_damping(step, n, lo.clamp_norm_damping)
     disc = state.modules.get("D")
@@ -74,8 +79,8 @@ def reference_step(state: TrainState, source: Batch, target: Batch | None, step:
         opt.zero_grad(set_to_none=True)
     if disc is not None:
         disc.requires_grad_(False)
-    y_s = source.label.to(dev)
-    out_s = model(source.image.to(dev))
+    y_s = state.to_device(source.label)
+    out_s = g(state.to_device(source.image))
     if lo.lambda_norm > 0:
         (lo.lambda_norm * d_norm * stepwise_norm_loss(out_s.features, lo.delta_r)).backward(
             retain_graph=True
@@ -83,8 +88,8 @@ def reference_step(state: TrainState, source: Batch, target: Batch | None, step:
     p_s1, p_s2 = upsample_to(out_s.p1, y_s.shape[-2:]), upsample_to(out_s.p2, y_s.shape[-2:])
     segmentation_loss(p_s1, p_s2, y_s, lo.seg, lo.focal_gamma).backward()
     if target is not None:
-        x_t = target.image.to(dev)
-        out_t = model(x_t)  # heads on, also where only the features are used
+        x_t = state.to_device(target.image)
+        out_t = g(x_t)  # heads on, also where only the features are used
         if lo.lambda_norm > 0:  # CLAN's own code has no norm term and no such backward
             loss_norm = lo.lambda_norm * d_norm * stepwise_norm_loss(out_t.features, lo.delta_r)
             loss_norm.backward(retain_graph=disc is not None)
@@ -102,10 +107,11 @@ def reference_step(state: TrainState, source: Batch, target: Batch | None, step:
             loss_weight = weight_discrepancy_loss(*model.classifier_weights())
             (lo.lambda_adv * d * loss_adv + lo.lambda_weight * d * loss_weight).backward()
             disc.requires_grad_(True)
+            d_run = state.run("D")
             prob_s = F.softmax(p_s1 + p_s2, dim=1).detach()
-            loss_d = weighted_bce_with_logits(upsample_to(disc(prob_s), y_s.shape[-2:]), 0.0)
+            loss_d = weighted_bce_with_logits(upsample_to(d_run(prob_s), y_s.shape[-2:]), 0.0)
             loss_d = loss_d + weighted_bce_with_logits(
-                upsample_to(disc(prob_t.detach()), x_t.shape[-2:]), 1.0,
+                upsample_to(d_run(prob_t.detach()), x_t.shape[-2:]), 1.0,
                 map_d, lo.lambda_local, lo.eps,
             )  # fmt: skip
             loss_d.backward()
@@ -138,25 +144,63 @@ def _state_bytes(state: TrainState) -> int:
     return sum(storages.values())
 
 
-def bench_training(args: argparse.Namespace, device: torch.device) -> list[dict]:
+def build_pair(
+    script: Any, overrides: Sequence[str], device: torch.device
+) -> tuple[TrainState, TrainState]:
+    """Our state and the reference's, from the same initial weights, both prepared alike
+    (memory layout, compile); the reference in float32 whatever ``train.amp`` says."""
+    states = []
+    for extra in ([], ["train.amp=off"]):
+        torch.manual_seed(0)
+        state = script.build(load_config(None, [*overrides, *extra]), device)
+        prepare(state, DistInfo())
+        states.append(state)
+    return states[0], states[1]
+
+
+class PeakMemory:
+    """Peak device memory of one step, with the resident memory of the other states (not the
+    one stepped) subtracted; ``None`` off CUDA."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.others = device, 0
+
+    def start(self, state: TrainState) -> None:
+        if self.device.type == "cuda":
+            self.others = torch.cuda.memory_allocated(self.device) - _state_bytes(state)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def stop(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.device) - self.others
+
+
+def layout(state: TrainState) -> str:
+    """How a state's step runs: memory layout of G's weights, and compiled or eager."""
+    weight = state.model.conv1.weight
+    nhwc = weight.is_contiguous(memory_format=torch.channels_last) and weight.shape[-1] > 1
+    mode = "compiled" if state.cfg.train.compile else "eager"
+    return f"{'channels_last' if nhwc else 'NCHW'}, {mode}"
+
+
+def bench_training(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], dict]:
     """Every setup's ours and reference step, interleaved within each round (in a shuffled
     order), so a drift in the machine's speed hits all eight alike and the setups' ratios are
-    paired."""
+    paired. Returns the rows and the layout each column ran with."""
     h, w = args.crop
     gen = torch.Generator().manual_seed(0)
     label = torch.randint(0, 19, (1, h, w), generator=gen)
     source = Batch(torch.randn(1, 3, h, w, generator=gen) * 50, label, ["s"])
     target = Batch(torch.randn(1, 3, h, w, generator=gen) * 50, None, ["t"])
     runs = []  # (setup, "ours" | "ref", state, step function, target batch or None)
+    layouts = {}
     for name, (script, extra) in SETUPS.items():
         compile_flag = f"train.compile={str(args.compile).lower()}"
         overrides = [f"train.device={device}", f"train.amp={args.amp}", compile_flag,
                      *extra, *args.overrides]  # fmt: skip
-        torch.manual_seed(0)
-        ours = script.build(load_config(None, overrides), device)
-        prepare(ours, DistInfo())
-        torch.manual_seed(0)
-        ref = script.build(load_config(None, [*overrides, "train.amp=off"]), device)
+        ours, ref = build_pair(script, overrides, device)
+        layouts = {"ours": layout(ours), "ref": layout(ref)}
         tgt = target if ours.uses_target else None
         runs += [
             (name, "ours", ours, script.train_step, tgt),
@@ -165,20 +209,18 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> list[dict]
     times: dict[tuple[str, str], list[float]] = {(r[0], r[1]): [] for r in runs}
     peaks: dict[tuple[str, str], float] = {}
     order = random.Random(0)
+    memory = PeakMemory(device)
     for i in range(args.warmup + args.steps):
         # A fresh order each round: no run always follows the same one (on a CPU, the memory
         # the previous step freed or kept changes the next step's time by several percent).
         for name, key, state, fn, tgt in order.sample(runs, len(runs)):
-            others = 0
-            if device.type == "cuda":
-                # Peak of this step alone: the other states' resident memory subtracted.
-                others = torch.cuda.memory_allocated(device) - _state_bytes(state)
-                torch.cuda.reset_peak_memory_stats(device)
+            memory.start(state)
             t = _time(lambda s=state, f=fn, b=tgt, n=1000 + i: f(s, source, b, n), device)
-            if i >= args.warmup:
-                times[(name, key)].append(t)
-            if device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated(device) - others
+            peak = memory.stop()
+            if i < args.warmup:  # cudnn.benchmark autotunes here: neither time nor memory
+                continue
+            times[(name, key)].append(t)
+            if peak is not None:
                 peaks[(name, key)] = max(peaks.get((name, key), 0.0), peak)
         done = "warm-up" if i < args.warmup else f"step {i - args.warmup + 1}/{args.steps}"
         print(f"round {i + 1} ({done}): " + ", ".join(
@@ -193,7 +235,7 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> list[dict]
             if (name, key) in peaks:
                 row[f"mem_{key}"] = peaks[(name, key)] / 2**30
         rows.append(row)
-    return rows
+    return rows, layouts
 
 
 def bench_norm_term(args: argparse.Namespace, device: torch.device) -> float:
@@ -282,14 +324,21 @@ def _overhead(by: dict[str, dict], num: str, den: str) -> str:
 
 
 def markdown(
-    rows: list[dict], norm_term: float, ev: dict, args: argparse.Namespace, device_name: str
+    rows: list[dict],
+    layouts: dict[str, str],
+    norm_term: float,
+    ev: dict,
+    args: argparse.Namespace,
+    device_name: str,
 ) -> str:
     h, w = args.crop
     eval_input = load_config(None, args.overrides).data.val.resize
     by = {r["setup"]: r for r in rows}
     lines = [
         f"Device: {device_name}; crop {h}x{w}, batch 1, AMP {args.amp} (reference: float32); "
-        f"median of {args.steps} steps after {args.warmup} warm-up, all eight interleaved",
+        f"median of {args.steps} steps after {args.warmup} warm-up, all eight interleaved; "
+        f"peak memory after the warm-up",
+        f"Layout: ours {layouts['ours']}; reference {layouts['ref']}",
         "",
         "| setup | ours (ms) | reference (ms) | ours / reference | peak mem ours (GiB) "
         "| peak mem reference (GiB) |",
@@ -349,10 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if device.type == "cuda"
         else (f"CPU ({torch.get_num_threads()} threads)")
     )
-    rows = bench_training(args, device)
+    rows, layouts = bench_training(args, device)
     norm_term = bench_norm_term(args, device)
     ev = bench_eval(args, device)
-    table = markdown(rows, norm_term, ev, args, name)
+    table = markdown(rows, layouts, norm_term, ev, args, name)
     print(table)
     if args.out:
         with open(args.out, "w") as f:

@@ -53,3 +53,26 @@ def small_batches():
     label = torch.randint(0, 19, (1, 48, 64), generator=gen)
     source = Batch(torch.randn(1, 3, 48, 64, generator=gen), label, ["s"])
     return source, Batch(torch.randn(1, 3, 48, 64, generator=gen), None, ["t"])
+
+
+@pytest.fixture
+def tiny_run(synthetic):
+    """Overrides for a short training run of a small G and D on the tiny synthetic benchmark
+    (96x48 crops, batch 1, no loader workers, warm-up over by step 2), logging every step. The
+    device is the test's to choose."""
+    return [
+        *synthetic,
+        "model.layers=[1,1,1,1]",
+        "model.base_width=8",
+        "model.d_width=8",
+        "data.source.crop=[96,48]",
+        "data.target.crop=[96,48]",
+        "data.val.resize=[128,64]",
+        "data.batch_size=1",
+        "data.num_workers=0",
+        "eval.num_workers=0",
+        "optim.warmup_steps=2",
+        "optim.schedule_steps=12",
+        "train.log_every=1",
+        "train.image_every=0",
+    ]

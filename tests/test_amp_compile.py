@@ -40,6 +40,8 @@ def test_bf16_autocasts_the_networks_and_keeps_norms_and_losses_in_float32(
     before = _weights(state)
     terms = train_clan_norm.train_step(state, source, target, 20)
     for name, value in terms.items():
+        if isinstance(value, float):  # the damping factors
+            continue
         assert value.dtype == torch.float32, name
         assert torch.isfinite(value), name
     after = _weights(state)

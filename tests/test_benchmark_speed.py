@@ -5,6 +5,7 @@ means something if both compute the same update, so that is checked here on a sm
 
 from __future__ import annotations
 
+import argparse
 from types import SimpleNamespace
 
 import pytest
@@ -79,4 +80,38 @@ def test_benchmark_runs_end_to_end_and_writes_its_table(tmp_path, capsys, small_
         assert ours > 0 and ref > 0
         assert ratio == pytest.approx(ours / ref, abs=0.02)
     assert "CLAN + Norm / CLAN = " in table
+    assert "Layout: ours NCHW, eager; reference NCHW, eager" in table
     assert "over 3 images" in table  # two distinct synthetic images, listed up to three
+
+
+def test_reference_is_prepared_like_ours_but_in_float32(small_model):
+    overrides = [*small_model, "train.amp=bf16", "train.compile=true"]
+    ours, ref = speed.build_pair(train_clan_norm, overrides, torch.device("cpu"))
+    assert ours.amp_dtype == torch.bfloat16 and ref.amp_dtype is None
+    for name in ("G", "D"):  # both compiled (lazily: nothing is compiled until a step runs)
+        assert ref.run(name) is not ref.modules[name]
+        assert type(ref.run(name)) is type(ours.run(name))
+    assert speed.layout(ours) == speed.layout(ref) == "NCHW, compiled"
+    assert all(torch.equal(a, b) for a, b in zip(ours.model.parameters(), ref.model.parameters()))
+
+
+def test_peak_memory_is_taken_after_the_warm_up(monkeypatch, small_model):
+    class Meter:  # stands in for CUDA's counters: the warm-up round holds autotuning workspaces
+        calls = 0
+
+        def __init__(self, device):
+            pass
+
+        def start(self, state):
+            pass
+
+        def stop(self):
+            Meter.calls += 1
+            return (100 if Meter.calls <= len(speed.SETUPS) * 2 else 1) * 2**30
+
+    monkeypatch.setattr(speed, "PeakMemory", Meter)
+    args = argparse.Namespace(crop=[48, 64], amp="off", compile=False, steps=1, warmup=1,
+                              overrides=small_model)  # fmt: skip
+    rows, _ = speed.bench_training(args, torch.device("cpu"))
+    assert Meter.calls == 2 * len(speed.SETUPS) * 2  # two rounds of eight steps
+    assert [(r["mem_ours"], r["mem_ref"]) for r in rows] == [(1.0, 1.0)] * len(speed.SETUPS)

@@ -55,8 +55,14 @@ def test_confusion_matrix_nan_for_absent_class_and_errors():
     assert cm.miou() == 1.0
     with pytest.raises(ValueError, match="shape"):
         cm.update(torch.zeros(2), torch.zeros(3))
-    with pytest.raises(ValueError, match="label values"):
-        cm.update(torch.tensor([0]), torch.tensor([7]))
+    # Out-of-range values are counted on the device and reported when the matrix is read.
+    cm.update(torch.tensor([0, 1]), torch.tensor([7, -1]))
+    with pytest.raises(ValueError, match="label values must be in \\[0, 3\\).*: 2 pixels"):
+        cm.iou()
+    bad_pred = ConfusionMatrix(3)
+    bad_pred.update(torch.tensor([3, 0, 5]), torch.tensor([0, 0, 255]))  # 5: ignored pixel
+    with pytest.raises(ValueError, match="predicted values must be in \\[0, 3\\): 1 pixels"):
+        bad_pred.miou()
 
 
 def _cityscapes_oracle(tmp_path, preds, gts):

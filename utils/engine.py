@@ -3,7 +3,9 @@
 A training script builds its ``TrainState`` and defines its ``train_step``; this loop owns the
 rest: run folder, seeding, data, learning-rate schedules, logging, image grids, evaluation,
 checkpoints and resume. ``train_step(state, source, target, step)`` does one optimisation step
-(forward, backward, ``optimizer.step()``) and returns a dict of detached scalar tensors.
+(forward, backward, ``optimizer.step()``) and returns a dict of values to log: detached scalar
+tensors on the state's device or plain numbers. The loop sums them as they come, with no host
+sync, and reads them at logging steps only.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from utils.distributed import (
     all_reduce_mean,
     broadcast_object,
     cleanup,
+    describe,
     init_distributed,
     resolve_device,
 )
@@ -86,10 +89,11 @@ class TrainState:
         return self.runners.get(name, self.modules[name])
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The one mixed-precision context (``train.amp``); a no-op when it is off."""
-        return torch.autocast(
-            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-        )
+        """The one mixed-precision context (``train.amp``); a null context when it is off (so
+        a device type that autocast does not know, such as ``meta``, runs too)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """A batch tensor on the device (non-blocking; NHWC images with channels_last)."""
@@ -139,7 +143,7 @@ def prepare(state: TrainState, info: DistInfo) -> None:
 
 
 BuildFn = Callable[[Config, torch.device], TrainState]
-StepFn = Callable[[TrainState, Batch, "Batch | None", int], dict[str, torch.Tensor]]
+StepFn = Callable[[TrainState, Batch, "Batch | None", int], dict[str, "torch.Tensor | float"]]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -254,25 +258,53 @@ def _set_learning_rates(state: TrainState, step: int, world_size: int) -> dict[s
 def checkpoint_dict(
     state: TrainState, setup: str, step: int, metric: float | None = None
 ) -> dict[str, Any]:
-    """Everything a run needs to continue: models, optimizers, step, RNG, config, last metric."""
+    """Everything a run needs to continue: models, optimizers, the fp16 GradScaler, step, RNG
+    (CPU, and the GPU's on CUDA), config, last metric."""
+    rng = {"torch": torch.get_rng_state()}
+    if state.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(state.device)
     return {
         "setup": setup,
         "step": step,
         "models": {name: m.state_dict() for name, m in state.modules.items()},
         "optimizers": {name: o.state_dict() for name, o in state.optimizers.items()},
-        "rng": {"torch": torch.get_rng_state()},
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+        "rng": rng,
         "config": to_dict(state.cfg),
         "metric": metric,
     }
 
 
 def _restore(state: TrainState, ckpt: dict[str, Any], source: str) -> int:
+    """Load a checkpoint into a prepared state (after ``prepare``: the GradScaler exists, and
+    the optimizer buffers take the parameters' memory layout)."""
     for name, module in state.modules.items():
         load_state_strict(module, ckpt["models"].get(name, {}), f"{source} (model {name})")
     for name, opt in state.optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][name])
+        _match_param_layout(opt)
+    if state.scaler is not None:
+        if ckpt.get("scaler"):
+            state.scaler.load_state_dict(ckpt["scaler"])
+        else:
+            log.warning(
+                "%s holds no GradScaler state (not trained with train.amp=fp16): the loss scale "
+                "starts afresh, so this is not an exact continuation",
+                source,
+            )
     torch.set_rng_state(ckpt["rng"]["torch"])
+    if state.device.type == "cuda" and "cuda" in ckpt["rng"]:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], state.device)
     return int(ckpt["step"])
+
+
+def _match_param_layout(opt: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer buffers (momentum, Adam's moments) their parameter's strides: a
+    checkpoint stores them contiguous, the parameters may be channels_last."""
+    for p, slots in opt.state.items():
+        for key, value in slots.items():
+            if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                slots[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 @torch.no_grad()
@@ -293,9 +325,9 @@ def _image_grid(model: DeepLabV2, batch: Batch, device: torch.device) -> torch.T
 def _evaluate_and_report(
     state: TrainState, loader: Any, writer: MetricWriter | None, run_dir: Path, step: int
 ) -> float:
-    with state.autocast():
-        cm = evaluate(state.model, loader, state.device, state.cfg.model.num_classes,
-                      progress=writer is not None, flip=state.cfg.eval.flip)  # fmt: skip
+    # float32, as evaluate_cityscapes.py: results.json must be what it reports for last.pth.
+    cm = evaluate(state.model, loader, state.device, state.cfg.model.num_classes,
+                  progress=writer is not None, flip=state.cfg.eval.flip)  # fmt: skip
     ious = cm.iou()
     miou = cm.miou()
     if writer is None:  # not rank 0: the matrix was all-reduced, rank 0 reports
@@ -353,11 +385,11 @@ def train(
     no_init = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=""))
     state = build(cfg if checkpoint is None else no_init, device)
     state.cfg = cfg
+    prepare(state, info)
     start = 0
     if checkpoint is not None:
         start = _restore(state, checkpoint, checkpoint_path)
         log.info("resumed at step %d of %d", start, cfg.train.max_steps)
-    prepare(state, info)
     t = cfg.train
     bs, workers = cfg.data.batch_size, cfg.data.num_workers
     pin = device.type == "cuda"
@@ -381,7 +413,7 @@ def train(
 
     writer = MetricWriter(run_dir) if info.is_main else None
     checkpoints = _Checkpointer(run_dir / "checkpoints", t.keep_checkpoints)
-    sums: dict[str, torch.Tensor] = {}
+    sums: dict[str, torch.Tensor | float] = {}
     count, first_unlogged, tic = 0, start, time.perf_counter()
     miou = math.nan
     bar = tqdm(range(start, t.max_steps), initial=start, total=t.max_steps, desc="train",
@@ -392,8 +424,7 @@ def train(
             src = next(source_iter)
             tgt = next(target_iter) if target_iter is not None else None
             losses = train_step(state, src, tgt, step)
-            for k, v in losses.items():
-                sums[k] = sums[k] + v if k in sums else v.clone()
+            accumulate(sums, losses)
             count += 1
             done = step + 1
             last = done == t.max_steps
@@ -405,9 +436,7 @@ def train(
             periodic = bool(t.save_every) and done % t.save_every == 0
             saving = periodic or last or stopping
             if log_step or saving:
-                keys = sorted(sums)
-                means = all_reduce_mean(torch.stack([sums[k] / count for k in keys]), info)
-                values = dict(zip(keys, means.tolist()))
+                values = reduce_means(sums, count, info, device)
                 _check_finite(values, first_unlogged, step, run_dir)
                 values.update(lrs, sec_per_step=(time.perf_counter() - tic) / count)
                 if writer is not None:
@@ -434,6 +463,33 @@ def train(
     if writer is not None:
         writer.close()
     return miou
+
+
+def accumulate(sums: dict[str, torch.Tensor | float], terms: dict[str, Any]) -> None:
+    """Add a step's logged values to ``sums`` in place: tensors stay where they are (no host
+    sync), plain numbers stay Python floats."""
+    for key, value in terms.items():
+        value = value.detach().float() if torch.is_tensor(value) else float(value)
+        sums[key] = sums[key] + value if key in sums else value
+
+
+def stack_means(
+    sums: dict[str, torch.Tensor | float], count: int, device: torch.device
+) -> tuple[list[str], torch.Tensor]:
+    """The sorted keys and ``sums / count`` as one float32 vector on ``device``, whatever device
+    each value was on (or a plain number)."""
+    keys = sorted(sums)
+    values = [torch.as_tensor(sums[k], dtype=torch.float32).to(device).reshape(()) for k in keys]
+    return keys, torch.stack(values) / count
+
+
+def reduce_means(
+    sums: dict[str, torch.Tensor | float], count: int, info: DistInfo, device: torch.device
+) -> dict[str, float]:
+    """Each key's mean over the last ``count`` steps, averaged over processes: one all-reduce
+    and one read back to the host (a logging step's only sync)."""
+    keys, means = stack_means(sums, count, device)
+    return dict(zip(keys, all_reduce_mean(means, info).tolist()))
 
 
 def _check_finite(values: dict[str, float], first: int, step: int, run_dir: Path) -> None:
@@ -477,7 +533,7 @@ def main(
                 dump_yaml(cfg, run_dir / "config.yaml")
         setup_logging(run_dir / "train.log" if info.is_main else None,
                       logging.INFO if info.is_main else logging.WARNING)  # fmt: skip
-        log.info("run folder: %s", run_dir)
+        log.info("run folder: %s; %s", run_dir, describe(info, device))
         try:
             miou = train(cfg, setup, build, train_step, run_dir, checkpoint,
                          str(args.resume or ""), info, device)  # fmt: skip

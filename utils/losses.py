@@ -14,7 +14,10 @@ from dataset.labels import IGNORE_INDEX
 
 
 def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling (align_corners=True, as DeepLab-v2) of ``B x K x h x w`` to ``size``."""
+    """Bilinear upsampling (align_corners=True, as DeepLab-v2) of ``B x K x h x w`` to ``size``,
+    in float32 whatever the input dtype: under mixed precision the full-resolution logits that
+    the losses, the map M and D's input are computed from keep float32 precision."""
+    logits = logits.float()
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)

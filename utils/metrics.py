@@ -11,11 +11,17 @@ from dataset.labels import IGNORE_INDEX
 
 
 class ConfusionMatrix:
-    """``mat[t, p]`` counts pixels of true class t predicted as p; ``ignore_index`` is skipped."""
+    """``mat[t, p]`` counts pixels of true class t predicted as p; ``ignore_index`` is skipped.
+
+    ``update`` never waits for the device (no ``.item()``, no boolean indexing): labels or
+    predictions outside ``[0, num_classes)`` are counted on the device beside the matrix and
+    raise a ``ValueError`` when the matrix is read, once, after the loop.
+    """
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
-        self.num_classes = num_classes
-        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.num_classes = k = num_classes
+        # k*k cells, then: bad labels, bad predictions, ignored pixels.
+        self.counts = torch.zeros(k * k + 3, dtype=torch.int64, device=device)
 
     def update(
         self, pred: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
@@ -23,20 +29,35 @@ class ConfusionMatrix:
         """Add a batch: ``pred`` and ``target`` integer tensors of the same shape."""
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != label {tuple(target.shape)}")
+        k, device = self.num_classes, self.counts.device
+        t = target.to(device=device, dtype=torch.int64).reshape(-1)
+        p = pred.to(device=device, dtype=torch.int64).reshape(-1)
+        bad_t = (t < 0) | (t >= k)
+        bad_p = (p < 0) | (p >= k)
+        cell = torch.where(bad_p, k * k + 1, t * k + p)
+        cell = torch.where(bad_t, k * k, cell)
+        cell = torch.where(t == ignore_index, k * k + 2, cell)
+        ones = torch.ones((), dtype=torch.int64, device=device).expand_as(cell)
+        self.counts.scatter_add_(0, cell, ones)
+
+    @property
+    def mat(self) -> torch.Tensor:
+        """The k x k matrix (a view); raises if any label or prediction was out of range."""
         k = self.num_classes
-        valid = target != ignore_index
-        t = target[valid].to(torch.int64)
-        p = pred[valid].to(torch.int64)
-        if t.numel() and (int(t.max()) >= k or int(t.min()) < 0):
-            raise ValueError(f"label values must be in [0, {k}) or {ignore_index}")
-        if p.numel() and (int(p.max()) >= k or int(p.min()) < 0):
-            raise ValueError(f"predicted values must be in [0, {k})")
-        self.mat += torch.bincount(t * k + p, minlength=k * k).reshape(k, k).to(self.mat.device)
+        bad_labels, bad_preds = self.counts[k * k : k * k + 2].tolist()
+        if bad_labels:
+            raise ValueError(
+                f"label values must be in [0, {k}) or the ignore index: {bad_labels} pixels "
+                f"were not"
+            )
+        if bad_preds:
+            raise ValueError(f"predicted values must be in [0, {k}): {bad_preds} pixels were not")
+        return self.counts[: k * k].view(k, k)
 
     def all_reduce(self) -> None:
-        """Sum the matrix over processes, so a distributed evaluation is exact."""
+        """Sum the counts over processes, so a distributed evaluation is exact."""
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.mat)
+            dist.all_reduce(self.counts)
 
     def iou(self) -> list[float]:
         """Per-class ``TP / (TP + FP + FN)``; NaN for a class absent from labels and predictions."""

@@ -1,0 +1,295 @@
+"""The CUDA suite: every path that only a GPU takes, run on one. Skipped without a GPU.
+
+    python -m pytest tests/test_cuda.py -q          # on a machine with an NVIDIA GPU
+
+It covers every setup's step with ``train.amp`` off, bf16 and fp16, channels_last on and off,
+``torch.compile`` on and off; the loop end to end (train, periodic checkpoints, ``--resume``,
+``evaluate_cityscapes.py --flip --save-dir``, ``ensemble.py``); torchrun on nccl; and no host
+sync inside a training step or a confusion-matrix update.
+
+Against the CPU, float32 with TF32 off on both sides: logged values within rtol 1e-4 (D's
+accuracies, a fraction of thresholded pixels, within 1e-3 absolute), weights after two steps within
+rtol 1e-3 / atol 1e-5. A GPU run is not bit-reproducible (atomic adds in the backward of
+upsampling), so a resumed run is compared with an uninterrupted one within the same
+tolerances, and the mIoU of ``results.json`` with what ``evaluate_cityscapes.py`` reports for
+the same checkpoint within 0.1 points (both float32; cuDNN may pick other algorithms).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ensemble
+import evaluate_cityscapes
+import train_clan_norm
+import train_norm_only
+from benchmarks import speed
+from benchmarks.speed import SETUPS
+from dataset.datasets import Batch
+from model.deeplabv2 import DeepLabV2
+from utils.checkpoint import load_checkpoint
+from utils.config import ConfigError, load_config
+from utils.distributed import DistInfo, resolve_device
+from utils.engine import TrainState, accumulate, prepare, reduce_means
+from utils.evaluation import predict_scores
+from utils.metrics import ConfusionMatrix
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+ROOT = Path(__file__).resolve().parent.parent
+CUDA = torch.device("cuda")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def no_tf32():
+    """float32 as on the CPU: TF32 off for cuDNN convolutions and matmuls."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _state(script, overrides: list[str], device: torch.device) -> TrainState:
+    torch.manual_seed(0)
+    state = script.build(load_config(None, [*overrides, f"train.device={device}"]), device)
+    prepare(state, DistInfo())
+    return state
+
+
+def _weights(state: TrainState) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{key}": value.detach().cpu().clone()
+        for name, module in state.modules.items()
+        for key, value in module.state_dict().items()
+    }
+
+
+def _pinned(batches: tuple[Batch, Batch]) -> tuple[Batch, Batch]:
+    """The batches as the loader delivers them on CUDA: in pinned memory."""
+    return tuple(
+        Batch(b.image.pin_memory(), None if b.label is None else b.label.pin_memory(), b.names)
+        for b in batches
+    )
+
+
+def _close(a: dict, b: dict, rtol: float = 1e-4) -> None:
+    for key in a:
+        atol = max(1e-3, rtol) if key.startswith("d_acc") else 1e-6
+        torch.testing.assert_close(
+            float(a[key]), float(b[key]), rtol=rtol, atol=atol, msg=lambda m, k=key: f"{k}: {m}"
+        )
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_every_setup_steps_on_cuda(
+    setup, amp, channels_last, small_model, small_batches, monkeypatch
+):
+    script, extra = SETUPS[setup]
+    overrides = [*small_model, *extra, f"train.amp={amp}", f"train.channels_last={channels_last}"]
+    state = _state(script, overrides, CUDA)
+    if amp == "fp16":  # at 2^16 D's first float16 gradients overflow and its step is skipped
+        state.scaler = torch.amp.GradScaler("cuda", init_scale=256.0)
+    weight = state.model.conv1.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    upsampled = []
+    interpolate = F.interpolate
+
+    def spy(x, *args, **kwargs):
+        upsampled.append(x.dtype)
+        return interpolate(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "interpolate", spy)
+    source, target = _pinned(small_batches)
+    tgt = target if state.uses_target else None
+    before, sums = _weights(state), {}
+    for step in (0, 20):
+        terms = script.train_step(state, source, tgt, step)
+        for key, value in terms.items():
+            assert isinstance(value, float) or value.device == CUDA, key
+        accumulate(sums, terms)
+    means = reduce_means(sums, 2, DistInfo(), CUDA)
+    assert all(torch.isfinite(torch.tensor(v)) for v in means.values()), means
+    assert upsampled and set(upsampled) == {torch.float32}  # logits upsampled in float32
+    after = _weights(state)
+    moved = [k for k in after if not torch.equal(after[k], before[k])]
+    assert "G.layer1.0.conv1.weight" in moved and "G.layer6.conv2d_list.0.weight" in moved
+    if "D" in state.modules:
+        assert "D.conv1.weight" in moved
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_cuda_step_matches_the_cpu(setup, small_model, small_batches, no_tf32):
+    script, extra = SETUPS[setup]
+    cpu, gpu = (_state(script, [*small_model, *extra], d) for d in (CPU, CUDA))
+    source, target = small_batches
+    tgt = target if cpu.uses_target else None
+    for step in (0, 20):
+        _close(script.train_step(gpu, source, tgt, step), script.train_step(cpu, source, tgt, step))
+    w_cpu, w_gpu = _weights(cpu), _weights(gpu)
+    for key in w_cpu:
+        torch.testing.assert_close(w_gpu[key], w_cpu[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_compiled_step_matches_eager_on_cuda(setup, small_model, small_batches, no_tf32):
+    script, extra = SETUPS[setup]
+    eager = _state(script, [*small_model, *extra], CUDA)
+    compiled = _state(script, [*small_model, *extra, "train.compile=true"], CUDA)
+    assert compiled.run("G") is not compiled.modules["G"]
+    source, target = small_batches
+    tgt = target if eager.uses_target else None
+    for step in (0, 20, 21):
+        logs_c = script.train_step(compiled, source, tgt, step)
+        _close(logs_c, script.train_step(eager, source, tgt, step), rtol=1e-3)
+    w_e, w_c = _weights(eager), _weights(compiled)
+    for key in w_e:
+        torch.testing.assert_close(w_c[key], w_e[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("script", [train_clan_norm, train_norm_only])
+def test_a_training_step_never_waits_for_the_gpu(script, small_model, small_batches):
+    state = _state(script, [*small_model, "train.amp=bf16"], CUDA)
+    source, target = _pinned(small_batches)
+    script.train_step(state, source, target, 20)  # cudnn.benchmark autotunes on first use
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        script.train_step(state, source, target, 21)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_evaluation_never_waits_for_the_gpu_and_counts_as_the_cpu():
+    torch.manual_seed(0)
+    model = DeepLabV2(layers=(1, 1, 1, 1), base_width=8).to(CUDA).eval()
+    image = torch.randn(2, 3, 48, 64, device=CUDA)
+    label = torch.randint(0, 19, (2, 96, 128), device=CUDA)
+    label[:, :8] = 255
+    predict_scores(model, image, (96, 128), flip=True)  # autotuning outside the check
+    gpu_cm, cpu_cm = ConfusionMatrix(19, CUDA), ConfusionMatrix(19)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pred = predict_scores(model, image, (96, 128), flip=True).argmax(1)
+        gpu_cm.update(pred, label)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    cpu_cm.update(pred.cpu(), label.cpu())
+    assert torch.equal(gpu_cm.mat.cpu(), cpu_cm.mat)
+    assert int(gpu_cm.mat.sum()) == 2 * 88 * 128
+
+
+def test_a_gpu_index_beyond_the_machine_is_an_error():
+    count = torch.cuda.device_count()
+    assert resolve_device(f"cuda:{count - 1}") == torch.device("cuda", count - 1)
+    with pytest.raises(ConfigError, match=f"needs GPU {count}, but this machine has {count}"):
+        resolve_device(f"cuda:{count}")
+
+
+def test_benchmark_compares_like_with_like_on_cuda(small_model):
+    ours, ref = speed.build_pair(train_clan_norm, [*small_model, "train.device=cuda"], CUDA)
+    assert speed.layout(ours) == speed.layout(ref) == "channels_last, eager"
+    assert ref.amp_dtype is None and ours.amp_dtype is None  # defaults: amp off
+
+
+def _logged(run_dir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k[len("train/") :]: v for k, v in r.items() if k.startswith("train/")}
+        for r in rows
+        if "train/loss_seg" in r
+    ]
+
+
+def _train(script, config: str, tmp_path: Path, tiny_run: list[str], name: str, *extra: str):
+    args = ["--config", config, *tiny_run, f"train.out_dir={tmp_path}", f"train.run_name={name}",
+            *extra]  # fmt: skip
+    assert script.main(args) == 0
+    return tmp_path / name
+
+
+def _close_runs(a: Path, b: Path, rtol: float) -> None:
+    logs_a, logs_b = _logged(a), _logged(b)
+    assert len(logs_a) == len(logs_b)
+    for x, y in zip(logs_a, logs_b):
+        x.pop("sec_per_step"), y.pop("sec_per_step")
+        _close(x, y, rtol)
+
+
+def test_train_resume_evaluate_and_ensemble_on_cuda(tmp_path, tiny_run, no_tf32, capsys):
+    config = "configs/demo/clan_norm.yaml"
+    cuda = ["train.device=cuda"]
+    full = _train(train_clan_norm, config, tmp_path, tiny_run, "full", *cuda,
+                  "train.max_steps=4", "train.save_every=2")  # fmt: skip
+    assert sorted(p.name for p in (full / "checkpoints").iterdir()) == [
+        "last.pth", "step_000002.pth", "step_000004.pth"
+    ]  # fmt: skip
+    assert "device cuda:0" in (full / "train.log").read_text()
+    part = _train(train_clan_norm, config, tmp_path, tiny_run, "part", *cuda, "train.max_steps=2")
+    assert train_clan_norm.main(["--resume", str(part), "train.max_steps=4"]) == 0
+    _close_runs(part, full, rtol=1e-4)
+    # the same run on the CPU
+    cpu = _train(train_clan_norm, config, tmp_path, tiny_run, "cpu", "train.device=cpu",
+                 "train.max_steps=4")  # fmt: skip
+    _close_runs(cpu, full, rtol=1e-4)
+
+    ckpt = full / "checkpoints" / "last.pth"
+    trained = json.loads((full / "results.json").read_text())["mIoU"]
+    out = tmp_path / "eval.json"
+    assert evaluate_cityscapes.main(["--restore", str(ckpt), "--results", str(out)]) == 0
+    assert json.loads(out.read_text())["mIoU"] == pytest.approx(trained, abs=1e-3)
+    preds = tmp_path / "preds"
+    assert (
+        evaluate_cityscapes.main(["--restore", str(ckpt), "--flip", "--save-dir", str(preds)]) == 0
+    )
+    flipped = json.loads((preds / "results.json").read_text())
+    assert flipped["flip"] is True and flipped["num_images"] == 3
+    assert len(list((preds / "color").rglob("*.png"))) == 3
+    args = ["--restore", str(ckpt), str(part / "checkpoints" / "last.pth"), "--weights", "0.7",
+            "0.3", "--flip", "--results", str(tmp_path / "ens.json")]  # fmt: skip
+    assert ensemble.main(args) == 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("mIoU: ")
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_runs_evaluate_in_float32_and_resume(amp, tmp_path, tiny_run):
+    config, cuda = "configs/demo/clan_norm.yaml", ["train.device=cuda", f"train.amp={amp}"]
+    full = _train(train_clan_norm, config, tmp_path, tiny_run, "full", *cuda, "train.max_steps=4")
+    part = _train(train_clan_norm, config, tmp_path, tiny_run, "part", *cuda, "train.max_steps=2")
+    assert train_clan_norm.main(["--resume", str(part), "train.max_steps=4"]) == 0
+    _close_runs(part, full, rtol=1e-2)  # half precision: atomics' order shows more
+    a = load_checkpoint(full / "checkpoints" / "last.pth")
+    b = load_checkpoint(part / "checkpoints" / "last.pth")
+    assert a["scaler"] == b["scaler"] and (a["scaler"] is None) == (amp == "bf16")
+    ckpt, out = full / "checkpoints" / "last.pth", tmp_path / "eval.json"
+    trained = json.loads((full / "results.json").read_text())["mIoU"]
+    assert evaluate_cityscapes.main(["--restore", str(ckpt), "--results", str(out)]) == 0
+    assert json.loads(out.read_text())["mIoU"] == pytest.approx(trained, abs=1e-3)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_torchrun_on_nccl(processes, tmp_path, tiny_run):
+    if torch.cuda.device_count() < processes:
+        pytest.skip(f"needs {processes} GPUs")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={processes}", "train_clan_norm.py", "--config",
+           "configs/demo/clan_norm.yaml", *tiny_run, "train.device=cuda", "train.amp=bf16",
+           "train.max_steps=3", f"train.out_dir={tmp_path}", "train.run_name=ddp"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "ddp"
+    log = (run / "train.log").read_text()
+    assert f"rank 0 of {processes}, backend nccl" in log
+    results = json.loads((run / "results.json").read_text())
+    assert results["step"] == 3 and len(results["iou"]) == 19
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("mIoU: ")
