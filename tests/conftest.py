@@ -76,3 +76,19 @@ def tiny_run(synthetic):
         "train.log_every=1",
         "train.image_every=0",
     ]
+
+
+@pytest.fixture
+def upsampled_dtypes(monkeypatch):
+    """The dtype of every tensor that ``F.interpolate`` receives while the test runs."""
+    import torch.nn.functional as F
+
+    seen = []
+    interpolate = F.interpolate
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.dtype)
+        return interpolate(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "interpolate", spy)
+    return seen

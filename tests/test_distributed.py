@@ -4,6 +4,7 @@ both ranks end with identical weights; rank 0 alone writes the run folder."""
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -99,3 +100,14 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path, synthetic, script, 
     assert results["step"] == 3 and len(results["iou"]) == 19
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps.count(1) == 1  # one writer: rank 0
+
+
+def test_torchrun_with_one_process_takes_the_distributed_path(tmp_path, synthetic):
+    # As `torchrun --nproc_per_node=1`: a process group (gloo here, nccl on CUDA) and DDP.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+           "train_clan_norm.py", "--config", "configs/demo/clan_norm.yaml", *TINY, *synthetic,
+           f"train.out_dir={tmp_path}", "train.run_name=one"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "device cpu, rank 0 of 1, backend gloo" in (tmp_path / "one" / "train.log").read_text()
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("mIoU: ")

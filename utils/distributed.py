@@ -45,7 +45,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         ) from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={name!r}: CUDA is not available on this machine")
+            raise ConfigError(
+                f"train.device={name!r}: CUDA is not available on this machine "
+                f"(train.device=auto or cpu runs on the CPU)"
+            )
         first = device.index or 0
         count = torch.cuda.device_count()
         if first + local_rank >= count:
