@@ -300,7 +300,8 @@ def _restore(state: TrainState, ckpt: dict[str, Any], source: str) -> int:
 
 def _match_param_layout(opt: torch.optim.Optimizer) -> None:
     """Give loaded optimizer buffers (momentum, Adam's moments) their parameter's strides: a
-    checkpoint stores them contiguous, the parameters may be channels_last."""
+    checkpoint keeps the layout of the run that wrote it (NCHW from a CPU run, or with
+    ``train.channels_last=false``), the parameters may now be channels_last."""
     for p, slots in opt.state.items():
         for key, value in slots.items():
             if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
