@@ -42,6 +42,18 @@ SETUPS: dict[str, tuple[str, object, str, tuple[str, ...]]] = {
             "data.source.crop=null",
         ),
     ),
+    "norm_only_released": (
+        "Norm only, released protocol",
+        train_norm_only,
+        "configs/demo/released/norm_only.yaml",
+        (),
+    ),
+    "clan_norm_released": (
+        "CLAN + Norm, released protocol",
+        train_clan_norm,
+        "configs/demo/released/clan_norm.yaml",
+        (),
+    ),
     "norm_only_bn": (
         "Norm only, lambda_norm 1e-9 (target pass, no norm gradient)",
         train_norm_only,
@@ -101,9 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--setups",
         nargs="+",
-        default=[s for s in SETUPS if s != "norm_only_bn"],
+        default=[s for s in SETUPS if s != "norm_only_bn" and not s.endswith("_released")],
         choices=list(SETUPS),
-        help="default: all but norm_only_bn (the target-BatchNorm control, run on its own)",
+        help="default: all but norm_only_bn (the target-BatchNorm control) and the released-"
+        "protocol rows, which are run on their own",
     )
     parser.add_argument("--runs", type=Path, default=Path("runs/table"), help="run folders")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/synthetic_table.md"))

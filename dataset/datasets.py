@@ -78,6 +78,13 @@ def collate(samples: list[Sample]) -> Batch:
         raise ValueError(
             f"cannot batch labelled with unlabelled samples: {[s.name for s in samples]}"
         )
+    sizes = {tuple(s.image.shape[-2:]) for s in samples}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"cannot batch images of different sizes {sorted(sizes)} ({[s.name for s in samples]})"
+            f": without a crop, a random rescale (scale_range, image_rescale) gives each image its "
+            f"own size; use data.batch_size=1 (as the released code) or a crop"
+        )
     return Batch(
         image=torch.stack([s.image for s in samples]),
         label=None if missing else torch.stack(labels),

@@ -191,6 +191,11 @@ class DeepLabV2(nn.Module):
             },
         ]
 
+    def backbone_stages(self) -> list[nn.Module]:
+        """The backbone's stages in the released code's order (stem conv, stem BN, layer1..4):
+        what its ``get_1x_lr_params_NOscale`` walks to build the optimizer's backbone group."""
+        return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3, self.layer4]
+
     def classifier_weights(self) -> tuple[Tensor, Tensor]:
         """Flattened concatenation of all C1 parameters and of all C2 parameters."""
         w1 = torch.cat([p.flatten() for p in self.layer5.parameters()])

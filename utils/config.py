@@ -101,6 +101,8 @@ class OptimConfig:
     betas_d: tuple[float, float]
     weight_decay_d: float
     lr_scaling: str
+    backbone_updates: str
+    warmup_form: str
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ from utils.distributed import (
 from utils.evaluation import evaluate, predict_logits
 from utils.logger import MetricWriter, setup_logging, write_json
 from utils.metrics import format_iou_table
+from utils.optim import build_sgd
 from utils.schedules import poly_lr
 
 log = logging.getLogger("train")
@@ -184,14 +185,12 @@ class _StopRequest:
                 signal.signal(s, handler)
 
 
-def build_generator(cfg: Config, device: torch.device) -> tuple[DeepLabV2, torch.optim.SGD]:
-    """G in train mode on ``device`` and its SGD optimizer (backbone x1, classifiers x10)."""
+def build_generator(cfg: Config, device: torch.device) -> tuple[DeepLabV2, torch.optim.Optimizer]:
+    """G in train mode on ``device`` and its SGD optimizer (backbone x1, classifiers x10; each
+    weight updated once per step, or as the released code did: ``optim.backbone_updates``)."""
     model = build_model(cfg.model).to(device)
     model.train()
-    o = cfg.optim
-    sgd = torch.optim.SGD(
-        model.param_groups(o.lr), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
-    )
+    sgd = build_sgd(cfg.optim, model.backbone_stages(), model.param_groups(cfg.optim.lr))
     return model, sgd
 
 
@@ -248,7 +247,7 @@ def _set_learning_rates(state: TrainState, step: int, world_size: int) -> dict[s
     lrs = {}
     for name, opt in state.optimizers.items():
         base = state.base_lrs[name] * scale
-        lr = poly_lr(step, base, o.schedule_steps, o.power, o.warmup_steps)
+        lr = poly_lr(step, base, o.schedule_steps, o.power, o.warmup_steps, o.warmup_form)
         for group in opt.param_groups:
             group["lr"] = lr * group["lr_mult"]
         lrs[f"lr_{name}"] = lr

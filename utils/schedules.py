@@ -3,12 +3,28 @@ exactly."""
 
 from __future__ import annotations
 
+WARMUP_FORMS = ("scaled", "released")
 
-def poly_lr(step: int, base_lr: float, total_steps: int, power: float, warmup_steps: int) -> float:
-    """``base_lr * (1 - i/N)^power``, times a linear warm-up ``(i + 1) / W`` in the first W."""
+
+def poly_lr(
+    step: int,
+    base_lr: float,
+    total_steps: int,
+    power: float,
+    warmup_steps: int,
+    warmup_form: str = "scaled",
+) -> float:
+    """``base_lr * (1 - i/N)^power`` after a linear warm-up over the first W steps, which is
+    ``scaled``: the poly value times ``(i + 1) / W``; or ``released`` (the authors' code):
+    ``base_lr * i / W`` alone (0 at step 0), so the rate drops to the poly value at step W."""
+    if warmup_form not in WARMUP_FORMS:
+        raise ValueError(f"optim.warmup_form: expected scaled or released, got {warmup_form!r}")
+    warming = warmup_steps > 0 and step < warmup_steps
+    if warming and warmup_form == "released":
+        return base_lr * step / warmup_steps
     progress = min(step, total_steps) / total_steps
     lr = base_lr * (1.0 - progress) ** power
-    if warmup_steps > 0 and step < warmup_steps:
+    if warming:
         lr *= (step + 1) / warmup_steps
     return lr
 
