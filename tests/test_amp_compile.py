@@ -3,6 +3,7 @@ torch.compile (same results as eager), on a small model on the CPU."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import train_clan_norm
@@ -79,9 +80,11 @@ def test_off_and_bf16_have_no_grad_scaler(small_model):
     assert _state(small_model, "train.amp=bf16").scaler is None
 
 
-def test_compile_gives_the_eager_results(small_model, small_batches):
+@pytest.mark.parametrize("updates", ["once", "released"])
+def test_compile_gives_the_eager_results(updates, small_model, small_batches):
     source, target = small_batches
-    eager, compiled = _state(small_model), _state(small_model, "train.compile=true")
+    optim = f"optim.backbone_updates={updates}"
+    eager, compiled = _state(small_model, optim), _state(small_model, optim, "train.compile=true")
     assert compiled.run("G") is not compiled.modules["G"]  # the compiled wrapper is what runs
     for step in (20, 21):
         logs_e = train_clan_norm.train_step(eager, source, target, step)

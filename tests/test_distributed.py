@@ -80,6 +80,7 @@ def synthetic(tmp_path_factory):
     "script, config",
     [
         ("train_clan_norm", "configs/demo/clan_norm.yaml"),
+        ("train_clan_norm", "configs/demo/released/clan_norm.yaml"),
         ("train_norm_only", "configs/demo/norm_only.yaml"),
         ("train_norm_only", "configs/demo/source_only.yaml"),
     ],

@@ -148,3 +148,19 @@ def test_help(module, capsys):
         module.main(["--help"])
     assert exit_info.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_image_grid_shows_a_label_of_another_size_at_the_image_size():
+    from dataset.datasets import Batch
+    from model.deeplabv2 import DeepLabV2
+    from utils.engine import _image_grid
+
+    model = DeepLabV2(layers=(1, 1, 1, 1), base_width=8)
+    label = torch.zeros(1, 40, 64, dtype=torch.long)
+    label[:, 20:] = 255  # bottom half ignored: black
+    batch = Batch(torch.randn(1, 3, 32, 52), label, ["a"])  # an image rescaled by 0.8
+    grid = _image_grid(model, batch, torch.device("cpu"))
+    assert grid.shape == (3, 32 + 4, 3 * (52 + 2) + 2)  # three 32x52 tiles, padding 2
+    label_tile = grid[:, 2:34, 56:108]
+    assert label_tile[:, :16].float().mean() > 0 and label_tile[:, 16:].sum() == 0
+    assert model.training  # back in train mode

@@ -310,14 +310,18 @@ def _match_param_layout(opt: torch.optim.Optimizer) -> None:
 @torch.no_grad()
 def _image_grid(model: DeepLabV2, batch: Batch, device: torch.device) -> torch.Tensor:
     """input | label | prediction for the first image of a batch, as one 3 x H x 3W image
-    (eval mode, as evaluation: the picture leaves BN's running statistics alone)."""
+    (eval mode, as evaluation: the picture leaves BN's running statistics alone). A label of
+    another size (an image-only rescale) is shown resized to the image (nearest)."""
     image = batch.image[:1].to(device)
+    size = tuple(image.shape[-2:])
     model.eval()
-    pred = predict_logits(model, image, tuple(image.shape[-2:])).argmax(1)[0].cpu().numpy()
+    pred = predict_logits(model, image, size).argmax(1)[0].cpu().numpy()
     model.train()
     tiles = [denormalize(image[0].cpu())]
     if batch.label is not None:
-        tiles.append(torch.from_numpy(colorize(batch.label[0].numpy())).permute(2, 0, 1))
+        label = batch.label[:1, None].float()
+        label = torch.nn.functional.interpolate(label, size=size, mode="nearest")[0, 0].long()
+        tiles.append(torch.from_numpy(colorize(label.numpy())).permute(2, 0, 1))
     tiles.append(torch.from_numpy(colorize(pred)).permute(2, 0, 1))
     return make_grid(torch.stack(tiles), nrow=len(tiles), padding=2)
 
