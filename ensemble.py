@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from dataset.datasets import eval_loader
 from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
 from model.weights import PRESETS, Weights, read_weights
-from utils.config import Config
+from utils.config import Config, looks_like_override
 from utils.distributed import select_device
 from utils.evaluation import (
     SPACES,
@@ -48,8 +47,6 @@ from utils.logger import setup_logging, write_json
 from utils.metrics import format_iou_table
 
 log = logging.getLogger("ensemble")
-
-_OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)+=")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -84,7 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "results JSON default: <save-dir>/results.json, else <first checkpoint>.ensemble.json"
     )
     args = parser.parse_args(argv)
-    stray = [p for p in args.restore if _OVERRIDE.match(p) and not Path(p).exists()]
+    stray = [p for p in args.restore if looks_like_override(p) and not Path(p).exists()]
     if stray:
         parser.error(f"--restore {stray[0]!r} looks like an override: put overrides after --")
     if len(args.restore) < 2:

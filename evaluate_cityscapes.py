@@ -13,6 +13,12 @@ averages the softmax with the mirrored image's, as every number of the paper's T
     python evaluate_cityscapes.py --restore ADVENT.pth --preset advent
     python evaluate_cityscapes.py --restore last.pth --save-dir preds/   # + trainId/colour PNGs
     python evaluate_cityscapes.py --pred-dir other_repo/preds/           # score PNGs on disk
+    python evaluate_cityscapes.py --restore runs/RUN/checkpoints/step_*.pth --flip  # a sweep
+
+A sweep (several ``--restore`` files) scores every snapshot on the same val images: one row
+each, the final snapshot reported (the last step), the best marked "selected on val": a number
+chosen on the set it is measured on, as the paper's "Only Norm" row (the best of 36 snapshots)
+was, and so an optimistic one.
 
 Without ``--config`` the config stored in the checkpoint is used (the defaults for files from
 elsewhere, whose preset is inferred from the file unless ``--preset`` names it); ``key.sub=value``
@@ -23,15 +29,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from tqdm import tqdm
 
 from dataset.build import build_dataset, ensure_data
 from dataset.datasets import eval_loader
 from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
 from model.weights import PRESETS, read_weights
+from utils.config import looks_like_override
 from utils.distributed import DistInfo, describe, select_device
 from utils.evaluation import eval_config, evaluate, score_prediction_dir
 from utils.logger import setup_logging, write_json
@@ -46,7 +56,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--restore", metavar="CKPT", help="weights of G to evaluate (any layout)")
+    source.add_argument(
+        "--restore", nargs="+", metavar="CKPT",
+        help="weights of G to evaluate (any layout); several files: a snapshot sweep",
+    )  # fmt: skip
     source.add_argument(
         "--pred-dir", metavar="DIR", help="score trainId PNGs named like the images"
     )
@@ -65,9 +78,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     parser.epilog = (
         "results JSON default: <save-dir>/results.json, else <checkpoint>.results.json, else "
-        "<pred-dir>/results.json"
+        "<pred-dir>/results.json; a sweep: <folder of the last snapshot>/sweep.results.json"
     )
     args = parser.parse_args(argv)
+    stray = [p for p in args.restore or [] if looks_like_override(p) and not Path(p).exists()]
+    if stray:
+        parser.error(f"--restore {stray[0]!r} looks like an override: put overrides after --")
+    if args.restore and len(args.restore) > 1 and args.save_dir:
+        parser.error("--save-dir writes one model's predictions: give a single --restore")
     if args.pred_dir and (args.flip or args.preset):
         parser.error("--flip and --preset need --restore (predictions on disk are fixed)")
     if args.compare_with:
@@ -83,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.append(f"model.preset={args.preset}")
     if args.flip:
         overrides.append("eval.flip=true")
-    weights = read_weights(args.restore) if args.restore else None
+    if args.restore and len(args.restore) > 1:
+        return sweep(args, overrides)
+    weights = read_weights(args.restore[0]) if args.restore else None
     cfg = eval_config(args.config, weights.config if weights else None, overrides)
     ensure_data(cfg.data)
     val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
@@ -105,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cm = evaluate(
             model.to(device), loader, device, model_cfg.num_classes, args.save_dir, flip=flip
         )
-        ckpt = Path(args.restore)
+        ckpt = Path(args.restore[0])
         row = f"{ckpt.stem} ({preset}, flip {'on' if flip else 'off'})"
         default_results = ckpt.with_name(ckpt.name + ".results.json")
     if args.save_dir:
@@ -120,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(
         results,
         {
-            "restore": args.restore,
+            "restore": args.restore[0] if args.restore else None,
             "pred_dir": args.pred_dir,
             "layout": weights.layout if weights else None,
             "preset": preset,
@@ -136,7 +156,71 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _paper_rows(name: str, ious: list[float], flip: bool | None) -> dict[str, list[float]]:
+def snapshot_step(path: str) -> int | None:
+    """The step in a snapshot's file name (``step_002000.pth``, ``GTA5_2000.pth``): its last run
+    of digits; None without one."""
+    digits = re.findall(r"\d+", Path(path).stem)
+    return int(digits[-1]) if digits else None
+
+
+def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Score every ``--restore`` file on the val images of the first one's config: a table row
+    per snapshot (in step order when every name holds a step), the last reported as the final
+    one, the best marked as selected on val; one JSON with every row."""
+    files = list(args.restore)
+    steps = [snapshot_step(f) for f in files]
+    if all(s is not None for s in steps):
+        files = [f for _, f in sorted(zip(steps, files))]
+    first = read_weights(files[0])
+    cfg = eval_config(args.config, first.config, overrides)
+    ensure_data(cfg.data)
+    val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
+    device = select_device(cfg.train.device)
+    loader = eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers,
+                         pin_memory=device.type == "cuda")  # fmt: skip
+    log.info("sweep over %d snapshots; val: %d images from %s; flip averaging %s; %s", len(files),
+             len(val), cfg.data.val.root, "on" if cfg.eval.flip else "off",
+             describe(DistInfo(), device))  # fmt: skip
+    scored = []
+    for path in tqdm(files, desc="snapshots", unit="ckpt"):
+        weights = first if path == files[0] else read_weights(path)
+        own = eval_config(args.config, weights.config, overrides)
+        model, model_cfg, _ = restore_model(own.model, weights)
+        cm = evaluate(model.to(device), loader, device, model_cfg.num_classes, progress=False,
+                      flip=cfg.eval.flip)  # fmt: skip
+        scored.append({"restore": path, "step": snapshot_step(path), "mIoU": cm.miou(),
+                       "preset": preset_name(model_cfg), "iou": cm.iou()})  # fmt: skip
+        del model, weights
+    final = scored[-1]
+    best = max(scored, key=lambda r: r["mIoU"])
+    rows = {}
+    for r in scored:
+        marks = [m for m, on in (("final", r is final), ("selected on val", r is best)) if on]
+        rows[Path(r["restore"]).stem + (f" ({', '.join(marks)})" if marks else "")] = r["iou"]
+    if args.compare_with:
+        name, paper = paper_row(args.compare_with)
+        theirs = [v / 100 for v in paper.iou]
+        rows.update(_paper_rows(args.compare_with, final["iou"], cfg.eval.flip, "final"))
+        rows[f"selected - paper: {name}"] = [a - b for a, b in zip(best["iou"], theirs)]
+    print(format_iou_table(rows))
+    results = Path(args.results) if args.results else Path(files[-1]).parent / "sweep.results.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    as_json = [{**r, "iou": dict(zip(CLASS_NAMES, r["iou"]))} for r in scored]
+    write_json(results, {
+        "flip": cfg.eval.flip, "val_root": cfg.data.val.root, "num_images": len(val),
+        "snapshots": as_json, "final": final["restore"], "selected_on_val": best["restore"],
+        "note": "selected_on_val is chosen on the images it is scored on: an optimistic number",
+    })  # fmt: skip
+    log.info("results written to %s", results)
+    print(f"final ({Path(final['restore']).name}): {100 * final['mIoU']:.2f}; best "
+          f"({Path(best['restore']).name}, selected on val): {100 * best['mIoU']:.2f}")  # fmt: skip
+    print(f"mIoU: {100 * final['mIoU']:.2f}")
+    return 0
+
+
+def _paper_rows(
+    name: str, ious: list[float], flip: bool | None, ours: str = "ours"
+) -> dict[str, list[float]]:
     """The paper's row (fractions) and ours minus it, per class."""
     name, paper = paper_row(name)
     if flip is False:
@@ -146,7 +230,7 @@ def _paper_rows(name: str, ious: list[float], flip: bool | None) -> dict[str, li
     theirs = [v / 100 for v in paper.iou]
     return {
         f"paper: {name} (stated mIoU {paper.miou:.2f})": theirs,
-        f"ours - paper: {name}": [a - b for a, b in zip(ious, theirs)],
+        f"{ours} - paper: {name}": [a - b for a, b in zip(ious, theirs)],
     }
 
 

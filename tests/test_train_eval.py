@@ -9,6 +9,7 @@ from PIL import Image
 
 import evaluate_cityscapes
 import train_norm_only
+from dataset.labels import CLASS_NAMES
 from utils.checkpoint import CheckpointError, load_checkpoint
 
 TINY = [
@@ -164,3 +165,38 @@ def test_image_grid_shows_a_label_of_another_size_at_the_image_size():
     label_tile = grid[:, 2:34, 56:108]
     assert label_tile[:, :16].float().mean() > 0 and label_tile[:, 16:].sum() == 0
     assert model.training  # back in train mode
+
+
+def test_a_sweep_scores_every_snapshot_and_reports_the_final_one(tmp_path, synthetic, capsys):
+    run = _train(tmp_path, synthetic, "sw", "train.max_steps=3", "train.save_every=1")
+    snaps = sorted(str(p) for p in (run / "checkpoints").glob("step_*.pth"))
+    capsys.readouterr()
+    out = tmp_path / "sweep.json"
+    args = ["--restore", *reversed(snaps), "--results", str(out), "--compare-with", "Only Norm"]
+    assert evaluate_cityscapes.main(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    rows = report["snapshots"]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # step order, whatever the order given
+    assert report["final"] == snaps[-1] and report["selected_on_val"] in snaps
+    best = max(rows, key=lambda r: r["mIoU"])
+    assert report["selected_on_val"] == best["restore"]
+    # the final snapshot is what the run itself reported for its last step
+    assert rows[-1]["mIoU"] == pytest.approx(json.loads((run / "results.json").read_text())["mIoU"])
+    lines = printed.splitlines()
+    assert any("step_000003 (final" in line for line in lines)
+    assert sum("selected on val" in line for line in lines if line.startswith("| step_")) == 1
+    assert any(line.startswith("| paper: Only Norm") for line in lines)
+    assert any(line.startswith("| selected - paper: Only Norm") for line in lines)
+    assert lines[-1] == f"mIoU: {100 * rows[-1]['mIoU']:.2f}"
+    assert sorted(rows[0]["iou"]) == sorted(CLASS_NAMES)
+
+
+def test_a_sweep_refuses_save_dir_and_stray_overrides(tmp_path, capsys):
+    for argv in (["--restore", "a.pth", "b.pth", "--save-dir", str(tmp_path)],
+                 ["--restore", "a.pth", "data.val.root=x"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate_cityscapes.main(argv)
+        assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "give a single --restore" in err and "looks like an override" in err

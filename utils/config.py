@@ -258,6 +258,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)+=")
+
+
+def looks_like_override(text: str) -> bool:
+    """Whether a command-line word reads as ``key.sub=value`` (so a file argument that ate it
+    can say so)."""
+    return _OVERRIDE.match(text) is not None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``'optim.lr=1e-3'`` -> (['optim', 'lr'], 0.001); the value is parsed as YAML."""
     key, sep, raw = text.partition("=")
