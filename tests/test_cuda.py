@@ -4,8 +4,9 @@
 
 It covers every setup's step with ``train.amp`` off, bf16 and fp16, channels_last on and off,
 ``torch.compile`` on and off; the loop end to end (train, periodic checkpoints, ``--resume``,
-``evaluate_cityscapes.py --flip --save-dir``, ``ensemble.py``); torchrun on nccl; and no host
-sync inside a training step or a confusion-matrix update.
+``evaluate_cityscapes.py --flip --save-dir``, ``ensemble.py``); torchrun on nccl; no host
+sync inside a training step or a confusion-matrix update; and the released optimizer's foreach
+kernels against the CPU.
 
 Against the CPU, float32 with TF32 off on both sides: logged values within rtol 1e-4 (D's
 accuracies, a fraction of thresholded pixels, within 1e-3 absolute), weights after two steps within
@@ -286,3 +287,27 @@ def test_torchrun_on_nccl(processes, tmp_path, tiny_run):
     results = json.loads((run / "results.json").read_text())
     assert results["step"] == 3 and len(results["iou"]) == 19
     assert proc.stdout.rstrip().splitlines()[-1].startswith("mIoU: ")
+
+
+@pytest.mark.parametrize("updates", ["released", "released_torch14"])
+def test_released_sgd_on_cuda_matches_the_cpu(updates):
+    """The foreach kernels on CUDA round like the CPU's per-tensor ops up to an ulp per entry."""
+    from utils.optim import build_sgd
+
+    cfg = load_config(None, [f"optim.backbone_updates={updates}", "optim.lr=0.1"])
+    models, opts = [], []
+    for device in (CPU, CUDA):
+        torch.manual_seed(0)
+        model = DeepLabV2(layers=(2, 2, 2, 2), base_width=8).to(device)
+        models.append(model)
+        opts.append(build_sgd(cfg.optim, model.backbone_stages(), model.param_groups(0.1)))
+    for step in range(3):
+        gen = torch.Generator().manual_seed(step)
+        for p_cpu, p_gpu in zip(models[0].parameters(), models[1].parameters()):
+            if p_cpu.requires_grad:
+                g = torch.randn(p_cpu.shape, generator=gen)
+                p_cpu.grad, p_gpu.grad = g.clone(), g.to(CUDA)
+        for opt in opts:
+            opt.step()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-5, atol=1e-6, msg=name)

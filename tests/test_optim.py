@@ -58,6 +58,16 @@ def _set_grads(model: DeepLabV2, grads: list[torch.Tensor]) -> None:
         p.grad = g.clone() if p.requires_grad else None
 
 
+def _step_both(a: DeepLabV2, opt_a, b: DeepLabV2, opt_b, steps: int) -> None:
+    """Step two optimizers of two equal models with the same random gradients."""
+    for step in range(steps):
+        grads = _grads(a, step)
+        _set_grads(a, grads)
+        _set_grads(b, grads)
+        opt_a.step()
+        opt_b.step()
+
+
 def _rule_step(entries, lr: float, bufs: dict, wd_in_grad: bool = False) -> None:
     """SPEC's rule, one entry after the other, with the primitive ops of PyTorch 1.5-1.7's SGD
     (``released_torch14``: PyTorch 1.4's, which added the decay into ``p.grad`` in place)."""
@@ -117,12 +127,7 @@ def test_released_sgd_is_the_rule_applied_entry_by_entry(updates):
 def test_the_two_released_variants_differ_only_by_the_decay_in_the_gradient():
     a, b = _model(), _model()
     opt_a, opt_b = _optimizer(a, "released"), _optimizer(b, "released_torch14")
-    for step in range(2):
-        grads = _grads(a, step)
-        _set_grads(a, grads)
-        _set_grads(b, grads)
-        opt_a.step()
-        opt_b.step()
+    _step_both(a, opt_a, b, opt_b, steps=2)
     delta = (a.layer1[0].conv1.weight - b.layer1[0].conv1.weight).abs().max()
     assert 0 < delta < 1e-2  # weight decay terms: small, but not rounding
     assert torch.equal(a.conv1.weight, b.conv1.weight)  # listed once: the same update
@@ -157,12 +162,7 @@ def test_todays_torch_sgd_on_the_released_list_is_not_the_reference():
              {"params": list(released_code_10x(today)), "lr": 10 * LR}],
             lr=LR, momentum=MOMENTUM, weight_decay=WD, foreach=False,
         )  # fmt: skip
-    for step in range(3):
-        grads = _grads(ours, step)
-        _set_grads(ours, grads)
-        _set_grads(today, grads)
-        opt.step()
-        sgd.step()
+    _step_both(ours, opt, today, sgd, steps=3)
     gap = (ours.layer1[0].conv2.weight - today.layer1[0].conv2.weight).abs().max()
     assert gap > 0.1  # entries that share a buffer are not today's separate clones
     # parameters listed once agree: the difference is the duplicates, not the setup
@@ -174,12 +174,7 @@ def test_released_sgd_with_single_entries_is_plain_sgd():
     groups = [{**g, "repeats": [1] * len(g["params"])} for g in a.param_groups(LR)]
     ours = ReleasedSGD(groups, lr=LR, momentum=MOMENTUM, weight_decay=WD)
     sgd = torch.optim.SGD(b.param_groups(LR), lr=LR, momentum=MOMENTUM, weight_decay=WD)
-    for step in range(3):
-        grads = _grads(a, step)
-        _set_grads(a, grads)
-        _set_grads(b, grads)
-        ours.step()
-        sgd.step()
+    _step_both(a, ours, b, sgd, steps=3)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), name
 
