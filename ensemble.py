@@ -34,7 +34,7 @@ from dataset.datasets import eval_loader
 from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
 from model.weights import PRESETS, Weights, read_weights
-from utils.config import Config, looks_like_override
+from utils.config import Config, split_overrides
 from utils.distributed import select_device
 from utils.evaluation import (
     SPACES,
@@ -81,9 +81,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "results JSON default: <save-dir>/results.json, else <first checkpoint>.ensemble.json"
     )
     args = parser.parse_args(argv)
-    stray = [p for p in args.restore if looks_like_override(p) and not Path(p).exists()]
-    if stray:
-        parser.error(f"--restore {stray[0]!r} looks like an override: put overrides after --")
+    args.restore, moved = split_overrides(args.restore)
+    args.overrides = [*moved, *args.overrides]
     if len(args.restore) < 2:
         parser.error("--restore needs two or more checkpoints")
     if args.presets and len(args.presets) != len(args.restore):

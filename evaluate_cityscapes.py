@@ -41,7 +41,7 @@ from dataset.datasets import eval_loader
 from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
 from model.weights import PRESETS, read_weights
-from utils.config import looks_like_override
+from utils.config import split_overrides
 from utils.distributed import DistInfo, describe, select_device
 from utils.evaluation import eval_config, evaluate, score_prediction_dir
 from utils.logger import setup_logging, write_json
@@ -81,9 +81,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "<pred-dir>/results.json; a sweep: <folder of the last snapshot>/sweep.results.json"
     )
     args = parser.parse_args(argv)
-    stray = [p for p in args.restore or [] if looks_like_override(p) and not Path(p).exists()]
-    if stray:
-        parser.error(f"--restore {stray[0]!r} looks like an override: put overrides after --")
+    if args.restore:
+        args.restore, moved = split_overrides(args.restore)
+        args.overrides = [*moved, *args.overrides]
+        if not args.restore:
+            parser.error("--restore: no checkpoint given")
     if args.restore and len(args.restore) > 1 and args.save_dir:
         parser.error("--save-dir writes one model's predictions: give a single --restore")
     if args.pred_dir and (args.flip or args.preset):

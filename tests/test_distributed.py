@@ -76,17 +76,22 @@ def synthetic(tmp_path_factory):
     ]
 
 
+# The released protocol rescales whole images (no crop), with its duplicated-list optimizer.
+RELEASED = ["data.source.crop=null", "data.source.resize=[96,52]", "data.target.crop=null",
+            "data.target.resize=[96,48]"]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "script, config",
+    "script, config, extra",
     [
-        ("train_clan_norm", "configs/demo/clan_norm.yaml"),
-        ("train_clan_norm", "configs/demo/released/clan_norm.yaml"),
-        ("train_norm_only", "configs/demo/norm_only.yaml"),
-        ("train_norm_only", "configs/demo/source_only.yaml"),
+        ("train_clan_norm", "configs/demo/clan_norm.yaml", []),
+        ("train_clan_norm", "configs/demo/released/clan_norm.yaml", RELEASED),
+        ("train_norm_only", "configs/demo/norm_only.yaml", []),
+        ("train_norm_only", "configs/demo/source_only.yaml", []),
     ],
 )
-def test_two_gloo_processes_keep_identical_weights(tmp_path, synthetic, script, config):
-    argv = ["--config", config, *TINY, *synthetic, f"train.out_dir={tmp_path}",
+def test_two_gloo_processes_keep_identical_weights(tmp_path, synthetic, script, config, extra):
+    argv = ["--config", config, *TINY, *extra, *synthetic, f"train.out_dir={tmp_path}",
             "train.run_name=ddp"]  # fmt: skip
     mp.spawn(_worker, args=(2, _free_port(), script, argv, str(tmp_path)), nprocs=2, join=True)
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

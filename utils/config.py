@@ -261,10 +261,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 _OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)+=")
 
 
-def looks_like_override(text: str) -> bool:
-    """Whether a command-line word reads as ``key.sub=value`` (so a file argument that ate it
-    can say so)."""
-    return _OVERRIDE.match(text) is not None
+def split_overrides(files: list[str]) -> tuple[list[str], list[str]]:
+    """A ``nargs="+"`` file option followed by positional overrides takes them in too
+    (``--restore a.pth b.pth data.val.root=X``): split off the words that read as
+    ``key.sub=value`` and are not existing paths. Returns (files, overrides)."""
+    moved = [w for w in files if _OVERRIDE.match(w) and not Path(w).exists()]
+    return [w for w in files if w not in moved], moved
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
