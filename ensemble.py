@@ -36,6 +36,7 @@ from model.build import preset_name, restore_model
 from model.weights import PRESETS, Weights, read_weights
 from utils.config import Config, split_overrides
 from utils.distributed import select_device
+from utils.errors import OutputExistsError, UsageError, add_debug_flag, run
 from utils.evaluation import (
     SPACES,
     eval_config,
@@ -80,6 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.epilog = (
         "results JSON default: <save-dir>/results.json, else <first checkpoint>.ensemble.json"
     )
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     args.restore, moved = split_overrides(args.restore)
     args.overrides = [*moved, *args.overrides]
@@ -180,7 +182,7 @@ def _member_configs(args: argparse.Namespace, files: list[Weights]) -> list[Conf
         configs.append(eval_config(args.config, file.config, overrides))
     if len({c.model.num_classes for c in configs}) > 1:
         counts = ", ".join(f"{f.path}: {c.model.num_classes}" for f, c in zip(files, configs))
-        raise ValueError(f"ensemble members predict different numbers of classes ({counts})")
+        raise UsageError(f"ensemble members predict different numbers of classes ({counts})")
     return configs
 
 
@@ -190,7 +192,7 @@ def _refuse_overwrite(save_dir: Path, names: list[str], results: Path) -> None:
     existing = [p for p in targets if p.exists() and save_dir in p.parents]
     if existing:
         shown = ", ".join(str(p) for p in existing[:3])
-        raise FileExistsError(
+        raise OutputExistsError(
             f"--save-dir {save_dir} already holds {len(existing)} of this run's files ({shown}"
             f"{', ...' if len(existing) > 3 else ''}): pass --overwrite to replace them"
         )
@@ -207,4 +209,4 @@ def _short_names(paths: Sequence[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

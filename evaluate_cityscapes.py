@@ -43,6 +43,7 @@ from model.build import preset_name, restore_model
 from model.weights import PRESETS, read_weights
 from utils.config import split_overrides
 from utils.distributed import DistInfo, describe, select_device
+from utils.errors import add_debug_flag, run
 from utils.evaluation import eval_config, evaluate, score_prediction_dir
 from utils.logger import setup_logging, write_json
 from utils.metrics import format_iou_table
@@ -80,6 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "results JSON default: <save-dir>/results.json, else <checkpoint>.results.json, else "
         "<pred-dir>/results.json; a sweep: <folder of the last snapshot>/sweep.results.json"
     )
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.restore:
         args.restore, moved = split_overrides(args.restore)
@@ -237,4 +239,4 @@ def _paper_rows(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -25,6 +25,7 @@ from model.discriminator import FCDiscriminator
 from utils.config import Config
 from utils.engine import TrainState, build_generator
 from utils.engine import main as engine_main
+from utils.errors import run
 from utils.losses import (
     discrepancy_map,
     feature_norm,
@@ -152,4 +153,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

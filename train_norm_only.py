@@ -21,6 +21,7 @@ from dataset.datasets import Batch
 from utils.config import Config
 from utils.engine import TrainState, build_generator
 from utils.engine import main as engine_main
+from utils.errors import run
 from utils.losses import feature_norm, segmentation_loss, stepwise_norm_loss_from_norms
 from utils.schedules import norm_damping
 
@@ -90,4 +91,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

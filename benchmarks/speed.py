@@ -45,6 +45,7 @@ from dataset.synthetic import SyntheticSpec, generate
 from utils.config import load_config
 from utils.distributed import DistInfo, resolve_device
 from utils.engine import TrainState, prepare
+from utils.errors import add_debug_flag, run
 from utils.evaluation import evaluate, predict_logits
 from utils.losses import (
     discrepancy_map,
@@ -391,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-cache", default="data/bench_eval", help="synthetic images here")
     parser.add_argument("--out", help="also write the markdown table here")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     name = (
@@ -410,4 +412,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import train_clan_norm
 import train_norm_only
+from utils.errors import add_debug_flag, run
 from utils.metrics import SHORT_NAMES
 
 # (row label, training script, config, extra overrides)
@@ -121,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/table"), help="run folders")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/synthetic_table.md"))
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     rows = {}
@@ -140,4 +142,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

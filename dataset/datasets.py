@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dataset.labels import ID_TO_TRAIN_ID
 from dataset.transforms import PairedTransform
+from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
 CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelIds.png"
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """Base class of the data errors below."""
 
 

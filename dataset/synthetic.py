@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from dataset.labels import CLASS_NAMES, LABEL_IDS, PALETTE
+from utils.errors import add_debug_flag, run
 
 try:
     from tqdm import tqdm
@@ -1175,6 +1176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--target-size", type=int, nargs=2, default=defaults.target_size, metavar=("W", "H")
     )
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -1194,4 +1196,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -179,7 +179,9 @@ def test_presets_set_the_switches_and_unknown_is_an_error():
         assert (model.multi_level, model.layer5.branches, model.predict_with) == p
         assert preset_name(tiny_cfg(f"model.preset={name}")) == name
     assert preset_name(tiny_cfg("model.aspp_branches=2")) == "custom"
-    with pytest.raises(ConfigError, match="model.preset='deeplab'.*clan, adaptsegnet"):
+    with pytest.raises(
+        ConfigError, match="model.preset: expected one of clan, adaptsegnet.*got 'deeplab'"
+    ):
         build_model(tiny_cfg("model.preset=deeplab"))
 
 

@@ -11,8 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from utils.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be read or does not fit the model; the message names the file."""
 
 

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+import torch
 import yaml
+
+from utils.errors import UserError
 
 DEFAULTS_PATH = Path(__file__).resolve().parent.parent / "configs" / "defaults.yaml"
 
@@ -24,7 +27,7 @@ DEFAULTS_PATH = Path(__file__).resolve().parent.parent / "configs" / "defaults.y
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 
@@ -307,17 +310,136 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
     return data
 
 
+# Every choice a key can take, and every range: checked in one place (``validate``) when a
+# config loads, before any file is written. The modules that act on a choice import it here.
+AMP_CHOICES = ("off", "bf16", "fp16")
+SEG_LOSSES = ("ce", "focal")
+LR_SCALINGS = ("none", "linear")
+BACKBONE_UPDATES = ("once", "released", "released_torch14")
+WARMUP_FORMS = ("scaled", "released")
+PREDICT_WITH = ("sum", "c2")
+DATASETS = ("gta5", "cityscapes")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.predict_with": PREDICT_WITH,
+    "data.source.dataset": DATASETS,
+    "data.target.dataset": DATASETS,
+    "data.val.dataset": DATASETS,
+    "loss.seg": SEG_LOSSES,
+    "optim.lr_scaling": LR_SCALINGS,
+    "optim.backbone_updates": BACKBONE_UPDATES,
+    "optim.warmup_form": WARMUP_FORMS,
+    "train.amp": AMP_CHOICES,
+}
+AT_LEAST: dict[str, float] = {  # key: smallest valid value
+    "model.num_classes": 1, "model.base_width": 1, "model.d_width": 1,
+    "data.batch_size": 1, "data.num_workers": 0, "eval.batch_size": 1, "eval.num_workers": 0,
+    "data.synthetic.num_source": 0, "data.synthetic.num_train": 0, "data.synthetic.num_val": 0,
+    "loss.focal_gamma": 0, "loss.lambda_norm": 0, "loss.lambda_adv": 0, "loss.lambda_weight": 0,
+    "loss.lambda_local": 0, "loss.eps": 0,
+    "optim.lr": 0, "optim.momentum": 0, "optim.weight_decay": 0, "optim.power": 0,
+    "optim.warmup_steps": 0, "optim.schedule_steps": 1, "optim.lr_d": 0, "optim.weight_decay_d": 0,
+    "train.max_steps": 1, "train.log_every": 1, "train.image_every": 0, "train.eval_every": 0,
+    "train.save_every": 0, "train.keep_checkpoints": 0,
+}  # fmt: skip
+
+
+def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flat(value, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = value
+    return out
+
+
+def _domain_problems(name: str, d: DomainConfig, batch_size: int) -> list[str]:
+    k = f"data.{name}"
+    problems = [
+        f"{k}.{key}: expected a positive [W, H] pair or null, got {list(size)}"
+        for key, size in (("resize", d.resize), ("crop", d.crop))
+        if size is not None and min(size) <= 0
+    ]
+    lo, hi = d.scale_range
+    if not 0 < lo <= hi:
+        problems.append(f"{k}.scale_range: expected 0 < low <= high, got {list(d.scale_range)}")
+    if any(not f > 0 or not 0 <= p <= 1 for f, p in d.image_rescale) or (
+        sum(p for _, p in d.image_rescale) > 1
+    ):
+        problems.append(
+            f"{k}.image_rescale: expected [scale > 0, probability] pairs whose probabilities sum "
+            f"to at most 1, got {[list(x) for x in d.image_rescale]}"
+        )
+    if name == "val":
+        if d.crop is not None:
+            problems.append(f"{k}.crop: evaluation scores whole images (labels at full size): null")
+        return problems
+    if d.crop is not None and d.image_rescale:
+        problems.append(
+            f"{k}: crop and image_rescale cannot be combined (the image is rescaled, its label "
+            f"is not, so a crop would not match): set {k}.crop=null or {k}.image_rescale=[]"
+        )
+    random_size = d.image_rescale or tuple(d.scale_range) != (1.0, 1.0)
+    if d.crop is None and random_size and batch_size > 1:
+        problems.append(
+            f"{k}: without a crop, a random rescale gives each image its own size, so "
+            f"data.batch_size={batch_size} images cannot be stacked: use data.batch_size=1 (as "
+            f"the released code) or a crop"
+        )
+    return problems
+
+
+def validate(cfg: Config) -> Config:
+    """Check every choice, range and combination of ``cfg``; one ``ConfigError`` lists them all,
+    each naming its key, the value and what was expected. Returns ``cfg``."""
+    from model.weights import PRESETS  # (model/ imports this module)
+
+    flat = _flat(cfg)
+    problems = [
+        f"{key}: expected one of {', '.join(choices)}, got {flat[key]!r}"
+        for key, choices in CHOICES.items()
+        if flat[key] not in choices
+    ]
+    problems += [
+        f"{key}: expected a number >= {low:g}, got {flat[key]!r}"
+        for key, low in AT_LEAST.items()
+        if not flat[key] >= low  # (NaN fails too)
+    ]
+    if cfg.model.preset not in ("", *PRESETS):
+        problems.append(f"model.preset: expected one of {', '.join(PRESETS)} or '', got "
+                        f"{cfg.model.preset!r}")  # fmt: skip
+    if len(cfg.model.layers) != 4 or min(cfg.model.layers) < 1:
+        problems.append(f"model.layers: expected 4 block counts >= 1, got {list(cfg.model.layers)}")
+    if cfg.model.aspp_branches not in (2, 4):
+        problems.append(f"model.aspp_branches: expected 2 or 4, got {cfg.model.aspp_branches}")
+    if not cfg.optim.momentum < 1:
+        problems.append(f"optim.momentum: expected a number < 1, got {cfg.optim.momentum}")
+    if cfg.train.device != "auto":
+        try:
+            torch.device(cfg.train.device)
+        except RuntimeError:
+            problems.append(f"train.device: expected auto, cpu, cuda or cuda:N, got "
+                            f"{cfg.train.device!r}")  # fmt: skip
+    for name in ("source", "target", "val"):
+        problems += _domain_problems(name, getattr(cfg.data, name), cfg.data.batch_size)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
     """defaults.yaml, then ``path`` (if given), then overrides -> a validated ``Config``."""
     data = read_yaml(DEFAULTS_PATH)
     if path is not None:
         data = _merge(data, read_yaml(path))
-    return from_dict(Config, apply_overrides(data, overrides))
+    return validate(from_dict(Config, apply_overrides(data, overrides)))
 
 
 def config_from_dict(data: dict[str, Any], overrides: typing.Iterable[str] = ()) -> Config:
     """A ``Config`` from a stored dict (e.g. a checkpoint's), merged onto the defaults."""
-    return from_dict(Config, apply_overrides(_merge(read_yaml(DEFAULTS_PATH), data), overrides))
+    merged = apply_overrides(_merge(read_yaml(DEFAULTS_PATH), data), overrides)
+    return validate(from_dict(Config, merged))
 
 
 def dump_yaml(cfg: Config, path: str | Path) -> None:

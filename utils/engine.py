@@ -39,7 +39,7 @@ from dataset.transforms import denormalize
 from model.build import build_model
 from model.deeplabv2 import DeepLabV2
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
-from utils.config import Config, ConfigError, config_from_dict, dump_yaml, load_config, to_dict
+from utils.config import Config, config_from_dict, dump_yaml, load_config, to_dict
 from utils.distributed import (
     DistInfo,
     all_reduce_max,
@@ -50,6 +50,7 @@ from utils.distributed import (
     init_distributed,
     resolve_device,
 )
+from utils.errors import OutputExistsError, UserError, add_debug_flag
 from utils.evaluation import evaluate, predict_logits
 from utils.logger import MetricWriter, setup_logging, write_json
 from utils.metrics import format_iou_table
@@ -120,9 +121,7 @@ class TrainState:
 
 def prepare(state: TrainState, info: DistInfo) -> None:
     """Memory layout, compilation, DDP and mixed precision, from ``train.*``."""
-    t, device = state.cfg.train, state.device
-    if t.amp not in AMP_DTYPES:
-        raise ConfigError(f"train.amp: expected one of {', '.join(AMP_DTYPES)}, got {t.amp!r}")
+    t, device = state.cfg.train, state.device  # (choices checked when the config loaded)
     state.amp_dtype = AMP_DTYPES[t.amp]
     if t.amp == "fp16":
         state.scaler = torch.amp.GradScaler(device.type)
@@ -147,7 +146,7 @@ BuildFn = Callable[[Config, torch.device], TrainState]
 StepFn = Callable[[TrainState, Batch, "Batch | None", int], dict[str, "torch.Tensor | float"]]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """A loss term became NaN or infinite; the message names it and the steps."""
 
 
@@ -211,6 +210,7 @@ def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespa
         help="continue a run from its checkpoints/last.pth (or from the given checkpoint)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.config is None and args.resume is None:
         parser.error("one of --config or --resume is required")
@@ -230,15 +230,12 @@ def _new_run_dir(cfg: Config, config_path: str) -> Path:
     name = cfg.train.run_name or f"{Path(config_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(cfg.train.out_dir) / name
     if run_dir.exists():
-        raise FileExistsError(
+        raise OutputExistsError(
             f"run folder {run_dir} already exists: continue it with --resume {run_dir}, or choose "
             f"another train.run_name"
         )
     (run_dir / "checkpoints").mkdir(parents=True)
     return run_dir
-
-
-LR_SCALING = ("none", "linear")
 
 
 def _set_learning_rates(state: TrainState, step: int, world_size: int) -> dict[str, float]:
@@ -376,10 +373,6 @@ def train(
     Under torchrun every rank calls this; only rank 0 writes."""
     info = info or DistInfo()
     device = device or resolve_device(cfg.train.device)
-    if cfg.optim.lr_scaling not in LR_SCALING:
-        raise ConfigError(
-            f"optim.lr_scaling: expected none or linear, got {cfg.optim.lr_scaling!r}"
-        )
     seed_everything(cfg.train.seed + info.rank)
     if info.is_main:
         ensure_data(cfg.data)

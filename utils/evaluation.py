@@ -24,6 +24,7 @@ from dataset.datasets import Batch
 from dataset.labels import NUM_CLASSES, colorize
 from model.deeplabv2 import DeepLabV2
 from utils.config import Config, config_from_dict, load_config
+from utils.errors import MissingPredictionError, PredictionError, UsageError
 from utils.losses import upsample_to
 from utils.metrics import ConfusionMatrix
 
@@ -100,12 +101,12 @@ def normalise_weights(weights: Sequence[float] | None, count: int) -> list[float
     if weights is None:
         return [1.0 / count] * count
     if len(weights) != count:
-        raise ValueError(f"--weights: {len(weights)} weights for {count} checkpoints")
+        raise UsageError(f"--weights: {len(weights)} weights for {count} checkpoints")
     if any(not math.isfinite(w) or w < 0 for w in weights):
-        raise ValueError(f"--weights: each weight must be finite and >= 0, got {list(weights)}")
+        raise UsageError(f"--weights: each weight must be finite and >= 0, got {list(weights)}")
     total = sum(weights)
     if total <= 0:
-        raise ValueError(f"--weights must sum to a positive number, got {list(weights)}")
+        raise UsageError(f"--weights must sum to a positive number, got {list(weights)}")
     return [w / total for w in weights]
 
 
@@ -116,7 +117,7 @@ def combine_scores(
     error naming them."""
     for name, s in zip(names[1:], scores[1:]):
         if s.shape != scores[0].shape:
-            raise ValueError(
+            raise UsageError(
                 f"ensemble members' outputs differ: {names[0]} gives {tuple(scores[0].shape)}, "
                 f"{name} gives {tuple(s.shape)} (B x K x H x W)"
             )
@@ -209,7 +210,7 @@ def find_prediction(pred_dir: Path, name: str) -> Path:
         candidate = candidate.with_suffix(".png")
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise MissingPredictionError(
         f"--pred-dir {pred_dir}: no prediction for {name} (looked for {pred_dir / name} and "
         f"{pred_dir / Path(name).name})"
     )
@@ -224,23 +225,23 @@ def score_prediction_dir(
     """Score trainId PNGs already on disk against ``dataset``'s labels (no model)."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
-        raise FileNotFoundError(f"--pred-dir {pred_dir}: not a folder")
+        raise MissingPredictionError(f"--pred-dir {pred_dir}: not a folder")
     cm = ConfusionMatrix(num_classes)
     for i in tqdm(range(len(dataset)), desc="score", disable=not progress, leave=False):
         sample = dataset[i]
         path = find_prediction(pred_dir, sample.name)
         pred = np.asarray(Image.open(path))
         if pred.ndim != 2:
-            raise ValueError(
+            raise PredictionError(
                 f"{path}: expected a single-channel trainId PNG, got shape {pred.shape}"
             )
         if pred.shape != tuple(sample.label.shape):
-            raise ValueError(
+            raise PredictionError(
                 f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH), the label is "
                 f"{sample.label.shape[1]}x{sample.label.shape[0]}"
             )
         if pred.max() >= num_classes:
-            raise ValueError(
+            raise PredictionError(
                 f"{path}: values must be trainIds 0..{num_classes - 1}, found {int(pred.max())}"
             )
         cm.update(torch.from_numpy(pred.astype(np.int64)), sample.label)

@@ -27,9 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.config import ConfigError, OptimConfig
-
-BACKBONE_UPDATES = ("once", "released", "released_torch14")
+from utils.config import OptimConfig
 
 
 def released_backbone_entries(stages: Sequence[nn.Module]) -> list[nn.Parameter]:
@@ -133,11 +131,6 @@ def build_sgd(
     (``model.param_groups``); ``released`` / ``released_torch14``, ``ReleasedSGD`` whose
     backbone group lists the released code's entries (``backbone_stages``) with their counts.
     The backbone group must hold exactly the parameters of those stages."""
-    if o.backbone_updates not in BACKBONE_UPDATES:
-        raise ConfigError(
-            f"optim.backbone_updates: expected one of {', '.join(BACKBONE_UPDATES)}, got "
-            f"{o.backbone_updates!r}"
-        )
     sgd_args = {"lr": o.lr, "momentum": o.momentum, "weight_decay": o.weight_decay}
     if o.backbone_updates == "once":
         return torch.optim.SGD(groups, **sgd_args)

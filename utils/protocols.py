@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from utils.config import load_config, to_dict
+from utils.errors import add_debug_flag, run
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "configs" / "gta5_to_cityscapes" / "clan_norm.yaml"
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--readme", type=Path, help="rewrite the table in this file")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.readme:
         changed = update_readme(args.readme)
@@ -88,4 +90,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

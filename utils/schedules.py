@@ -3,7 +3,7 @@ exactly."""
 
 from __future__ import annotations
 
-WARMUP_FORMS = ("scaled", "released")
+from utils.config import WARMUP_FORMS
 
 
 def poly_lr(

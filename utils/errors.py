@@ -1,0 +1,70 @@
+"""The repository's error types and the command-line boundary that reports them.
+
+A ``UserError`` is a problem with what the user gave (a config key, a file, a dataset, an
+argument), not with the code: the scripts print its message as ``error: <message>`` and exit
+with status 2, with no traceback. Any other exception is a bug and keeps its traceback.
+``--debug`` (or ``FTA_DEBUG=1``) shows the traceback for every error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+EXIT_USER_ERROR = 2
+# OSErrors about the output location: the user's disk or folder, not the code.
+_OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+
+
+class UserError(Exception):
+    """Bad input: the message names the key, file or value and what was expected."""
+
+
+class UsageError(UserError, ValueError):
+    """A command-line argument that cannot be used (e.g. ensemble weights that do not fit)."""
+
+
+class PredictionError(UserError, ValueError):
+    """A prediction PNG on disk that cannot be scored (wrong size, channels or values)."""
+
+
+class MissingPredictionError(UserError, FileNotFoundError):
+    """A prediction PNG (or the folder of them) that is not there."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output (run folder, prediction files) that exists and would be overwritten."""
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug``: read by ``run``, which shows full tracebacks when it is given."""
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of any error (or FTA_DEBUG=1)"
+    )
+
+
+def _debugging(argv: Sequence[str]) -> bool:
+    return "--debug" in argv or os.environ.get("FTA_DEBUG", "") not in ("", "0")
+
+
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Call a script's ``main(argv)``: a ``UserError``, or an ``OSError`` about an unwritable or
+    full output location, prints ``error: <message>`` on stderr and returns 2; ``--debug``
+    re-raises it with its traceback. Other exceptions propagate (bugs)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return main(argv)
+    except UserError as err:
+        if _debugging(argv):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+    except OSError as err:
+        if err.errno not in _OUTPUT_ERRNOS or _debugging(argv):
+            raise
+        print(
+            f"error: cannot write {err.filename or 'the output'}: {err.strerror}", file=sys.stderr
+        )
+    return EXIT_USER_ERROR
