@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from dataset.datasets import Batch
+from model.build import apply_preset
 from model.discriminator import FCDiscriminator
-from utils.config import Config
+from utils.config import Config, ConfigError
 from utils.engine import TrainState, build_generator
 from utils.engine import main as engine_main
 from utils.errors import run
@@ -148,8 +149,21 @@ def train_step(
     }
 
 
+def check(cfg: Config) -> None:
+    """CLAN's weight-discrepancy loss compares C1's and C2's weights, which differ in shape when
+    C1 reads layer3 (multi-level presets): refused before any work."""
+    if apply_preset(cfg.model).multi_level:
+        raise ConfigError(
+            f"model.multi_level=true (model.preset={cfg.model.preset or 'custom'!r}): CLAN's "
+            f"weight-discrepancy loss needs C1 and C2 of the same shape, and a multi-level C1 "
+            f"reads layer3 ({cfg.model.base_width * 16} channels, C2 reads "
+            f"{cfg.model.base_width * 32}); train CLAN with model.preset=clan, or the "
+            f"multi-level model with train_norm_only.py"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return engine_main(__doc__, SETUP, build, train_step, argv)
+    return engine_main(__doc__, SETUP, build, train_step, argv, check=check)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,17 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:  # name the file the user sees
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
+
+
+# What torch.load raises on a file that is not a PyTorch checkpoint (truncated archives, text,
+# other pickles): its unpickler reports malformed input with any of these.
+_UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError,
+               AttributeError, struct.error, zipfile.BadZipFile)  # fmt: skip
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
@@ -49,7 +59,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"something other than tensors and plain containers, e.g. pickled code. Only load "
             f"files you trust; details: {err}"
         ) from err
-    except (RuntimeError, EOFError, OSError) as err:
+    except _UNREADABLE as err:
         raise CheckpointError(
             f"checkpoint {path}: cannot be read (truncated or not a PyTorch file?): {err}"
         ) from err

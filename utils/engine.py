@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import random
+import shutil
 import signal
 import threading
 import time
@@ -27,19 +28,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from dataset.build import build_dataset, ensure_data
-from dataset.datasets import Batch, eval_loader, infinite_loader
+from dataset.datasets import Batch, DatasetError, eval_loader, infinite_loader
 from dataset.labels import colorize
 from dataset.transforms import denormalize
 from model.build import build_model
 from model.deeplabv2 import DeepLabV2
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
-from utils.config import Config, config_from_dict, dump_yaml, load_config, to_dict
+from utils.config import Config, ConfigError, config_from_dict, dump_yaml, load_config, to_dict
 from utils.distributed import (
     DistInfo,
     all_reduce_max,
@@ -266,6 +268,7 @@ def checkpoint_dict(
         "optimizers": {name: o.state_dict() for name, o in state.optimizers.items()},
         "scaler": state.scaler.state_dict() if state.scaler is not None else None,
         "rng": rng,
+        "world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
         "config": to_dict(state.cfg),
         "metric": metric,
     }
@@ -341,6 +344,11 @@ def _evaluate_and_report(
     return miou
 
 
+def _step_of(path: Path) -> int:
+    """The step of a periodic checkpoint ``step_<N>.pth`` (any number of digits)."""
+    return int(path.stem.removeprefix("step_"))
+
+
 class _Checkpointer:
     """``last.pth`` plus periodic ``step_NNNNNN.pth``, the oldest removed beyond ``keep``."""
 
@@ -353,7 +361,8 @@ class _Checkpointer:
             return
         save_checkpoint(ckpt, self.folder / f"step_{ckpt['step']:06d}.pth")
         if self.keep > 0:
-            for old in sorted(self.folder.glob("step_*.pth"))[: -self.keep]:
+            by_step = sorted(self.folder.glob("step_*.pth"), key=_step_of)
+            for old in by_step[: -self.keep]:
                 old.unlink()
 
 
@@ -408,7 +417,7 @@ def train(
         len(val), bs, info.world_size,
     )  # fmt: skip
 
-    writer = MetricWriter(run_dir) if info.is_main else None
+    writer = MetricWriter(run_dir, purge_after=start) if info.is_main else None
     checkpoints = _Checkpointer(run_dir / "checkpoints", t.keep_checkpoints)
     sums: dict[str, torch.Tensor | float] = {}
     count, first_unlogged, tic = 0, start, time.perf_counter()
@@ -438,7 +447,7 @@ def train(
                 values.update(lrs, sec_per_step=(time.perf_counter() - tic) / count)
                 if writer is not None:
                     writer.scalars(done, values, prefix="train/")
-                bar.set_postfix({k: f"{values[k]:.3g}" for k in losses if k.startswith("loss")})
+                bar.set_postfix({k: f"{values[k]:.3g}" for k in _bar_keys(losses)})
                 sums, count, first_unlogged, tic = {}, 0, done, time.perf_counter()
             if writer is not None and t.image_every and (done % t.image_every == 0 or done == 1):
                 writer.image("source/input_label_pred", _image_grid(state.model, src, device), done)
@@ -460,6 +469,14 @@ def train(
     if writer is not None:
         writer.close()
     return miou
+
+
+def _bar_keys(terms: dict[str, Any]) -> list[str]:
+    """What the progress bar shows: the losses that move and the mean feature norm per domain
+    (the step-wise norm loss is dr^2 at every step by construction: logs only)."""
+    return [
+        k for k in terms if k.startswith(("loss", "feat_norm")) and not k.startswith("loss_norm")
+    ]
 
 
 def accumulate(sums: dict[str, torch.Tensor | float], terms: dict[str, Any]) -> None:
@@ -489,6 +506,33 @@ def reduce_means(
     return dict(zip(keys, all_reduce_mean(means, info).tolist()))
 
 
+def _check_same_stream(ckpt: dict[str, Any], cfg: Config, info: DistInfo, path: Path) -> None:
+    """Refuse a resume whose batch size or process count differs from the checkpoint's: the
+    data stream's position is counted in batches per process, so it would silently shift."""
+    stored = config_from_dict(ckpt["config"])
+    before = (stored.data.batch_size, int(ckpt.get("world_size", 1)))
+    now = (cfg.data.batch_size, info.world_size)
+    if before != now:
+        raise CheckpointError(
+            f"--resume {path}: the run was trained with data.batch_size={before[0]} on "
+            f"{before[1]} process(es), this resume has data.batch_size={now[0]} on {now[1]}; "
+            f"the data stream would not continue where it stopped: resume with the same values"
+        )
+
+
+def _remove_unstarted_run(run_dir: Path) -> None:
+    """Delete a run folder this invocation created when bad input stopped it before its first
+    checkpoint: nothing the user had is touched, and the same run_name can be used again."""
+    if any((run_dir / "checkpoints").glob("*.pth")):
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+            root.removeHandler(handler)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _check_finite(values: dict[str, float], first: int, step: int, run_dir: Path) -> None:
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
@@ -505,8 +549,11 @@ def main(
     build: BuildFn,
     train_step: StepFn,
     argv: Sequence[str] | None = None,
+    check: Callable[[Config], None] | None = None,
 ) -> int:
-    """Command-line entry shared by the training scripts (single process or torchrun)."""
+    """Command-line entry shared by the training scripts (single process or torchrun).
+    ``check(cfg)`` raises a ``ConfigError`` for combinations the setup cannot train; it runs,
+    with every other check of the config, before the run folder is written."""
     args = parse_args(description, argv)
     checkpoint = None
     if args.resume:
@@ -521,6 +568,8 @@ def main(
         run_dir = path.parent.parent
     else:
         cfg = load_config(args.config, args.overrides)
+    if check is not None:
+        check(cfg)
     info, device = init_distributed(cfg.train.device)
     try:
         if checkpoint is None:
@@ -528,6 +577,8 @@ def main(
             run_dir = broadcast_object(run_dir, info)
             if info.is_main:
                 dump_yaml(cfg, run_dir / "config.yaml")
+        else:
+            _check_same_stream(checkpoint, cfg, info, path)
         setup_logging(run_dir / "train.log" if info.is_main else None,
                       logging.INFO if info.is_main else logging.WARNING)  # fmt: skip
         log.info("run folder: %s; %s", run_dir, describe(info, device))
@@ -537,6 +588,10 @@ def main(
         except Interrupted as stop:
             log.warning("%s; continue with --resume %s", stop, run_dir)
             return 128 + stop.signum
+        except (ConfigError, CheckpointError, DatasetError):
+            if checkpoint is None and info.is_main:
+                _remove_unstarted_run(run_dir)
+            raise
     finally:
         cleanup()
     if info.is_main:

@@ -15,8 +15,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 EXIT_USER_ERROR = 2
-# OSErrors about the output location: the user's disk or folder, not the code.
-_OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+# OSErrors about the output location (permissions, a full or read-only disk, a file where a
+# folder should be, a file-size limit): the user's disk or folder, not the code.
+_OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT,
+                  errno.ENOTDIR, errno.EFBIG}  # fmt: skip
 
 
 class UserError(Exception):

@@ -27,12 +27,24 @@ class MetricWriter:
     """Scalars to ``metrics.jsonl`` (one JSON object per line) and TensorBoard; images to
     TensorBoard. Files stay open for the run (no reopening every step)."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, purge_after: int = 0) -> None:
+        """``purge_after``: a run resumed at that step drops what was logged past it (both
+        files), so its logs read as one run."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
-        self._jsonl = (self.run_dir / "metrics.jsonl").open("a")
-        self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        jsonl = self.run_dir / "metrics.jsonl"
+        if purge_after and jsonl.is_file():
+            kept = [line for line in jsonl.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= purge_after]  # fmt: skip
+            tmp = jsonl.with_name(f".{jsonl.name}.tmp")
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+            tmp.replace(jsonl)
+        self._jsonl = jsonl.open("a")
+        self._tb = SummaryWriter(
+            log_dir=str(self.run_dir / "tensorboard"),
+            purge_step=purge_after + 1 if purge_after else None,
+        )
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
         record = {"step": step, **{f"{prefix}{k}": v for k, v in values.items()}}

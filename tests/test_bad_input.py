@@ -1,0 +1,285 @@
+"""Bad input, run the way a user runs the scripts (subprocesses): each case must exit with 2,
+print one ``error: ...`` naming the culprit and no traceback, and leave every file as it was."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import evaluate_cityscapes
+import train_norm_only
+from utils.checkpoint import save_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["model.layers=[1,1,1,1]", "model.base_width=8", "model.d_width=8",
+        "data.source.crop=[96,48]", "data.target.crop=[96,48]", "data.val.resize=[128,64]",
+        "data.batch_size=1", "data.num_workers=0", "eval.num_workers=0", "train.device=cpu",
+        "train.image_every=0", "train.log_every=1"]  # fmt: skip
+
+
+@dataclass
+class Env:
+    """What the cases share: the tiny benchmark, a trained run, its predictions."""
+
+    tmp: Path
+    data: list[str]  # overrides pointing at the tiny synthetic benchmark
+    root: Path  # its data folder
+    run: Path  # a finished 2-step Norm-only run (checkpoints/last.pth)
+    preds: Path  # its trainId predictions of the val split
+
+    @property
+    def ckpt(self) -> str:
+        return str(self.run / "checkpoints" / "last.pth")
+
+    def train(self, case: Path, *extra: str) -> list[str]:
+        """A short Norm-only run writing into the case's own folder."""
+        return ["train_norm_only.py", "--config", "configs/demo/norm_only.yaml", *TINY,
+                *self.data, f"train.out_dir={case / 'out'}", "train.run_name=r",
+                "train.max_steps=2", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad_input")
+    root = tmp / "data"
+    data = [f"data.synthetic.root={root}", "data.synthetic.num_source=4",
+            "data.synthetic.num_train=4", "data.synthetic.num_val=3",
+            "data.synthetic.source_size=[160,88]", "data.synthetic.target_size=[192,96]",
+            f"data.source.root={root}/GTA5", f"data.target.root={root}/Cityscapes",
+            f"data.val.root={root}/Cityscapes"]  # fmt: skip
+    args = ["--config", "configs/demo/norm_only.yaml", *TINY, *data, f"train.out_dir={tmp}",
+            "train.run_name=run", "train.max_steps=2"]  # fmt: skip
+    assert train_norm_only.main(args) == 0
+    ckpt = tmp / "run" / "checkpoints" / "last.pth"
+    assert evaluate_cityscapes.main(["--restore", str(ckpt), "--save-dir", str(tmp / "preds")]) == 0
+    return Env(tmp, data, root, tmp / "run", tmp / "preds")
+
+
+def _copy_tree(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _a_label(root: Path) -> Path:
+    return sorted((root / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))[0]
+
+
+def _pred_dir(env: Env, case: Path, change: Callable[[Path], None]) -> list[str]:
+    preds = _copy_tree(env.preds, case / "preds")
+    change(sorted(p for p in preds.rglob("*.png") if "color" not in p.parts)[0])
+    return ["evaluate_cityscapes.py", "--pred-dir", str(preds), *env.data]
+
+
+def _bad_yaml(env: Env, case: Path) -> list[str]:
+    (case / "bad.yaml").write_text(f"!!python/object/apply:os.system ['touch {case}/PWNED']\n")
+    return ["train_norm_only.py", "--config", str(case / "bad.yaml")]
+
+
+def _truncated(env: Env, case: Path) -> list[str]:
+    (case / "trunc.pth").write_bytes(Path(env.ckpt).read_bytes()[:300])
+    return ["evaluate_cityscapes.py", "--restore", str(case / "trunc.pth"), *env.data]
+
+
+def _text(env: Env, case: Path) -> list[str]:
+    (case / "text.pth").write_text("these are not weights\n")
+    return ["evaluate_cityscapes.py", "--restore", str(case / "text.pth"), *env.data]
+
+
+def _pickled(env: Env, case: Path) -> list[str]:
+    torch.save({"state_dict": argparse.Namespace(a=1)}, case / "code.pth")
+    return ["evaluate_cityscapes.py", "--restore", str(case / "code.pth"), *env.data]
+
+
+def _list_missing_entry(env: Env, case: Path) -> list[str]:
+    (case / "val.txt").write_text("frankfurt/frankfurt_000000_999999_leftImg8bit.png\n")
+    return ["evaluate_cityscapes.py", "--restore", env.ckpt, *env.data,
+            f"data.val.list_file={case / 'val.txt'}"]  # fmt: skip
+
+
+def _corrupt_label(env: Env, case: Path) -> list[str]:
+    root = _copy_tree(env.root / "Cityscapes", case / "Cityscapes")
+    _a_label(root).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return ["evaluate_cityscapes.py", "--restore", env.ckpt, *env.data, f"data.val.root={root}"]
+
+
+def _label_size(env: Env, case: Path) -> list[str]:
+    root = _copy_tree(env.root / "Cityscapes", case / "Cityscapes")
+    label = _a_label(root)
+    Image.open(label).resize((40, 22), Image.NEAREST).save(label)
+    return ["evaluate_cityscapes.py", "--restore", env.ckpt, *env.data, f"data.val.root={root}"]
+
+
+def _ensemble_save_dir(env: Env, case: Path) -> list[str]:
+    (case / "ens").mkdir()
+    (case / "ens" / "results.json").write_text("{}\n")  # from an earlier ensemble
+    return ["ensemble.py", "--restore", env.ckpt, env.ckpt, "--save-dir", str(case / "ens"),
+            *env.data]  # fmt: skip
+
+
+def _not_a_folder(env: Env, case: Path) -> list[str]:
+    (case / "file.txt").write_text("a file where the runs folder should be\n")
+    return env.train(case, f"train.out_dir={case / 'file.txt' / 'runs'}")
+
+
+def _full_disk(env: Env, case: Path) -> list[str]:
+    run = _copy_tree(env.run, case / "run")
+    return ["train_norm_only.py", "--resume", str(run), "train.max_steps=3"]
+
+
+def _limit_file_size() -> None:  # the checkpoint no longer fits: as a full disk
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+
+# (name, argv builder, what the message must name, files the case may change)
+CASES: list[tuple[str, Callable[[Env, Path], list[str]], str, tuple[str, ...]]] = [
+    ("config: unknown key", lambda e, c: e.train(c, "train.foo=1"), "train.foo", ()),
+    ("config: missing file", lambda e, c: ["train_norm_only.py", "--config", str(c / "no.yaml")],
+     "no.yaml", ()),
+    ("config: wrong type", lambda e, c: e.train(c, "train.max_steps=abc"), "train.max_steps", ()),
+    ("config: python tag", _bad_yaml, "bad.yaml", ()),
+    ("config: unknown choice", lambda e, c: e.train(c, "loss.seg=dice"), "loss.seg", ()),
+    ("config: out of range", lambda e, c: e.train(c, "data.batch_size=0"), "data.batch_size", ()),
+    ("config: crop with image_rescale",
+     lambda e, c: e.train(c, "data.source.image_rescale=[[0.8,0.3]]"), "data.source.image_rescale",
+     ()),
+    ("config: CLAN with a multi-level preset",
+     lambda e, c: ["train_clan_norm.py", *e.train(c, "model.preset=adaptsegnet")[1:]],
+     "model.multi_level", ()),
+    ("config: no such GPU", lambda e, c: e.train(c, "train.device=cuda:99"), "cuda:99", ()),
+    ("config: not a device", lambda e, c: e.train(c, "train.device=tpu"), "train.device", ()),
+    ("checkpoint: missing",
+     lambda e, c: ["evaluate_cityscapes.py", "--restore", str(c / "no.pth"), *e.data],
+     "no.pth", ()),
+    ("checkpoint: truncated", _truncated, "trunc.pth", ()),
+    ("checkpoint: a text file", _text, "text.pth", ()),
+    ("checkpoint: pickled code", _pickled, "safe loader", ()),
+    ("checkpoint: another shape",
+     lambda e, c: ["evaluate_cityscapes.py", "--restore", e.ckpt, *e.data, "model.base_width=16"],
+     "shape mismatches", ()),
+    ("dataset: missing root",
+     lambda e, c: ["evaluate_cityscapes.py", "--restore", e.ckpt, *e.data,
+                   f"data.val.root={c / 'nowhere'}"], "nowhere", ()),
+    ("dataset: missing list file",
+     lambda e, c: ["evaluate_cityscapes.py", "--restore", e.ckpt, *e.data,
+                   f"data.val.list_file={c / 'val.txt'}"], "val.txt", ()),
+    ("dataset: list entry without its image", _list_missing_entry, "frankfurt_000000_999999", ()),
+    ("dataset: corrupt label PNG", _corrupt_label, "gtFine_labelIds.png", ()),
+    ("dataset: label of another size", _label_size, "40x22", ()),
+    ("dataset: missing training root (the new run folder is removed)",
+     lambda e, c: e.train(c, f"data.source.root={c / 'GTA5'}"), "GTA5", ()),
+    ("predictions: missing",
+     lambda e, c: _pred_dir(e, c, lambda p: p.unlink()), "no prediction", ()),
+    ("predictions: wrong size",
+     lambda e, c: _pred_dir(e, c, lambda p: Image.open(p).resize((96, 48)).save(p)), "96x48", ()),
+    ("predictions: colour PNG",
+     lambda e, c: _pred_dir(e, c, lambda p: Image.open(p).convert("RGB").save(p)),
+     "single-channel", ()),
+    ("predictions: not trainIds",
+     lambda e, c: _pred_dir(
+         e, c, lambda p: Image.fromarray(np.full((96, 192), 40, np.uint8)).save(p)),
+     "trainIds", ()),
+    ("ensemble: weights for other members",
+     lambda e, c: ["ensemble.py", "--restore", e.ckpt, e.ckpt, *e.data, "--weights", "0.5"],
+     "--weights", ()),
+    ("ensemble: negative weight",
+     lambda e, c: ["ensemble.py", "--restore", e.ckpt, e.ckpt, *e.data, "--weights", "-1", "2"],
+     "--weights", ()),
+    ("ensemble: one member", lambda e, c: ["ensemble.py", "--restore", e.ckpt, *e.data],
+     "two or more", ()),
+    ("ensemble: save-dir holds results", _ensemble_save_dir, "--overwrite", ()),
+    ("resume: another batch size",
+     lambda e, c: ["train_norm_only.py", "--resume", str(e.run), "data.batch_size=2"],
+     "data.batch_size", ()),
+    ("resume: another setup", lambda e, c: ["train_clan_norm.py", "--resume", str(e.run)],
+     "setup 'norm_only'", ()),
+    ("resume: no checkpoint",
+     lambda e, c: ["train_norm_only.py", "--resume", str(c / "nothing")], "no checkpoint", ()),
+    ("output: a file where the folder should be", _not_a_folder, "file.txt", ()),
+    ("output: the disk fills during a checkpoint", _full_disk, "last.pth",
+     ("train.log", "metrics.jsonl", "events.out.tfevents")),
+]  # fmt: skip
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def _run(env: Env, index: int) -> tuple[str, str, int, str, dict, dict, tuple[str, ...]]:
+    name, build, expect, may_change = CASES[index]
+    case = env.tmp / f"case{index:02d}"
+    case.mkdir()
+    argv = build(env, case)
+    watched = (case, env.run, env.preds, env.root)  # its own inputs and the shared ones
+    before = {str(f): _snapshot(f) for f in watched}
+    proc = subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        preexec_fn=_limit_file_size if build is _full_disk else None,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    after = {str(f): _snapshot(f) for f in watched}
+    return name, expect, proc.returncode, proc.stderr, _join(before), _join(after), may_change
+
+
+def _join(snapshots: dict[str, dict]) -> dict[str, tuple[int, int]]:
+    return {f"{top}/{k}": v for top, files in snapshots.items() for k, v in files.items()}
+
+
+def test_every_bad_input_is_one_clear_line_and_changes_nothing(env):
+    assert len(CASES) >= 25
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda i: _run(env, i), range(len(CASES))))
+    failures = []
+    for name, expect, code, err, before, after, may_change in results:
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        changed = sorted(
+            k for k in set(before) | set(after)
+            if before.get(k) != after.get(k) and not any(m in k for m in may_change)
+        )  # fmt: skip
+        problems = [
+            f"exit {code}" if code != 2 else "",
+            "a traceback" if "Traceback" in err else "",
+            f"no 'error: ' line: {last!r}" if "error: " not in err else "",
+            f"{expect!r} not named" if expect not in err else "",
+            f"files changed: {changed}" if changed else "",
+        ]
+        if any(problems):
+            failures.append(f"{name}: {', '.join(p for p in problems if p)}\n    {err[-600:]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    save_checkpoint({"step": 1}, path)
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def dies_midway(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt  # Ctrl-C (or a kill) during the write
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"step": 2}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left
