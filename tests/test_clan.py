@@ -106,6 +106,33 @@ def test_every_trainable_parameter_of_g_and_d_gets_a_gradient():
                 assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
 
 
+def _g_grads(overrides: list[str]) -> dict[str, torch.Tensor]:
+    """G's gradients after one step (no update) with the given loss weights."""
+    state, source, target = _state_and_batches(overrides)
+    for opt in state.optimizers.values():
+        opt.step = lambda: None
+    train_clan_norm.train_step(state, source, target, step=5)
+    return {n: p.grad.clone() for n, p in state.model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "term, weight, moves",
+    [
+        ("norm", "loss.lambda_norm", "layer1.0.conv1.weight"),  # the backbone only
+        ("adversarial", "loss.lambda_adv", "layer5.conv2d_list.0.weight"),
+        ("weight discrepancy", "loss.lambda_weight", "layer6.conv2d_list.0.weight"),
+    ],
+)
+def test_each_term_reaches_g(term, weight, moves):
+    # Each term on its own against the same step without it: its weight must change G's
+    # gradients (a step that left the term out of its total would not).
+    on = _g_grads([f"{weight}=1.0"])
+    off = _g_grads([f"{weight}=0.0"])
+    assert not torch.allclose(on[moves], off[moves], rtol=1e-5, atol=1e-9), term
+    if term == "weight discrepancy":  # the classifiers' cosine: no gradient in the backbone
+        assert torch.equal(on["layer1.0.conv1.weight"], off["layer1.0.conv1.weight"])
+
+
 def test_d_frozen_in_g_step_and_g_untouched_by_d_step(monkeypatch):
     state, source, target = _state_and_batches()
     disc, model = state.modules["D"], state.model
@@ -222,4 +249,7 @@ def test_sigterm_saves_a_loadable_checkpoint(tmp_path, synthetic):
 def test_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_clan_norm.main(["--help"])
-    assert exit_info.value.code == 0 and "torchrun" not in capsys.readouterr().err
+    out = capsys.readouterr().out  # argparse prints --help on stdout
+    assert exit_info.value.code == 0 and out.startswith("usage: ")
+    assert "--resume RUN_DIR_OR_CKPT" in out and "--debug" in out
+    assert "python train_clan_norm.py --config configs/demo/clan_norm.yaml" in out  # the docstring

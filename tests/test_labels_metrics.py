@@ -86,14 +86,17 @@ def test_miou_matches_cityscapesscripts(tmp_path):
     rng = np.random.default_rng(0)
     all_ids = np.array([label.id for label in cs_labels if label.id >= 0], dtype=np.uint8)
     preds, gts = [], []
-    for _ in range(3):
+    for i in range(3):
         gt = rng.choice(all_ids, size=(24, 40)).astype(np.uint8)  # includes ignored ids
         truth = ID_TO_TRAIN_ID[gt]
         pred = np.where(rng.random(gt.shape) < 0.6, truth, rng.integers(0, 19, gt.shape))
         pred = np.where(pred == 255, rng.integers(0, 19, gt.shape), pred).astype(np.uint8)
-        # leave class 16 (train) out of predictions and labels of the last image only
+        if i == 2:  # leave class 16 (train, label id 31) out of the last image only
+            gt = np.where(gt == 31, 0, gt).astype(np.uint8)  # id 0: unlabeled, ignored
+            pred = np.where(pred == 16, 15, pred).astype(np.uint8)
         preds.append(pred)
         gts.append(gt)
+    assert 16 in preds[0] and 31 in gts[0] and 16 not in preds[2] and 31 not in gts[2]
     cm = ConfusionMatrix(19)
     for p, g in zip(preds, gts):
         cm.update(torch.from_numpy(p.astype(np.int64)), torch.from_numpy(ID_TO_TRAIN_ID[g]).long())

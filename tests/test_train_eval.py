@@ -207,3 +207,14 @@ def test_overrides_after_several_restore_files_are_overrides(tmp_path):
         ["a.pth", "b.pth", str(tmp_path / "x.y=1")],
         ["data.val.root=/data", "eval.flip=true"],
     )
+
+
+def test_mid_run_evaluation_and_the_checkpoints_metric(tmp_path, synthetic):
+    run = _train(tmp_path, synthetic, "mid", "train.max_steps=4", "train.eval_every=2",
+                 "train.save_every=2")  # fmt: skip
+    val = [r for r in _metrics(run) if "val/mIoU" in r]
+    assert [r["step"] for r in val] == [2, 4]  # every 2 steps, the last one at the end
+    at_2 = load_checkpoint(run / "checkpoints" / "step_000002.pth")
+    assert at_2["metric"] == pytest.approx(val[0]["val/mIoU"])
+    final = json.loads((run / "results.json").read_text())
+    assert final["step"] == 4 and final["mIoU"] == pytest.approx(val[1]["val/mIoU"])

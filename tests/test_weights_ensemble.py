@@ -26,6 +26,7 @@ from utils.evaluation import (
     predict_logits,
     predict_scores,
 )
+from utils.metrics import ConfusionMatrix
 from utils.paper_results import TABLE1, paper_row
 
 TINY = ["model.layers=[1,1,1,1]", "model.base_width=8", "data.val.resize=[128,64]",
@@ -336,6 +337,7 @@ def test_weights_and_combination():
     a, b = torch.rand(1, 19, 4, 5), torch.rand(1, 19, 4, 5)
     assert torch.equal(combine_scores([a, b], [1.0, 0.0], ["a", "b"]), a)
     assert torch.equal(combine_scores([a, a], [0.5, 0.5], ["a", "a"]), a)
+    torch.testing.assert_close(combine_scores([a, b], [0.7, 0.3], ["a", "b"]), 0.7 * a + 0.3 * b)
     with pytest.raises(ValueError, match="outputs differ: a gives \\(1, 19, 4, 5\\), b gives"):
         combine_scores([a, torch.rand(1, 19, 4, 6)], [0.5, 0.5], ["a", "b"])
     with pytest.raises(ValueError, match="b gives \\(1, 16, 4, 5\\)"):
@@ -360,6 +362,21 @@ def reference_miou(model, synthetic, flip=False):
     val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
     cm = evaluate(model, eval_loader(val), torch.device("cpu"), progress=False, flip=flip)
     return cm.iou(), cm.miou()
+
+
+def reference_ensemble_miou(models, weights, synthetic, space):
+    """The ensemble by hand: sum_i w_i * (flip-averaged scores of member i), argmax, one matrix."""
+    cfg = load_config(None, [*TINY, *synthetic])
+    val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
+    cm = ConfusionMatrix(19)
+    for batch in eval_loader(val):
+        size = tuple(batch.label.shape[-2:])
+        total = sum(
+            w * predict_scores(m.eval(), batch.image, size, flip=True, space=space)
+            for w, m in zip(weights, models)
+        )
+        cm.update(total.argmax(1), batch.label)
+    return cm.miou()
 
 
 def last_line(capsys):
@@ -436,7 +453,12 @@ def test_ensemble_members_keep_their_presets_and_weights(tmp_path, synthetic, ca
     assert ensemble.main([*args, "--results", str(tmp_path / "b.json"), *base]) == 0
     out = capsys.readouterr().out
     assert "ensemble (logit, flip on)" in out and "(best member)" in out
-    assert json.loads((tmp_path / "b.json").read_text())["members"][0]["weight"] == 0.7
+    weighted = json.loads((tmp_path / "b.json").read_text())
+    assert weighted["members"][0]["weight"] == 0.7
+    expected = reference_ensemble_miou([clan_model, ms_model], [0.7, 0.3], synthetic, "logit")
+    assert weighted["mIoU"] == pytest.approx(expected, abs=1e-12)
+    swapped = reference_ensemble_miou([clan_model, ms_model], [0.3, 0.7], synthetic, "logit")
+    assert swapped != pytest.approx(expected, abs=1e-6)  # the weighting decides the result
 
 
 def test_ensemble_bad_input(tmp_path, synthetic):
