@@ -106,31 +106,68 @@ def test_every_trainable_parameter_of_g_and_d_gets_a_gradient():
                 assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
 
 
-def _g_grads(overrides: list[str]) -> dict[str, torch.Tensor]:
-    """G's gradients after one step (no update) with the given loss weights."""
-    state, source, target = _state_and_batches(overrides)
-    for opt in state.optimizers.values():
-        opt.step = lambda: None
-    train_clan_norm.train_step(state, source, target, step=5)
-    return {n: p.grad.clone() for n, p in state.model.named_parameters() if p.grad is not None}
+def _spy_terms(monkeypatch, module, names):
+    """Wrap ``module``'s loss functions so that each returned term records the gradient that
+    reaches it in the backward passes: d(total)/d(term), i.e. its weight in the total (None if
+    the term was left out)."""
+    seen = []
+
+    def wrap(name, fn):
+        def spy(*args, **kwargs):
+            term = fn(*args, **kwargs)
+            record = {"name": name, "grad": None}
+            seen.append(record)
+            if term.requires_grad:
+                term.register_hook(lambda g, r=record: r.update(grad=float(g)))
+            return term
+
+        return spy
+
+    for name in names:
+        monkeypatch.setattr(module, name, wrap(name, getattr(module, name)))
+    return seen
 
 
-@pytest.mark.parametrize(
-    "term, weight, moves",
-    [
-        ("norm", "loss.lambda_norm", "layer1.0.conv1.weight"),  # the backbone only
-        ("adversarial", "loss.lambda_adv", "layer5.conv2d_list.0.weight"),
-        ("weight discrepancy", "loss.lambda_weight", "layer6.conv2d_list.0.weight"),
-    ],
-)
-def test_each_term_reaches_g(term, weight, moves):
-    # Each term on its own against the same step without it: its weight must change G's
-    # gradients (a step that left the term out of its total would not).
-    on = _g_grads([f"{weight}=1.0"])
-    off = _g_grads([f"{weight}=0.0"])
-    assert not torch.allclose(on[moves], off[moves], rtol=1e-5, atol=1e-9), term
-    if term == "weight discrepancy":  # the classifiers' cosine: no gradient in the backbone
-        assert torch.equal(on["layer1.0.conv1.weight"], off["layer1.0.conv1.weight"])
+def test_each_term_enters_the_total_with_its_weight(monkeypatch):
+    state, source, target = _state_and_batches(
+        ["loss.lambda_norm=0.5", "loss.lambda_adv=0.25", "loss.lambda_weight=0.125"]
+    )
+    seen = _spy_terms(monkeypatch, train_clan_norm, [
+        "segmentation_loss", "stepwise_norm_loss_from_norms", "weighted_bce_with_logits",
+        "weight_discrepancy_loss"])  # fmt: skip
+    step = 5
+    train_clan_norm.train_step(state, source, target, step)
+    d = 1 - step / state.cfg.optim.schedule_steps
+    d_norm = 1 - 1.5 * step / state.cfg.optim.schedule_steps
+    expected = [
+        ("segmentation_loss", 1.0),
+        ("stepwise_norm_loss_from_norms", 0.5 * d_norm),  # source
+        ("weighted_bce_with_logits", 0.25 * d),  # adversarial (G step)
+        ("stepwise_norm_loss_from_norms", 0.5 * d_norm),  # target
+        ("weight_discrepancy_loss", 0.125 * d),
+        ("weighted_bce_with_logits", 1.0),  # D: source
+        ("weighted_bce_with_logits", 1.0),  # D: target
+    ]
+    assert [r["name"] for r in seen] == [name for name, _ in expected]
+    for record, (name, weight) in zip(seen, expected):
+        assert record["grad"] == pytest.approx(weight, rel=1e-6), name
+
+
+def test_norm_only_terms_enter_the_total_with_their_weight(monkeypatch, small_model, small_batches):
+    import train_norm_only
+
+    torch.manual_seed(0)
+    cfg = load_config(None, [*small_model, "loss.lambda_norm=0.5"])
+    state = train_norm_only.build(cfg, torch.device("cpu"))
+    seen = _spy_terms(monkeypatch, train_norm_only,
+                      ["segmentation_loss", "stepwise_norm_loss_from_norms"])  # fmt: skip
+    train_norm_only.train_step(state, *small_batches, 5)
+    d_norm = 1 - 1.5 * 5 / cfg.optim.schedule_steps
+    assert [(r["name"], r["grad"]) for r in seen] == [
+        ("segmentation_loss", 1.0),
+        ("stepwise_norm_loss_from_norms", pytest.approx(0.5 * d_norm)),
+        ("stepwise_norm_loss_from_norms", pytest.approx(0.5 * d_norm)),
+    ]
 
 
 def test_d_frozen_in_g_step_and_g_untouched_by_d_step(monkeypatch):
