@@ -118,3 +118,16 @@ def test_the_progress_bar_shows_what_moves():
     terms = {"loss_seg": 1, "loss_norm_s": 0.0144, "loss_norm_t": 0.0144, "loss_adv": 0.7,
              "feat_norm_s": 20.0, "feat_norm_t": 21.0, "d_acc_s": 0.5, "damping": 1.0}  # fmt: skip
     assert _bar_keys(terms) == ["loss_seg", "loss_adv", "feat_norm_s", "feat_norm_t"]
+
+
+def test_an_existing_run_folder_says_how_to_go_on(tmp_path):
+    from utils.engine import _new_run_dir
+    from utils.errors import OutputExistsError
+
+    cfg = load_config(None, [f"train.out_dir={tmp_path}", "train.run_name=r"])
+    (tmp_path / "r" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(OutputExistsError, match="holds no checkpoint .*: remove it, or choose"):
+        _new_run_dir(cfg, "x.yaml")
+    torch.save({}, tmp_path / "r" / "checkpoints" / "last.pth")
+    with pytest.raises(OutputExistsError, match=f"continue it with --resume {tmp_path / 'r'}"):
+        _new_run_dir(cfg, "x.yaml")

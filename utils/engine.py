@@ -232,9 +232,12 @@ def _new_run_dir(cfg: Config, config_path: str) -> Path:
     name = cfg.train.run_name or f"{Path(config_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(cfg.train.out_dir) / name
     if run_dir.exists():
+        if (run_dir / "checkpoints" / "last.pth").is_file():
+            hint = f"continue it with --resume {run_dir}"
+        else:
+            hint = "it holds no checkpoint (it stopped before its first save): remove it"
         raise OutputExistsError(
-            f"run folder {run_dir} already exists: continue it with --resume {run_dir}, or choose "
-            f"another train.run_name"
+            f"run folder {run_dir} already exists: {hint}, or choose another train.run_name"
         )
     (run_dir / "checkpoints").mkdir(parents=True)
     return run_dir
