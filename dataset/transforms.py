@@ -13,9 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import Tensor
-from torchvision.transforms.v2.functional import InterpolationMode
 
 from dataset.labels import IGNORE_INDEX
 
@@ -98,6 +96,11 @@ class PairedTransform:
 
         Returns float32 (3, H', W') normalised BGR and int64 (H', W') labels (or None).
         """
+        # Imported on first use: torchvision's import takes seconds, which every command
+        # (and every error a user makes) would otherwise pay before doing anything.
+        import torchvision.transforms.v2.functional as TF
+        from torchvision.transforms.v2.functional import InterpolationMode
+
         spec = self.spec
         resize_label = label is not None and not spec.label_at_full_resolution
         if label is not None and label.shape != image.shape[-2:]:

@@ -31,7 +31,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from dataset.build import build_dataset, ensure_data
@@ -315,6 +314,8 @@ def _image_grid(model: DeepLabV2, batch: Batch, device: torch.device) -> torch.T
     """input | label | prediction for the first image of a batch, as one 3 x H x 3W image
     (eval mode, as evaluation: the picture leaves BN's running statistics alone). A label of
     another size (an image-only rescale) is shown resized to the image (nearest)."""
+    from torchvision.utils import make_grid  # (a slow import: on first use only)
+
     image = batch.image[:1].to(device)
     size = tuple(image.shape[-2:])
     model.eval()
