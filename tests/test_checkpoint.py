@@ -98,3 +98,17 @@ def test_initial_weights_keep_backbone_and_drop_foreign_classifier(tmp_path):
     torch.save(other.state_dict(), path)
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load_weights(model, str(path), purpose="init")
+
+
+def test_unreadable_files_say_what_they_are(tmp_path):
+    import argparse
+
+    from utils.checkpoint import CheckpointError, load_checkpoint
+
+    (tmp_path / "text.pth").write_text("these are not weights\n")
+    with pytest.raises(CheckpointError, match="text.pth: not a PyTorch file"):
+        load_checkpoint(tmp_path / "text.pth")
+    torch.save({"x": argparse.Namespace(a=1)}, tmp_path / "code.pth")
+    with pytest.raises(CheckpointError, match=r"safe loader .*\(WeightsUnpickler error: Unsu") as e:
+        load_checkpoint(tmp_path / "code.pth")
+    assert "\n" not in str(e.value)  # torch's long message cut to its one telling line

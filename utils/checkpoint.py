@@ -54,15 +54,36 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _looks_like_torch_file(path):
+            raise CheckpointError(
+                f"checkpoint {path}: not a PyTorch file (neither a zip archive nor a pickle)"
+            ) from err
         raise CheckpointError(
             f"checkpoint {path}: refused by the safe loader (weights_only=True): it holds "
             f"something other than tensors and plain containers, e.g. pickled code. Only load "
-            f"files you trust; details: {err}"
+            f"files you trust ({_first_reason(err)})"
         ) from err
     except _UNREADABLE as err:
         raise CheckpointError(
-            f"checkpoint {path}: cannot be read (truncated or not a PyTorch file?): {err}"
+            f"checkpoint {path}: cannot be read (truncated or not a PyTorch file?): "
+            f"{_first_reason(err)}"
         ) from err
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """A zip archive (torch.save since 1.6) or a pickle (protocol 2+ starts with 0x80)."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    return head.startswith((b"PK\x03\x04", b"\x80"))
+
+
+def _first_reason(err: BaseException) -> str:
+    """The line of torch's (long, multi-line) message that says what was wrong."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("Unsupported", "WeightsUnpickler error:")) and len(line) > 24:
+            return line
+    return lines[0] if lines else type(err).__name__
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
