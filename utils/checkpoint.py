@@ -53,20 +53,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path}: not a file ({what})")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
+    except (pickle.UnpicklingError, *_UNREADABLE) as err:
         if not _looks_like_torch_file(path):
             raise CheckpointError(
                 f"checkpoint {path}: not a PyTorch file (neither a zip archive nor a pickle)"
+            ) from err
+        if not isinstance(err, pickle.UnpicklingError):
+            raise CheckpointError(
+                f"checkpoint {path}: cannot be read (truncated or not a PyTorch file?): "
+                f"{_first_reason(err)}"
             ) from err
         raise CheckpointError(
             f"checkpoint {path}: refused by the safe loader (weights_only=True): it holds "
             f"something other than tensors and plain containers, e.g. pickled code. Only load "
             f"files you trust ({_first_reason(err)})"
-        ) from err
-    except _UNREADABLE as err:
-        raise CheckpointError(
-            f"checkpoint {path}: cannot be read (truncated or not a PyTorch file?): "
-            f"{_first_reason(err)}"
         ) from err
 
 
