@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ from dataset.datasets import eval_loader
 from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
 from model.weights import PRESETS, read_weights
+from utils.checkpoint import step_in_name
 from utils.config import split_overrides
 from utils.distributed import DistInfo, describe, select_device
 from utils.errors import add_debug_flag, run
@@ -160,19 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def snapshot_step(path: str) -> int | None:
-    """The step in a snapshot's file name (``step_002000.pth``, ``GTA5_2000.pth``): its last run
-    of digits; None without one."""
-    digits = re.findall(r"\d+", Path(path).stem)
-    return int(digits[-1]) if digits else None
-
-
 def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     """Score every ``--restore`` file on the val images of the first one's config: a table row
     per snapshot (in step order when every name holds a step), the last reported as the final
     one, the best marked as selected on val; one JSON with every row."""
     files = list(args.restore)
-    steps = [snapshot_step(f) for f in files]
+    steps = [step_in_name(f) for f in files]
     if all(s is not None for s in steps):
         files = [f for _, f in sorted(zip(steps, files))]
     first = read_weights(files[0])
@@ -192,7 +185,7 @@ def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
         model, model_cfg, _ = restore_model(own.model, weights)
         cm = evaluate(model.to(device), loader, device, model_cfg.num_classes, progress=False,
                       flip=cfg.eval.flip)  # fmt: skip
-        scored.append({"restore": path, "step": snapshot_step(path), "mIoU": cm.miou(),
+        scored.append({"restore": path, "step": step_in_name(path), "mIoU": cm.miou(),
                        "preset": preset_name(model_cfg), "iou": cm.iou()})  # fmt: skip
         del model, weights
     final = scored[-1]

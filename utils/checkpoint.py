@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import struct
 import tempfile
 import zipfile
@@ -84,6 +85,13 @@ def _first_reason(err: BaseException) -> str:
         if line.startswith(("Unsupported", "WeightsUnpickler error:")) and len(line) > 24:
             return line
     return lines[0] if lines else type(err).__name__
+
+
+def step_in_name(path: str | Path) -> int | None:
+    """The step in a snapshot's file name (``step_002000.pth``, the released code's
+    ``GTA5_2000.pth``): the last run of digits in its stem; None without one."""
+    digits = re.findall(r"\d+", Path(path).stem)
+    return int(digits[-1]) if digits else None
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -39,7 +39,13 @@ from dataset.labels import colorize
 from dataset.transforms import denormalize
 from model.build import build_model
 from model.deeplabv2 import DeepLabV2
-from utils.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from utils.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_strict,
+    save_checkpoint,
+    step_in_name,
+)
 from utils.config import Config, ConfigError, config_from_dict, dump_yaml, load_config, to_dict
 from utils.distributed import (
     DistInfo,
@@ -348,11 +354,6 @@ def _evaluate_and_report(
     return miou
 
 
-def _step_of(path: Path) -> int:
-    """The step of a periodic checkpoint ``step_<N>.pth`` (any number of digits)."""
-    return int(path.stem.removeprefix("step_"))
-
-
 class _Checkpointer:
     """``last.pth`` plus periodic ``step_NNNNNN.pth``, the oldest removed beyond ``keep``."""
 
@@ -365,7 +366,7 @@ class _Checkpointer:
             return
         save_checkpoint(ckpt, self.folder / f"step_{ckpt['step']:06d}.pth")
         if self.keep > 0:
-            by_step = sorted(self.folder.glob("step_*.pth"), key=_step_of)
+            by_step = sorted(self.folder.glob("step_*.pth"), key=step_in_name)
             for old in by_step[: -self.keep]:
                 old.unlink()
 
