@@ -62,7 +62,21 @@ def build(cfg: Config, device: torch.device) -> TrainState:
         optimizers={"G": sgd, "D": adam},
         base_lrs={"G": o.lr, "D": o.lr_d},
         uses_target=True,
+        schedule=step_values,
     )
+
+
+def step_values(cfg: Config, step: int) -> dict[str, float]:
+    """The step's scalars, pure functions of the step: the dampings d and d_norm, and whether
+    the map M weighs G's adversarial loss (from step 1) and D's target loss (after the warm-up)
+    as 1 or 0."""
+    n = cfg.optim.schedule_steps
+    return {
+        "damping": damping(step, n),
+        "damping_norm": norm_damping(step, n, cfg.loss.clamp_norm_damping),
+        "map_adv": float(step > 0),
+        "map_d": float(step >= cfg.optim.warmup_steps),
+    }
 
 
 def train_step(
@@ -76,8 +90,8 @@ def train_step(
     for opt in state.optimizers.values():
         opt.zero_grad(set_to_none=True)
     lo = cfg.loss
-    d = damping(step, cfg.optim.schedule_steps)
-    d_norm = norm_damping(step, cfg.optim.schedule_steps, lo.clamp_norm_damping)
+    v = state.values(step)  # numbers; under train.cuda_graph, the graph's tensors holding them
+    d, d_norm = v["damping"], v["damping_norm"]
 
     # G step: D is frozen.
     disc.requires_grad_(False)
@@ -106,7 +120,7 @@ def train_step(
         d_out = upsample_to(disc(prob_t), size_t)
     weight_map = discrepancy_map(p_t1, p_t2)  # B x 1 x H x W
     loss_adv = weighted_bce_with_logits(  # fool D: target predictions labelled source
-        d_out, SOURCE, weight_map if step > 0 else None, lo.lambda_local, lo.eps
+        d_out, SOURCE, weight_map, lo.lambda_local, lo.eps, use_map=v["map_adv"]
     )
     norms_t = feature_norm(out_t.features if norm_grad else out_t.features.detach())
     loss_norm_t = stepwise_norm_loss_from_norms(norms_t, lo.delta_r)
@@ -125,9 +139,10 @@ def train_step(
     with state.autocast():
         d_out_s = upsample_to(d_run(prob_s), y_s.shape[-2:])
         d_out_t = upsample_to(d_run(prob_t.detach()), size_t)
-    map_d = weight_map.detach() if step >= cfg.optim.warmup_steps else None
     loss_d_s = weighted_bce_with_logits(d_out_s, SOURCE)
-    loss_d_t = weighted_bce_with_logits(d_out_t, TARGET, map_d, lo.lambda_local, lo.eps)
+    loss_d_t = weighted_bce_with_logits(
+        d_out_t, TARGET, weight_map.detach(), lo.lambda_local, lo.eps, use_map=v["map_d"]
+    )
     state.backward(loss_d_s + loss_d_t)
 
     state.step_optimizers()
@@ -144,7 +159,7 @@ def train_step(
         "feat_norm_s": norms_s.detach().mean(),
         "feat_norm_t": norms_t.detach().mean(),
         "weight_map_mean": weight_map.detach().mean(),
-        "damping": d,  # plain numbers: the loop logs tensors on the device and numbers alike
+        "damping": d,  # the loop logs numbers and tensors on the device alike
         "damping_norm": d_norm,
     }
 

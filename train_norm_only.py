@@ -40,7 +40,14 @@ def build(cfg: Config, device: torch.device) -> TrainState:
         base_lrs={"G": cfg.optim.lr},
         uses_target=cfg.loss.lambda_norm > 0,  # Source only has no target pass
         partial_g_passes=cfg.loss.lambda_norm > 0,  # the target pass skips the heads
+        schedule=step_values,
     )
+
+
+def step_values(cfg: Config, step: int) -> dict[str, float]:
+    """The step's scalar, a pure function of the step: the norm-loss damping d_norm."""
+    n = cfg.optim.schedule_steps
+    return {"damping_norm": norm_damping(step, n, cfg.loss.clamp_norm_damping)}
 
 
 def train_step(
@@ -50,7 +57,7 @@ def train_step(
     cfg, g = state.cfg, state.run("G")
     state.optimizers["G"].zero_grad(set_to_none=True)
     lambda_norm = cfg.loss.lambda_norm
-    d_norm = norm_damping(step, cfg.optim.schedule_steps, cfg.loss.clamp_norm_damping)
+    d_norm = state.values(step)["damping_norm"]  # a number, or the CUDA graph's tensor
 
     label = state.to_device(source.label)
     with state.autocast():

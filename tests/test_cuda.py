@@ -311,3 +311,95 @@ def test_released_sgd_on_cuda_matches_the_cpu(updates):
             opt.step()
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _graph_batches(steps: int) -> list[tuple[Batch, Batch]]:
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(steps):
+        label = torch.randint(0, 19, (1, 48, 64), generator=gen)
+        source = Batch(torch.randn(1, 3, 48, 64, generator=gen), label, ["s"])
+        out.append(_pinned((source, Batch(torch.randn(1, 3, 48, 64, generator=gen), None, ["t"]))))
+    return out
+
+
+def _steps(state: TrainState, step_fn, batches) -> list[dict]:
+    from utils.engine import _set_learning_rates
+
+    outs = []
+    for step, (source, target) in enumerate(batches):
+        _set_learning_rates(state, step, 1)
+        outs.append(step_fn(state, source, target if state.uses_target else None, step))
+    return outs
+
+
+GRAPH_SCHEDULE = ["optim.warmup_steps=4", "optim.schedule_steps=20"]
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_cuda_graph_step_matches_eager(setup, amp, small_model, no_tf32):
+    """7 steps: 3 eager warm-up steps on the side stream, the capture at step 3, replays; D's
+    map switches on at step 4, after the capture. Tolerances as for torch.compile (the graph's
+    optimizers are the fused ones)."""
+    from utils.graphs import CudaGraphBackend, GraphedStep
+
+    script, extra = SETUPS[setup]
+    overrides = [*small_model, *extra, *GRAPH_SCHEDULE, f"train.amp={amp}"]
+    eager, graphed = (_state(script, overrides, CUDA) for _ in range(2))
+    batches = _graph_batches(7)
+    expected = _steps(eager, script.train_step, batches)
+    runner = GraphedStep(script.train_step, CudaGraphBackend(CUDA))
+    got = _steps(graphed, runner, batches)
+    assert runner.graph is not None
+    for e, g in zip(expected, got):
+        _close(g, e, rtol=1e-3)
+    w_e, w_g = _weights(eager), _weights(graphed)
+    for key in w_e:
+        torch.testing.assert_close(w_g[key], w_e[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("script", [train_clan_norm, train_norm_only])
+def test_a_graphed_step_never_waits_for_the_gpu(script, small_model):
+    from utils.graphs import CudaGraphBackend, GraphedStep
+
+    state = _state(script, [*small_model, "train.amp=bf16"], CUDA)
+    runner = GraphedStep(script.train_step, CudaGraphBackend(CUDA), warmup=2)
+    batches = _graph_batches(5)
+    _steps(state, runner, batches[:4])  # warm-up, capture, one replay
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        from utils.engine import _set_learning_rates
+
+        _set_learning_rates(state, 4, 1)
+        runner(state, *batches[4], 4)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_cuda_graph_run_resumes_and_matches_eager(tmp_path, tiny_run, no_tf32):
+    config, graph = "configs/demo/clan_norm.yaml", ["train.device=cuda", "train.cuda_graph=true"]
+    full = _train(train_clan_norm, config, tmp_path, tiny_run, "g_full", *graph,
+                  "train.max_steps=6")  # fmt: skip
+    assert "captured the training step as a CUDA graph at step 3" in (
+        full / "train.log"
+    ).read_text()
+    part = _train(train_clan_norm, config, tmp_path, tiny_run, "g_part", *graph,
+                  "train.max_steps=4")  # fmt: skip
+    assert train_clan_norm.main(["--resume", str(part), "train.max_steps=6"]) == 0
+    _close_runs(part, full, rtol=1e-3)
+    eager = _train(train_clan_norm, config, tmp_path, tiny_run, "g_eager", "train.device=cuda",
+                   "train.max_steps=6")  # fmt: skip
+    _close_runs(eager, full, rtol=1e-3)
+
+
+def test_reduce_overhead_compile_matches_eager(small_model, no_tf32):
+    script, extra = SETUPS["CLAN + Norm"]
+    eager = _state(script, [*small_model, *extra], CUDA)
+    compiled = _state(script, [*small_model, *extra, "train.compile=true",
+                               "train.compile_mode=reduce-overhead"], CUDA)  # fmt: skip
+    batches = _graph_batches(4)
+    for e, c in zip(_steps(eager, script.train_step, batches),
+                    _steps(compiled, script.train_step, batches)):  # fmt: skip
+        _close(c, e, rtol=1e-3)

@@ -123,6 +123,8 @@ class TrainConfig:
     amp: str
     channels_last: bool
     compile: bool
+    compile_mode: str
+    cuda_graph: bool
 
 
 @dataclass(frozen=True)
@@ -318,6 +320,7 @@ LR_SCALINGS = ("none", "linear")
 BACKBONE_UPDATES = ("once", "released", "released_torch14")
 WARMUP_FORMS = ("scaled", "released")
 PREDICT_WITH = ("sum", "c2")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DATASETS = ("gta5", "cityscapes")
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.predict_with": PREDICT_WITH,
@@ -329,6 +332,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.backbone_updates": BACKBONE_UPDATES,
     "optim.warmup_form": WARMUP_FORMS,
     "train.amp": AMP_CHOICES,
+    "train.compile_mode": COMPILE_MODES,
 }
 AT_LEAST: dict[str, float] = {  # key: smallest valid value
     "model.num_classes": 1, "model.base_width": 1, "model.d_width": 1,
@@ -390,6 +394,37 @@ def _domain_problems(name: str, d: DomainConfig, batch_size: int) -> list[str]:
     return problems
 
 
+def _graph_problems(cfg: Config) -> list[str]:
+    """What a whole-step CUDA graph cannot run: it replays fixed kernels on fixed buffers."""
+    t = cfg.train
+    if not t.cuda_graph:
+        return []
+    problems = []
+    if t.amp == "fp16":
+        problems.append(
+            "train.cuda_graph=true with train.amp=fp16: the GradScaler reads its overflow check "
+            "on the host every step, which a CUDA graph cannot capture: use train.amp=bf16 or off"
+        )
+    if t.compile:
+        problems.append(
+            "train.cuda_graph=true with train.compile=true: choose one (train.compile_mode="
+            "reduce-overhead is torch.compile's own CUDA graphs)"
+        )
+    for name in ("source", "target"):
+        d = getattr(cfg.data, name)
+        if d.image_rescale or (tuple(d.scale_range) != (1.0, 1.0) and d.crop is None):
+            problems.append(
+                f"train.cuda_graph=true: data.{name} gives batches of varying size (random "
+                f"rescale without a crop), and a CUDA graph replays one shape: set data.{name}.crop"
+            )
+        elif d.crop is None and d.resize is None:
+            problems.append(
+                f"train.cuda_graph=true: data.{name} keeps each image's own size (no resize, no "
+                f"crop), and a CUDA graph replays one shape: set data.{name}.resize or .crop"
+            )
+    return problems
+
+
 def validate(cfg: Config) -> Config:
     """Check every choice, range and combination of ``cfg``; one ``ConfigError`` lists them all,
     each naming its key, the value and what was expected. Returns ``cfg``."""
@@ -423,6 +458,7 @@ def validate(cfg: Config) -> Config:
                             f"{cfg.train.device!r}")  # fmt: skip
     for name in ("source", "target", "val"):
         problems += _domain_problems(name, getattr(cfg.data, name), cfg.data.batch_size)
+    problems += _graph_problems(cfg)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     return cfg

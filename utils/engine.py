@@ -59,6 +59,7 @@ from utils.distributed import (
 )
 from utils.errors import OutputExistsError, UserError, add_debug_flag
 from utils.evaluation import evaluate, predict_logits
+from utils.graphs import CudaGraphBackend, GraphedStep
 from utils.logger import MetricWriter, setup_logging, write_json
 from utils.metrics import format_iou_table
 from utils.optim import build_sgd
@@ -79,6 +80,8 @@ class TrainState:
     (what a step calls for a training forward: the module itself, or its DDP / compiled
     wrapper), ``amp_dtype`` and ``scaler`` (a GradScaler, enabled for float16 only, that serves
     every optimizer); ``modules`` stay the plain modules (checkpoints, methods, evaluation).
+    ``schedule(cfg, step)`` gives the step's scalars (dampings, switches) as numbers; a step
+    reads them through ``values(step)``.
     """
 
     cfg: Config
@@ -89,9 +92,19 @@ class TrainState:
     base_lrs: dict[str, float]
     uses_target: bool
     partial_g_passes: bool = False  # some of G's passes leave parameters unused (DDP must look)
+    schedule: Callable[[Config, int], dict[str, float]] = lambda cfg, step: {}
+    static_values: dict[str, torch.Tensor] | None = None  # set by a CUDA graph's runner
     runners: dict[str, nn.Module] = field(default_factory=dict)
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
+
+    def values(self, step: int) -> dict[str, torch.Tensor | float]:
+        """The step's scalars: ``schedule(cfg, step)``, or under ``train.cuda_graph`` the 0-dim
+        device tensors that the graph reads them from (its runner fills them before each step,
+        so the step's code must only compute with them, never branch on them)."""
+        if self.static_values is not None:
+            return self.static_values
+        return self.schedule(self.cfg, step)
 
     def run(self, name: str) -> nn.Module:
         """The module to call for a training forward (DDP/compiled wrapper when there is one)."""
@@ -145,7 +158,7 @@ def prepare(state: TrainState, info: DistInfo) -> None:
             unused = state.partial_g_passes if name == "G" else True
             runner = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
         if t.compile:
-            runner = torch.compile(runner)
+            runner = torch.compile(runner, mode=t.compile_mode)
         state.runners[name] = runner
 
 
@@ -256,7 +269,10 @@ def _set_learning_rates(state: TrainState, step: int, world_size: int) -> dict[s
         base = state.base_lrs[name] * scale
         lr = poly_lr(step, base, o.schedule_steps, o.power, o.warmup_steps, o.warmup_form)
         for group in opt.param_groups:
-            group["lr"] = lr * group["lr_mult"]
+            if torch.is_tensor(group["lr"]):  # a CUDA graph's optimizer reads it on the device
+                group["lr"].fill_(lr * group["lr_mult"])
+            else:
+                group["lr"] = lr * group["lr_mult"]
         lrs[f"lr_{name}"] = lr
     return lrs
 
@@ -273,13 +289,29 @@ def checkpoint_dict(
         "setup": setup,
         "step": step,
         "models": {name: m.state_dict() for name, m in state.modules.items()},
-        "optimizers": {name: o.state_dict() for name, o in state.optimizers.items()},
+        "optimizers": {name: plain_state_dict(o) for name, o in state.optimizers.items()},
         "scaler": state.scaler.state_dict() if state.scaler is not None else None,
         "rng": rng,
         "world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
         "config": to_dict(state.cfg),
         "metric": metric,
     }
+
+
+def plain_state_dict(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """``opt.state_dict()`` with the settings a CUDA graph gave its groups (learning rates as
+    device tensors, fused or capturable steps) back to the eager ones, so any run can load it."""
+    sd = opt.state_dict()
+    groups = []
+    for group in sd["param_groups"]:
+        group = dict(group)
+        if torch.is_tensor(group["lr"]):
+            group["lr"] = float(group["lr"])
+        for key in ("fused", "capturable"):
+            if key in group:
+                group[key] = opt.defaults.get(key, group[key])
+        groups.append(group)
+    return {**sd, "param_groups": groups}
 
 
 def _restore(state: TrainState, ckpt: dict[str, Any], source: str) -> int:
@@ -402,6 +434,7 @@ def train(
         start = _restore(state, checkpoint, checkpoint_path)
         log.info("resumed at step %d of %d", start, cfg.train.max_steps)
     t = cfg.train
+    run_step = _step_runner(state, train_step, info)
     bs, workers = cfg.data.batch_size, cfg.data.num_workers
     pin = device.type == "cuda"
     ranks = {"rank": info.rank, "world_size": info.world_size}
@@ -426,6 +459,15 @@ def train(
     checkpoints = _Checkpointer(run_dir / "checkpoints", t.keep_checkpoints)
     sums: dict[str, torch.Tensor | float] = {}
     count, first_unlogged, tic = 0, start, time.perf_counter()
+    pending: _LogStep | None = None  # a logging step's values, read after the next step starts
+
+    def report(entry: _LogStep) -> None:
+        values = entry.read()
+        _check_finite(values, entry.first, entry.step, run_dir)
+        if writer is not None:
+            writer.scalars(entry.step + 1, values, prefix="train/")
+        bar.set_postfix({k: f"{values[k]:.3g}" for k in _bar_keys(values)})
+
     miou = math.nan
     bar = tqdm(range(start, t.max_steps), initial=start, total=t.max_steps, desc="train",
                disable=not info.is_main)  # fmt: skip
@@ -434,7 +476,10 @@ def train(
             lrs = _set_learning_rates(state, step, info.world_size)
             src = next(source_iter)
             tgt = next(target_iter) if target_iter is not None else None
-            losses = train_step(state, src, tgt, step)
+            losses = run_step(state, src, tgt, step)
+            if pending is not None:  # the step above is queued: reading now stalls nothing
+                report(pending)
+                pending = None
             accumulate(sums, losses)
             count += 1
             done = step + 1
@@ -447,12 +492,11 @@ def train(
             periodic = bool(t.save_every) and done % t.save_every == 0
             saving = periodic or last or stopping
             if log_step or saving:
-                values = reduce_means(sums, count, info, device)
-                _check_finite(values, first_unlogged, step, run_dir)
-                values.update(lrs, sec_per_step=(time.perf_counter() - tic) / count)
-                if writer is not None:
-                    writer.scalars(done, values, prefix="train/")
-                bar.set_postfix({k: f"{values[k]:.3g}" for k in _bar_keys(losses)})
+                extra = {**lrs, "sec_per_step": (time.perf_counter() - tic) / count}
+                pending = _LogStep(sums, count, info, device, first_unlogged, step, extra)
+                if saving or last:  # a checkpoint is only written after its values are checked
+                    report(pending)
+                    pending = None
                 sums, count, first_unlogged, tic = {}, 0, done, time.perf_counter()
             if writer is not None and t.image_every and (done % t.image_every == 0 or done == 1):
                 writer.image("source/input_label_pred", _image_grid(state.model, src, device), done)
@@ -474,6 +518,18 @@ def train(
     if writer is not None:
         writer.close()
     return miou
+
+
+def _step_runner(state: TrainState, train_step: StepFn, info: DistInfo) -> StepFn:
+    """``train_step``, or under ``train.cuda_graph`` on one GPU its CUDA graph runner; eager
+    (with a warning saying why) where a graph cannot run."""
+    if not state.cfg.train.cuda_graph:
+        return train_step
+    if state.device.type != "cuda" or info.distributed:
+        why = "under torchrun" if info.distributed else f"on {state.device}"
+        log.warning("train.cuda_graph=true: not available %s, the step runs eagerly", why)
+        return train_step
+    return GraphedStep(train_step, CudaGraphBackend(state.device))
 
 
 def _bar_keys(terms: dict[str, Any]) -> list[str]:
@@ -507,8 +563,40 @@ def reduce_means(
 ) -> dict[str, float]:
     """Each key's mean over the last ``count`` steps, averaged over processes: one all-reduce
     and one read back to the host (a logging step's only sync)."""
-    keys, means = stack_means(sums, count, device)
-    return dict(zip(keys, all_reduce_mean(means, info).tolist()))
+    return _LogStep(sums, count, info, device).read()
+
+
+class _LogStep:
+    """A logging step's means (``reduce_means``), copied to the host without blocking: on CUDA
+    into pinned memory behind an event, so the loop can queue the next step before it reads
+    them (``read`` waits for the copy only, not for the step queued after it)."""
+
+    def __init__(
+        self,
+        sums: dict[str, torch.Tensor | float],
+        count: int,
+        info: DistInfo,
+        device: torch.device,
+        first: int = 0,
+        step: int = 0,
+        extra: dict[str, float] | None = None,
+    ) -> None:
+        self.keys, means = stack_means(sums, count, device)
+        means = all_reduce_mean(means, info)
+        self.first, self.step, self.extra = first, step, extra or {}
+        self.event = None
+        if means.device.type == "cuda":
+            self.host = torch.empty(means.shape, dtype=means.dtype, pin_memory=True)
+            self.host.copy_(means, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = means
+
+    def read(self) -> dict[str, float]:
+        if self.event is not None:
+            self.event.synchronize()
+        return {**dict(zip(self.keys, self.host.tolist())), **self.extra}
 
 
 def _check_same_stream(ckpt: dict[str, Any], cfg: Config, info: DistInfo, path: Path) -> None:

@@ -107,17 +107,24 @@ def weighted_bce_with_logits(
     weight_map: torch.Tensor | None = None,
     lambda_local: float = 40.0,
     eps: float = 0.4,
+    use_map: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """``mean((lambda_local * M + eps) * BCE(logits, domain))``; plain ``mean(BCE)`` when
-    ``weight_map`` is None. ``logits``: D's map at full size ``B x 1 x H x W``; ``domain``: the
-    label every pixel is pushed to (source 0, target 1)."""
+    ``weight_map`` is None or ``use_map`` is 0. ``logits``: D's map at full size
+    ``B x 1 x H x W``; ``domain``: the label every pixel is pushed to (source 0, target 1).
+
+    ``use_map`` (1 or 0, a number or a 0-dim tensor) switches the map on and off without a
+    branch, as a CUDA graph that replays one step for every step needs: the weight is
+    ``use_map * (lambda_local * M + eps) + (1 - use_map)``, exactly the map's weight for 1 and
+    exactly 1 for 0."""
     logits = logits.float()
     bce = F.binary_cross_entropy_with_logits(
         logits, torch.full_like(logits, domain), reduction="none"
     )
     if weight_map is None:
         return bce.mean()
-    return ((lambda_local * weight_map + eps) * bce).mean()
+    weight = use_map * (lambda_local * weight_map + eps) + (1 - use_map)
+    return (weight * bce).mean()
 
 
 def weight_discrepancy_loss(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,9 @@ class ReleasedSGD(torch.optim.Optimizer):
     entry after entry, as the PyTorch SGD the authors ran did for a parameter listed that many
     times (module docstring). Each param group carries ``repeats`` (one count per parameter);
     ``wd_in_grad=True`` is PyTorch 1.4 and earlier, which added the decay into ``p.grad``.
-    With every count 1 it is plain SGD with momentum (dampening 0, no Nesterov)."""
+    With every count 1 it is plain SGD with momentum (dampening 0, no Nesterov). A group's
+    ``lr`` may be a 0-dim device tensor (``train.cuda_graph``): the update then reads it on the
+    device, with no host sync."""
 
     def __init__(
         self,
@@ -104,7 +106,7 @@ class ReleasedSGD(torch.optim.Optimizer):
         else:
             d = torch._foreach_add(grads, params, alpha=wd)
         if m == 0:
-            torch._foreach_add_(params, d, alpha=-lr)
+            _descend(params, d, lr)
             return
         bufs = []
         old, old_d = [], []
@@ -119,7 +121,17 @@ class ReleasedSGD(torch.optim.Optimizer):
         if old:
             torch._foreach_mul_(old, m)
             torch._foreach_add_(old, old_d)
-        torch._foreach_add_(params, bufs, alpha=-lr)
+        _descend(params, bufs, lr)
+
+
+def _descend(
+    params: list[torch.Tensor], steps: list[torch.Tensor], lr: float | torch.Tensor
+) -> None:
+    """``p -= lr * s`` for each pair; a tensor ``lr`` is read on the device."""
+    if torch.is_tensor(lr):
+        torch._foreach_sub_(params, torch._foreach_mul(steps, lr))
+    else:
+        torch._foreach_add_(params, steps, alpha=-lr)
 
 
 def build_sgd(
