@@ -14,11 +14,16 @@ The paper's "*" rows weigh the Norm-only model 0.7 and the released model 0.3, w
         --presets auto maxsquare --weights 0.7 0.3 --flip           # MaxSquare + Norm*
     python ensemble.py --restore A.pth B.pth --save-dir preds/      # + the ensemble's PNGs
     python ensemble.py --restore A.pth B.pth --offload   # one member on the GPU at a time
+    python ensemble.py --restore A.pth B.pth --panels 4  # + the ensemble's prediction panels
 
 Each member's config is ``--config`` if given, else the one stored in its checkpoint, else the
 defaults (files from elsewhere: preset from ``--presets`` or inferred from the file); the data
 and evaluation settings are the first member's. Overrides ``key.sub=value`` go before
 ``--restore`` or after ``--``: ``ensemble.py --restore A.pth B.pth -- data.val.root=/data/cs``.
+
+``--panels K`` draws K val images as ``evaluate_cityscapes.py --panels`` does, with the
+ensemble's prediction and the entropy of its probabilities (of the softmax of its weighted
+logits with ``--combine logit``).
 """
 
 from __future__ import annotations
@@ -29,23 +34,38 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from dataset.build import build_dataset, ensure_data
 from dataset.datasets import eval_loader
 from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
+from model.deeplabv2 import DeepLabV2
 from model.weights import PRESETS, Weights, read_weights
 from utils.config import Config, split_overrides
 from utils.distributed import select_device
-from utils.errors import OutputExistsError, UsageError, add_debug_flag, run
+from utils.errors import UsageError, add_debug_flag, run
 from utils.evaluation import (
     SPACES,
+    combine_scores,
     eval_config,
     evaluate_ensemble,
+    member_scores,
     normalise_weights,
     prediction_paths,
+    refuse_overwrite,
+    short_names,
 )
 from utils.logger import setup_logging, write_json
 from utils.metrics import format_iou_table
+from utils.panels import (
+    ProbsFn,
+    add_panel_flags,
+    check_panel_flags,
+    panel_indices,
+    panel_path,
+    write_prediction_panels,
+)
 
 log = logging.getLogger("ensemble")
 
@@ -71,15 +91,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--flip", action="store_true", help="each member averaged with the mirrored image"
     )
     parser.add_argument("--save-dir", metavar="DIR", help="write the ensemble's PNGs here")
-    parser.add_argument("--overwrite", action="store_true", help="replace files in --save-dir")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace files in --save-dir and --panels-dir"
+    )
     parser.add_argument("--results", metavar="FILE", help="results JSON (default: see below)")
     parser.add_argument(
         "--offload", action="store_true", help="keep members on the CPU between forward passes"
     )
     parser.add_argument("--config", help="YAML for every member (default: each checkpoint's)")
+    add_panel_flags(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     parser.epilog = (
-        "results JSON default: <save-dir>/results.json, else <first checkpoint>.ensemble.json"
+        "results JSON default: <save-dir>/results.json, else <first checkpoint>.ensemble.json. "
+        "--panels-dir default: <save-dir>/panels, else <first checkpoint>.ensemble.panels"
     )
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -89,6 +113,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--restore needs two or more checkpoints")
     if args.presets and len(args.presets) != len(args.restore):
         parser.error(f"--presets: {len(args.presets)} presets for {len(args.restore)} checkpoints")
+    check_panel_flags(parser, args)
     return args
 
 
@@ -112,15 +137,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             else first.with_name(first.name + ".ensemble.json")
         )
     )
+    chosen = panel_indices(args, val)
+    beside = save_dir / "panels" if save_dir else first.with_name(first.name + ".ensemble.panels")
+    panels_dir = Path(args.panels_dir) if args.panels_dir else beside
     if save_dir is not None and not args.overwrite:
-        _refuse_overwrite(save_dir, [name for _, _, name in val.items], results)
+        names = [name for _, _, name in val.items]
+        targets = [results, *(p for name in names for p in prediction_paths(name, save_dir))]
+        refuse_overwrite(save_dir, "--save-dir", targets)
+    if chosen and not args.overwrite:
+        targets = [panel_path(panels_dir, val.items[i][2]) for i in chosen]
+        refuse_overwrite(panels_dir, "--panels-dir", targets)
 
     members = [restore_model(c.model, f) for c, f in zip(configs, files)]
     del files  # the models hold the weights now
     presets = [preset_name(m.config) for m in members]
     labels = [
         f"{i + 1}: {short} ({preset}, w {w:.2f})"
-        for i, (short, preset, w) in enumerate(zip(_short_names(args.restore), presets, weights))
+        for i, (short, preset, w) in enumerate(zip(short_names(args.restore), presets, weights))
     ]
     flip = cfg.eval.flip
     log.info(
@@ -136,6 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         [m.model for m in members], weights, labels, loader, device, cfg.model.num_classes,
         flip=flip, combine=args.combine, offload=args.offload, save_dir=save_dir,
     )  # fmt: skip
+
+    if chosen:
+        probs_of = _ensemble_probs([m.model for m in members], weights, labels, device, flip,
+                                   args.combine, args.offload)  # fmt: skip
+        written = write_prediction_panels(val, chosen, probs_of, panels_dir)
+        log.info("%d prediction panels written to %s", len(written), panels_dir)
 
     member_ious = [cm.iou() for cm in member_cms]
     member_mious = [cm.miou() for cm in member_cms]
@@ -186,26 +225,20 @@ def _member_configs(args: argparse.Namespace, files: list[Weights]) -> list[Conf
     return configs
 
 
-def _refuse_overwrite(save_dir: Path, names: list[str], results: Path) -> None:
-    """An error naming the files ``--save-dir`` already holds that this run would write."""
-    targets = [results, *(p for name in names for p in prediction_paths(name, save_dir))]
-    existing = [p for p in targets if p.exists() and save_dir in p.parents]
-    if existing:
-        shown = ", ".join(str(p) for p in existing[:3])
-        raise OutputExistsError(
-            f"--save-dir {save_dir} already holds {len(existing)} of this run's files ({shown}"
-            f"{', ...' if len(existing) > 3 else ''}): pass --overwrite to replace them"
-        )
+def _ensemble_probs(
+    models: Sequence[DeepLabV2], weights: Sequence[float], names: Sequence[str],
+    device: torch.device, flip: bool, combine: str, offload: bool,
+) -> ProbsFn:  # fmt: skip
+    """The ensemble's probabilities for the panels: ``sum_i w_i P_i``, or with ``combine``
+    "logit" the softmax of ``sum_i w_i logits_i`` (its argmax is the ensemble's prediction)."""
 
+    def probs_of(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        scores = member_scores(models, image.to(device), size, flip=flip, space=combine,
+                               offload=offload)  # fmt: skip
+        total = combine_scores(scores, weights, names)
+        return total if combine == "prob" else total.softmax(1)
 
-def _short_names(paths: Sequence[str]) -> list[str]:
-    """The shortest trailing parts of each path that tell the members apart."""
-    parts = [Path(p).parts for p in paths]
-    for depth in range(1, max(len(p) for p in parts) + 1):
-        names = ["/".join(p[-depth:]) for p in parts]
-        if len(set(names)) == len(names):
-            return names
-    return [Path(p).name for p in paths]  # the same file twice: the row number tells them apart
+    return probs_of
 
 
 if __name__ == "__main__":

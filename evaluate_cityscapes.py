@@ -14,6 +14,13 @@ averages the softmax with the mirrored image's, as every number of the paper's T
     python evaluate_cityscapes.py --restore last.pth --save-dir preds/   # + trainId/colour PNGs
     python evaluate_cityscapes.py --pred-dir other_repo/preds/           # score PNGs on disk
     python evaluate_cityscapes.py --restore runs/RUN/checkpoints/step_*.pth --flip  # a sweep
+    python evaluate_cityscapes.py --restore last.pth --panels 4          # + 4 prediction panels
+    python evaluate_cityscapes.py --restore A.pth B.pth --panels 4     # a comparison of A and B
+
+``--panels K`` draws K val images (``--panel-seed``; or those ``--panel-images`` names) as
+image | ground truth | prediction | error map | entropy map, one PNG each (``utils/panels.py``
+says how they read). With several checkpoints it writes one ``comparison.png`` instead: a row
+per image, image | ground truth | one prediction per checkpoint.
 
 A sweep (several ``--restore`` files) scores every snapshot on the same val images: one row
 each, the final snapshot reported (the last step), the best marked "selected on val": a number
@@ -39,14 +46,30 @@ from dataset.build import build_dataset, ensure_data
 from dataset.datasets import eval_loader
 from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
-from model.weights import PRESETS, read_weights
+from model.weights import read_weights
 from utils.checkpoint import step_in_name
 from utils.config import split_overrides
 from utils.distributed import DistInfo, describe, select_device
 from utils.errors import add_debug_flag, run
-from utils.evaluation import eval_config, evaluate, score_prediction_dir
+from utils.evaluation import (
+    add_checkpoint_flags,
+    checkpoint_overrides,
+    eval_config,
+    evaluate,
+    score_prediction_dir,
+    short_names,
+)
 from utils.logger import setup_logging, write_json
 from utils.metrics import format_iou_table
+from utils.panels import (
+    add_panel_flags,
+    check_panel_flags,
+    model_probs,
+    panel_indices,
+    predicted_labels,
+    write_comparison_panel,
+    write_prediction_panels,
+)
 from utils.paper_results import paper_row
 
 log = logging.getLogger("evaluate")
@@ -64,22 +87,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument(
         "--pred-dir", metavar="DIR", help="score trainId PNGs named like the images"
     )
-    parser.add_argument("--config", help="YAML for the model and data.val (default: checkpoint's)")
-    parser.add_argument(
-        "--preset", choices=list(PRESETS), help="network layout (sets model.preset)"
-    )
-    parser.add_argument(
-        "--flip", action="store_true", help="average with the mirrored image (sets eval.flip)"
-    )
+    add_checkpoint_flags(parser)
     parser.add_argument(
         "--compare-with", metavar="ROW", help="print this row of the paper's Table 1 beside ours"
     )
     parser.add_argument("--save-dir", metavar="DIR", help="write trainId and colour PNGs here")
     parser.add_argument("--results", metavar="FILE", help="results JSON (default: see below)")
+    add_panel_flags(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     parser.epilog = (
         "results JSON default: <save-dir>/results.json, else <checkpoint>.results.json, else "
-        "<pred-dir>/results.json; a sweep: <folder of the last snapshot>/sweep.results.json"
+        "<pred-dir>/results.json; a sweep: <folder of the last snapshot>/sweep.results.json. "
+        "--panels-dir default: <save-dir>/panels, else <checkpoint>.panels; a sweep: <folder of "
+        "the last snapshot>/sweep.panels"
     )
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -94,17 +114,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--flip and --preset need --restore (predictions on disk are fixed)")
     if args.compare_with:
         paper_row(args.compare_with)  # an unknown row fails before any work
+    check_panel_flags(parser, args)
+    if args.pred_dir and args.panels:
+        parser.error("--panels needs --restore (predictions on disk hold no probabilities)")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    overrides = list(args.overrides)
-    if args.preset:
-        overrides.append(f"model.preset={args.preset}")
-    if args.flip:
-        overrides.append("eval.flip=true")
+    overrides = checkpoint_overrides(args)
     if args.restore and len(args.restore) > 1:
         return sweep(args, overrides)
     weights = read_weights(args.restore[0]) if args.restore else None
@@ -114,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("val: %d images from %s (split %s)", len(val), cfg.data.val.root, cfg.data.val.split)
 
     flip = None
+    chosen = panel_indices(args, val)
     if weights is None:
         cm = score_prediction_dir(args.pred_dir, val, cfg.model.num_classes)
         row, default_results = Path(args.pred_dir).name, Path(args.pred_dir) / "results.json"
@@ -130,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             model.to(device), loader, device, model_cfg.num_classes, args.save_dir, flip=flip
         )
         ckpt = Path(args.restore[0])
+        if chosen:
+            beside = Path(args.save_dir) / "panels" if args.save_dir else None
+            panels = Path(args.panels_dir or beside or ckpt.with_name(ckpt.name + ".panels"))
+            written = write_prediction_panels(val, chosen, model_probs(model, device, flip), panels)
+            log.info("%d prediction panels written to %s", len(written), panels)
         row = f"{ckpt.stem} ({preset}, flip {'on' if flip else 'off'})"
         default_results = ckpt.with_name(ckpt.name + ".results.json")
     if args.save_dir:
@@ -178,7 +203,8 @@ def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     log.info("sweep over %d snapshots; val: %d images from %s; flip averaging %s; %s", len(files),
              len(val), cfg.data.val.root, "on" if cfg.eval.flip else "off",
              describe(DistInfo(), device))  # fmt: skip
-    scored = []
+    chosen = panel_indices(args, val)
+    scored, panel_preds = [], []
     for path in tqdm(files, desc="snapshots", unit="ckpt"):
         weights = first if path == files[0] else read_weights(path)
         own = eval_config(args.config, weights.config, overrides)
@@ -187,7 +213,16 @@ def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
                       flip=cfg.eval.flip)  # fmt: skip
         scored.append({"restore": path, "step": step_in_name(path), "mIoU": cm.miou(),
                        "preset": preset_name(model_cfg), "iou": cm.iou()})  # fmt: skip
+        if chosen:
+            probs = model_probs(model, device, cfg.eval.flip)
+            panel_preds.append(predicted_labels(val, chosen, probs))
         del model, weights
+    if chosen:
+        panels = Path(args.panels_dir or Path(files[-1]).parent / "sweep.panels")
+        path = write_comparison_panel(val, chosen, panel_preds, short_names(files),
+                                      panels / "comparison.png")  # fmt: skip
+        log.info("comparison of %d checkpoints on %d images written to %s", len(files),
+                 len(chosen), path)  # fmt: skip
     final = scored[-1]
     best = max(scored, key=lambda r: r["mIoU"])
     rows = {}

@@ -9,6 +9,7 @@ every member and the ensemble together."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 from collections.abc import Sequence
@@ -23,8 +24,14 @@ from tqdm import tqdm
 from dataset.datasets import Batch
 from dataset.labels import NUM_CLASSES, colorize
 from model.deeplabv2 import DeepLabV2
+from model.weights import PRESETS
 from utils.config import Config, config_from_dict, load_config
-from utils.errors import MissingPredictionError, PredictionError, UsageError
+from utils.errors import (
+    MissingPredictionError,
+    OutputExistsError,
+    PredictionError,
+    UsageError,
+)
 from utils.losses import upsample_to
 from utils.metrics import ConfusionMatrix
 
@@ -128,6 +135,28 @@ def combine_scores(
 
 
 @torch.no_grad()
+def member_scores(
+    models: Sequence[DeepLabV2],
+    image: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    flip: bool = False,
+    space: Space = "prob",
+    offload: bool = False,
+) -> list[torch.Tensor]:
+    """Each member's ``predict_scores`` for ``image``, computed on the image's device;
+    ``offload``: each member visits that device only for its own pass and goes back to the
+    CPU."""
+    scores = []
+    for model in models:
+        model.to(image.device)
+        scores.append(predict_scores(model, image, size, flip=flip, space=space))
+        if offload:
+            model.to("cpu")
+    return scores
+
+
+@torch.no_grad()
 def evaluate_ensemble(
     models: Sequence[DeepLabV2],
     weights: Sequence[float],
@@ -147,21 +176,18 @@ def evaluate_ensemble(
     flip averaging). ``offload``: members wait on the CPU and each visits ``device`` only for
     its own forward pass. ``save_dir`` receives the ensemble's PNGs. Returns the members' and
     the ensemble's confusion matrices."""
-    home = "cpu" if offload else device
     for model in models:
-        model.eval().to(home)
+        model.eval().to("cpu" if offload else device)
     member_cms = [ConfusionMatrix(num_classes, device=device) for _ in models]
     ensemble_cm = ConfusionMatrix(num_classes, device=device)
     for batch in tqdm(loader, desc="ensemble", disable=not progress, leave=False):
         label = _labels(batch, device)
         image = batch.image.to(device, non_blocking=True)
-        scores = []
-        for model, cm in zip(models, member_cms):
-            model.to(device)
-            s = predict_scores(model, image, label.shape[-2:], flip=flip, space=combine)
-            model.to(home)
+        scores = member_scores(
+            models, image, label.shape[-2:], flip=flip, space=combine, offload=offload
+        )
+        for s, cm in zip(scores, member_cms):
             cm.update(s.argmax(1), label)
-            scores.append(s)
         pred = combine_scores(scores, weights, names).argmax(1)
         ensemble_cm.update(pred, label)
         if save_dir is not None:
@@ -170,6 +196,28 @@ def evaluate_ensemble(
     for cm in (*member_cms, ensemble_cm):
         cm.all_reduce()
     return member_cms, ensemble_cm
+
+
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--preset`` and ``--flip``, which ``checkpoint_overrides`` reads: how
+    ``evaluate_cityscapes.py`` and ``predict.py`` configure a checkpoint."""
+    parser.add_argument("--config", help="YAML for the model and data.val (default: checkpoint's)")
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), help="network layout (sets model.preset)"
+    )
+    parser.add_argument(
+        "--flip", action="store_true", help="average with the mirrored image (sets eval.flip)"
+    )
+
+
+def checkpoint_overrides(args: argparse.Namespace) -> list[str]:
+    """``args.overrides`` with ``--preset`` and ``--flip`` as the overrides they stand for."""
+    overrides = list(args.overrides)
+    if args.preset:
+        overrides.append(f"model.preset={args.preset}")
+    if args.flip:
+        overrides.append("eval.flip=true")
+    return overrides
 
 
 def eval_config(
@@ -193,6 +241,28 @@ def _labels(batch: Batch, device: torch.device) -> torch.Tensor:
 def prediction_paths(name: str, save_dir: Path) -> tuple[Path, Path]:
     """Where ``save_prediction`` writes image ``name``: its trainId PNG and its colour PNG."""
     return (save_dir / name).with_suffix(".png"), (save_dir / "color" / name).with_suffix(".png")
+
+
+def refuse_overwrite(folder: Path, option: str, targets: Sequence[Path]) -> None:
+    """An error naming the files ``folder`` (given as ``option``) already holds among
+    ``targets``, the files this run would write; targets outside ``folder`` are not checked."""
+    existing = [p for p in targets if p.exists() and folder in p.parents]
+    if existing:
+        shown = ", ".join(str(p) for p in existing[:3])
+        raise OutputExistsError(
+            f"{option} {folder} already holds {len(existing)} of this run's files ({shown}"
+            f"{', ...' if len(existing) > 3 else ''}): pass --overwrite to replace them"
+        )
+
+
+def short_names(paths: Sequence[str | Path]) -> list[str]:
+    """The shortest trailing parts of each path that tell the files apart."""
+    parts = [Path(p).parts for p in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [Path(p).name for p in paths]  # the same file twice: the caller numbers them
 
 
 def save_prediction(pred: np.ndarray, name: str, save_dir: Path) -> None:
