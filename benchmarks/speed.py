@@ -1,24 +1,30 @@
-"""Step time, peak memory and evaluation throughput of every setup, ours against the released
-code's procedure, on whatever device this runs on.
+"""Step time, GPU use, peak memory, loader and evaluation throughput of every setup, ours
+against the released code's procedure, on whatever device this runs on.
 
-    python -m benchmarks.speed --crop 512 1024 --amp bf16 --steps 20          # a GPU
+    python -m benchmarks.speed --crop 512 1024 --amp bf16 --steps 20 --cuda-graph --compile \
+        --compile-mode reduce-overhead                                        # a GPU
     python -m benchmarks.speed --crop 256 512 --amp off --steps 6 --device cpu \
         --eval-images 4 --eval-distinct 2 --eval-batch 1 --eval-workers 2      # this CPU
 
-For each setup (Source only, Norm only, CLAN, CLAN + Norm) it times our ``train_step`` and a
-reference step that follows the released code: a separate backward through the backbone for
-the norm term (``retain_graph``), classifier heads on every pass, float32. All eight run on the
+For each setup (Source only, Norm only, CLAN, CLAN + Norm) it times our ``train_step`` eagerly,
+as one CUDA graph (``--cuda-graph``: ``train.cuda_graph``, CUDA only) and compiled
+(``--compile``: ``train.compile`` with ``--compile-mode``), and a reference step that follows
+the released code: a separate backward through the backbone for the norm term
+(``retain_graph``), classifier heads on every pass, float32, eager. Every variant runs on the
 same full-size DeepLab-v2/ResNet-101 (or ``model.*`` overrides) and the same random inputs,
-interleaved within each round in a shuffled order. Both columns go through ``prepare`` with the
-same memory layout (channels_last on CUDA unless ``train.channels_last=false``) and the same
-``--compile``; they differ in procedure and precision only (ours: ``--amp``; reference:
-float32). The table gives the median step time, the step's peak memory (CUDA, measured after
-the warm-up, which holds cudnn.benchmark's autotuning workspaces), ours / reference, and the
-norm loss's overhead: CLAN + Norm over CLAN and Norm only over Source only (paired per round),
-and the norm term timed alone.
-Evaluation is timed as ``evaluate_cityscapes.py`` runs it, on the real Cityscapes val split
-(``--eval-root``) or on synthetic images of its size and layout, end to end and for the model
-alone.
+interleaved within each round in a shuffled order, with the same memory layout (channels_last
+on CUDA unless ``train.channels_last=false``). Per setup and variant the table gives the median
+step time, its spread over the rounds ((max - min) / median), the ratio to the reference, and
+on CUDA the step's peak memory (after the warm-up, which holds cudnn.benchmark's autotuning
+workspaces) and, from ``torch.profiler`` over ``--profile-steps`` steps, the GPU busy fraction
+(the union of kernel intervals over the wall time), the GPU kernels per step and the host's
+launch calls per step (a graph replay is one). Then the norm loss's overhead: CLAN + Norm over
+CLAN and Norm only over Source only (paired per round), and the norm term timed alone.
+The loaders are timed as training runs them (``--loader-configs``, the configured workers and
+transforms) on synthetic images at the real sizes (GTA5 1914x1052, Cityscapes 2048x1024):
+source/target pairs per second. Evaluation is timed as ``evaluate_cityscapes.py`` runs it, on
+the real Cityscapes val split (``--eval-root``) or on synthetic images of its size and layout,
+end to end and for the model alone.
 """
 
 from __future__ import annotations
@@ -40,13 +46,14 @@ import torch.nn.functional as F
 import train_clan_norm
 import train_norm_only
 from dataset.build import build_dataset
-from dataset.datasets import Batch, eval_loader
+from dataset.datasets import Batch, eval_loader, infinite_loader
 from dataset.synthetic import SyntheticSpec, generate
 from utils.config import load_config
 from utils.distributed import DistInfo, resolve_device
 from utils.engine import TrainState, prepare
-from utils.errors import add_debug_flag, run
+from utils.errors import UsageError, add_debug_flag, run
 from utils.evaluation import evaluate, predict_logits
+from utils.graphs import CudaGraphBackend, GraphedStep
 from utils.losses import (
     discrepancy_map,
     feature_norm,
@@ -145,18 +152,22 @@ def _state_bytes(state: TrainState) -> int:
     return sum(storages.values())
 
 
+def build_state(script: Any, overrides: Sequence[str], device: torch.device) -> TrainState:
+    """A setup's prepared state from the same initial weights (seed 0) every time."""
+    torch.manual_seed(0)
+    state = script.build(load_config(None, overrides), device)
+    prepare(state, DistInfo())
+    return state
+
+
 def build_pair(
     script: Any, overrides: Sequence[str], device: torch.device
 ) -> tuple[TrainState, TrainState]:
     """Our state and the reference's, from the same initial weights, both prepared alike
     (memory layout, compile); the reference in float32 whatever ``train.amp`` says."""
-    states = []
-    for extra in ([], ["train.amp=off"]):
-        torch.manual_seed(0)
-        state = script.build(load_config(None, [*overrides, *extra]), device)
-        prepare(state, DistInfo())
-        states.append(state)
-    return states[0], states[1]
+    return build_state(script, overrides, device), build_state(
+        script, [*overrides, "train.amp=off"], device
+    )
 
 
 class PeakMemory:
@@ -181,32 +192,55 @@ def layout(state: TrainState) -> str:
     """How a state's step runs: memory layout of G's weights, and compiled or eager."""
     weight = state.model.conv1.weight
     nhwc = weight.is_contiguous(memory_format=torch.channels_last) and weight.shape[-1] > 1
-    mode = "compiled" if state.cfg.train.compile else "eager"
+    mode = f"compiled ({state.cfg.train.compile_mode})" if state.cfg.train.compile else "eager"
     return f"{'channels_last' if nhwc else 'NCHW'}, {mode}"
 
 
+VARIANTS = {"eager": "ours, eager", "graph": "ours, CUDA graph", "compiled": "ours, compiled",
+            "ref": "reference"}  # fmt: skip
+
+
+def _variants(args: argparse.Namespace, device: torch.device) -> list[str]:
+    if args.cuda_graph and device.type != "cuda":
+        raise UsageError(f"--cuda-graph needs a CUDA device, this run is on {device}")
+    return ["eager", *(["graph"] if args.cuda_graph else []),
+            *(["compiled"] if args.compile else []), "ref"]  # fmt: skip
+
+
 def bench_training(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], dict]:
-    """Every setup's ours and reference step, interleaved within each round (in a shuffled
-    order), so a drift in the machine's speed hits all eight alike and the setups' ratios are
-    paired. Returns the rows and the layout each column ran with."""
+    """Every setup's variants (ours eager, graphed, compiled; the reference), interleaved within
+    each round (in a shuffled order), so a drift in the machine's speed hits them alike and the
+    setups' ratios are paired; then each profiled on CUDA. Returns the rows and the layout each
+    variant ran with."""
     h, w = args.crop
     gen = torch.Generator().manual_seed(0)
     label = torch.randint(0, 19, (1, h, w), generator=gen)
     source = Batch(torch.randn(1, 3, h, w, generator=gen) * 50, label, ["s"])
     target = Batch(torch.randn(1, 3, h, w, generator=gen) * 50, None, ["t"])
-    runs = []  # (setup, "ours" | "ref", state, step function, target batch or None)
+    if device.type == "cuda":  # as the loader delivers them
+        source = Batch(source.image.pin_memory(), source.label.pin_memory(), source.names)
+        target = Batch(target.image.pin_memory(), None, target.names)
+    variants = _variants(args, device)
+    runs = []  # (setup, variant, state, step function, target batch or None)
     layouts = {}
-    for name, (script, extra) in SETUPS.items():
-        compile_flag = f"train.compile={str(args.compile).lower()}"
-        overrides = [f"train.device={device}", f"train.amp={args.amp}", compile_flag,
-                     *extra, *args.overrides]  # fmt: skip
+    setups = getattr(args, "setups", None) or list(SETUPS)
+    for name in setups:
+        script, extra = SETUPS[name]
+        overrides = [f"train.device={device}", f"train.amp={args.amp}", *extra, *args.overrides]
         ours, ref = build_pair(script, overrides, device)
-        layouts = {"ours": layout(ours), "ref": layout(ref)}
         tgt = target if ours.uses_target else None
-        runs += [
-            (name, "ours", ours, script.train_step, tgt),
-            (name, "ref", ref, reference_step, tgt),
-        ]
+        states = {"eager": (ours, script.train_step), "ref": (ref, reference_step)}
+        if "graph" in variants:
+            graphed = build_state(script, overrides, device)
+            backend = CudaGraphBackend(device)
+            runner = GraphedStep(script.train_step, backend, warmup=args.warmup - 1)
+            states["graph"] = (graphed, runner)  # captured in the last warm-up round
+        if "compiled" in variants:
+            mode = f"train.compile_mode={args.compile_mode}"
+            compiled = build_state(script, [*overrides, "train.compile=true", mode], device)
+            states["compiled"] = (compiled, script.train_step)
+        layouts = {v: layout(states[v][0]) for v in variants}
+        runs += [(name, v, *states[v], tgt) for v in variants]
     times: dict[tuple[str, str], list[float]] = {(r[0], r[1]): [] for r in runs}
     peaks: dict[tuple[str, str], float] = {}
     order = random.Random(0)
@@ -227,16 +261,93 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> tuple[list
         print(f"round {i + 1} ({done}): " + ", ".join(
             f"{n} {k} {times[(n, k)][-1] * 1e3:.0f} ms" for n, k, *_ in runs if times[(n, k)]
         ), flush=True)  # fmt: skip
+    profiles = {}
+    if device.type == "cuda" and args.profile_steps > 0:
+        for name, key, state, fn, tgt in runs:
+            steps = [lambda s=state, f=fn, b=tgt, n=2000 + i: f(s, source, b, n)
+                     for i in range(args.profile_steps)]  # fmt: skip
+            profiles[(name, key)] = profile_steps(steps, device)
+            print(f"profiled {name} {key}: {profiles[(name, key)]}", flush=True)
     rows = []
-    for name in SETUPS:
-        row = {"setup": name}
-        for key in ("ours", "ref"):
-            row[key] = statistics.median(times[(name, key)])
-            row[f"{key}_all"] = times[(name, key)]
+    for name in setups:
+        for key in variants:
+            all_times = times[(name, key)]
+            row = {"setup": name, "variant": key, "median": statistics.median(all_times),
+                   "all": all_times, **profiles.get((name, key), {})}  # fmt: skip
             if (name, key) in peaks:
-                row[f"mem_{key}"] = peaks[(name, key)] / 2**30
-        rows.append(row)
+                row["mem"] = peaks[(name, key)] / 2**30
+            rows.append(row)
     return rows, layouts
+
+
+LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cuGraphLaunch",
+                "cudaLaunchCooperativeKernel")  # fmt: skip
+
+
+def busy_time(intervals: Sequence[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals: the time a device was busy, with
+    overlapping kernels (several streams) counted once."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def profile_steps(steps: Sequence[Callable[[], object]], device: torch.device) -> dict[str, float]:
+    """``torch.profiler`` over ``steps``: GPU busy fraction (kernel intervals' union over the
+    wall time), GPU kernels per step and the host's kernel/graph launch calls per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for step in steps:
+            step()
+        _sync(device)
+        wall_us = (time.perf_counter() - start) * 1e6
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    launches = [e for e in prof.events() if e.name.startswith(LAUNCH_CALLS)]
+    n = len(steps)
+    busy = busy_time([(e.time_range.start, e.time_range.end) for e in kernels])
+    return {"busy": busy / wall_us, "kernels": len(kernels) / n, "launches": len(launches) / n}
+
+
+def bench_loader(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Source/target pairs per second of the training loaders of each ``--loader-configs``
+    config (its transforms, batch size and ``data.num_workers``), on synthetic images at the
+    real sizes (``--loader-distinct`` of each, drawn once under ``--eval-cache``)."""
+    if not args.loader_configs:
+        return []
+    spec = SyntheticSpec(seed=0, num_source=args.loader_distinct, num_train=args.loader_distinct,
+                         num_val=0, source_size=(1914, 1052), target_size=(2048, 1024))  # fmt: skip
+    root = generate(Path(args.eval_cache) / f"loader_{args.loader_distinct}", spec)
+    rows = []
+    for config in args.loader_configs:
+        cfg = load_config(config, [f"data.source.root={root / 'GTA5'}",
+                                   f"data.target.root={root / 'Cityscapes'}",
+                                   *args.loader_overrides])  # fmt: skip
+        d = cfg.data
+        pin = device.type == "cuda"
+        loaders = [
+            infinite_loader(build_dataset(section, with_labels=labels), d.batch_size, seed,
+                            num_workers=d.num_workers, pin_memory=pin)
+            for section, labels, seed in ((d.source, True, 0), (d.target, False, 1))
+        ]  # fmt: skip
+        for _ in range(2 * max(1, d.num_workers)):  # the workers' first batches
+            [next(loader) for loader in loaders]
+        start = time.perf_counter()
+        for _ in range(args.loader_batches):
+            [next(loader) for loader in loaders]
+        seconds = time.perf_counter() - start
+        source = d.source.crop or d.source.resize
+        rows.append({"config": config, "workers": d.num_workers, "batch": d.batch_size,
+                     "source": source, "target": d.target.crop or d.target.resize,
+                     "pairs_per_s": args.loader_batches * d.batch_size / seconds})  # fmt: skip
+        del loaders
+    return rows
 
 
 def bench_norm_term(args: argparse.Namespace, device: torch.device) -> float:
@@ -314,14 +425,18 @@ def bench_eval(args: argparse.Namespace, device: torch.device) -> dict[str, floa
 
 def _overhead(by: dict[str, dict], num: str, den: str) -> str:
     """Median of ``num / den`` over rounds (paired, so a drift cancels), and the ratios of the
-    medians and of the minima."""
-    paired = statistics.median(a / b for a, b in zip(by[num]["ours_all"], by[den]["ours_all"]))
-    medians = by[num]["ours"] / by[den]["ours"]
-    minima = min(by[num]["ours_all"]) / min(by[den]["ours_all"])
+    medians and of the minima (ours, eager)."""
+    a, b = by[num]["all"], by[den]["all"]
+    paired = statistics.median(x / y for x, y in zip(a, b))
+    medians = by[num]["median"] / by[den]["median"]
     return (
         f"{num} / {den} = {paired:.3f} (median of per-round ratios; of medians {medians:.3f}, "
-        f"of minima {minima:.3f})"
+        f"of minima {min(a) / min(b):.3f})"
     )
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    return format(row[key], fmt) if key in row else "n/a"
 
 
 def markdown(
@@ -329,34 +444,55 @@ def markdown(
     layouts: dict[str, str],
     norm_term: float,
     ev: dict,
+    loader: list[dict],
     args: argparse.Namespace,
     device_name: str,
 ) -> str:
     h, w = args.crop
     eval_input = load_config(None, args.overrides).data.val.resize
-    by = {r["setup"]: r for r in rows}
+    ref = {r["setup"]: r["median"] for r in rows if r["variant"] == "ref"}
+    eager = {r["setup"]: r for r in rows if r["variant"] == "eager"}
     lines = [
         f"Device: {device_name}; crop {h}x{w}, batch 1, AMP {args.amp} (reference: float32); "
-        f"median of {args.steps} steps after {args.warmup} warm-up, all eight interleaved; "
-        f"peak memory after the warm-up",
-        f"Layout: ours {layouts['ours']}; reference {layouts['ref']}",
+        f"median of {args.steps} steps after {args.warmup} warm-up, all variants interleaved; "
+        f"peak memory after the warm-up; profiler over {args.profile_steps} steps",
+        "Layout: " + "; ".join(f"{VARIANTS[v]} {layouts[v]}" for v in layouts),
         "",
-        "| setup | ours (ms) | reference (ms) | ours / reference | peak mem ours (GiB) "
-        "| peak mem reference (GiB) |",
-        "|---|---|---|---|---|---|",
+        "| setup | step | median (ms) | spread | / reference | GPU busy | kernels / step "
+        "| launches / step | peak mem (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        mem = [f"{r[k]:.2f}" if k in r else "n/a" for k in ("mem_ours", "mem_ref")]
-        lines.append(f"| {r['setup']} | {r['ours'] * 1e3:.1f} | {r['ref'] * 1e3:.1f} | "
-                     f"{r['ours'] / r['ref']:.2f} | {mem[0]} | {mem[1]} |")  # fmt: skip
-    clan = by["CLAN"]["ours"]
+        spread = (max(r["all"]) - min(r["all"])) / r["median"]
+        busy = f"{100 * r['busy']:.0f}%" if "busy" in r else "n/a"
+        lines.append(
+            f"| {r['setup']} | {VARIANTS[r['variant']]} | {r['median'] * 1e3:.1f} | "
+            f"{100 * spread:.0f}% | {r['median'] / ref[r['setup']]:.2f} | {busy} | "
+            f"{_cell(r, 'kernels', '.0f')} | {_cell(r, 'launches', '.0f')} | "
+            f"{_cell(r, 'mem', '.2f')} |"
+        )
+    if set(eager) == set(SETUPS):
+        lines += [
+            "",
+            "Norm loss overhead (ours, eager):",
+            f"- step times: {_overhead(eager, 'CLAN + Norm', 'CLAN')}; "
+            f"{_overhead(eager, 'Norm only', 'Source only')} (the target pass included)",
+            f"- the norm term timed alone (norm, loss, backward to the features, source and "
+            f"target): {norm_term * 1e3:.2f} ms = "
+            f"{100 * norm_term / eager['CLAN']['median']:.2f}% of the CLAN step",
+        ]
+    if loader:
+        lines += ["", "Training loaders (synthetic images at the real sizes: GTA5 1914x1052, "
+                  "Cityscapes 2048x1024; PNG decoding and transforms in the workers):"]  # fmt: skip
+        for x in loader:
+            lines.append(
+                f"- {x['config']}: {x['pairs_per_s']:.1f} source/target pairs per second "
+                f"({x['workers']} workers per loader, batch {x['batch']}, source to "
+                f"{'x'.join(map(str, x['source'] or ['native']))}, target to "
+                f"{'x'.join(map(str, x['target'] or ['native']))}); a step of "
+                f"{1e3 / x['pairs_per_s']:.0f} ms or more is not held up by them"
+            )
     lines += [
-        "",
-        "Norm loss overhead (ours):",
-        f"- step times: {_overhead(by, 'CLAN + Norm', 'CLAN')}; "
-        f"{_overhead(by, 'Norm only', 'Source only')} (the target pass included)",
-        f"- the norm term timed alone (norm, loss, backward to the features, source and target): "
-        f"{norm_term * 1e3:.2f} ms = {100 * norm_term / clan:.2f}% of the CLAN step",
         "",
         f"Evaluation (float32, batch {args.eval_batch}, {args.eval_workers} loader workers, "
         f"{args.eval_size[1]}x{args.eval_size[0]} labels, input resized to "
@@ -376,7 +512,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--crop", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
     parser.add_argument("--amp", default="bf16", choices=["off", "bf16", "fp16"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile G and D (ours)")
+    parser.add_argument("--compile", action="store_true", help="also time ours compiled")
+    parser.add_argument("--compile-mode", default="default", help="train.compile_mode")
+    parser.add_argument("--cuda-graph", action="store_true", help="also time ours as a CUDA graph")
+    parser.add_argument("--profile-steps", type=int, default=3, help="profiled steps (CUDA)")
+    parser.add_argument(
+        "--loader-configs", nargs="*", metavar="CONFIG",
+        default=["configs/gta5_to_cityscapes/clan_norm.yaml",
+                 "configs/gta5_to_cityscapes/released/clan_norm.yaml"],
+        help="time the training loaders of these configs (none: skip)",
+    )  # fmt: skip
+    parser.add_argument("--loader-batches", type=int, default=100, help="batches timed")
+    parser.add_argument("--loader-distinct", type=int, default=8, help="synthetic images each")
+    parser.add_argument("--loader-overrides", nargs="*", default=[], metavar="key.sub=value",
+                        help="e.g. data.num_workers=8")  # fmt: skip
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), metavar="SETUP",
+                        help=f"time these only (default: all of {', '.join(SETUPS)})")  # fmt: skip
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto")
@@ -400,10 +551,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if device.type == "cuda"
         else (f"CPU ({torch.get_num_threads()} threads)")
     )
+    if args.cuda_graph and args.warmup < 2:
+        raise UsageError("--cuda-graph needs --warmup 2 or more (its capture is a warm-up step)")
     rows, layouts = bench_training(args, device)
     norm_term = bench_norm_term(args, device)
+    loader = bench_loader(args, device)
     ev = bench_eval(args, device)
-    table = markdown(rows, layouts, norm_term, ev, args, name)
+    table = markdown(rows, layouts, norm_term, ev, loader, args, name)
     print(table)
     if args.out:
         with open(args.out, "w") as f:

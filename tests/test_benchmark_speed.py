@@ -15,6 +15,7 @@ import train_clan_norm
 import train_norm_only
 from benchmarks import speed
 from utils.config import load_config
+from utils.errors import UsageError
 
 
 @pytest.mark.parametrize(
@@ -68,20 +69,40 @@ def test_benchmark_runs_end_to_end_and_writes_its_table(tmp_path, capsys, small_
         "--device", "cpu", "--crop", "48", "64", "--amp", "off", "--steps", "2", "--warmup", "0",
         "--eval-images", "3", "--eval-distinct", "2", "--eval-batch", "2", "--eval-workers", "0",
         "--eval-size", "64", "128", "--eval-cache", str(tmp_path / "eval"), "--out", str(out),
+        "--loader-configs", "configs/demo/clan_norm.yaml", "--loader-distinct", "1",
+        "--loader-batches", "2", "--loader-overrides", "data.num_workers=0", "--",
         *small_model, "data.val.resize=[64,32]",
     ]  # fmt: skip
     assert speed.main(args) == 0
     table = out.read_text()
     assert table.strip() in capsys.readouterr().out  # printed too
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "ms" not in line]
-    assert [r.split("|")[1].strip() for r in rows] == list(speed.SETUPS)
-    for row in rows:
-        ours, ref, ratio = (float(c) for c in row.split("|")[2:5])
-        assert ours > 0 and ref > 0
-        assert ratio == pytest.approx(ours / ref, abs=0.02)
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ")][1:]
+    cells = [[c.strip() for c in r] for r in rows]
+    assert [(c[0], c[1]) for c in cells] == [
+        (setup, speed.VARIANTS[v]) for setup in speed.SETUPS for v in ("eager", "ref")
+    ]
+    refs = {c[0]: float(c[2]) for c in cells if c[1] == "reference"}
+    for c in cells:
+        median, ratio = float(c[2]), float(c[4])
+        assert median > 0 and ratio == pytest.approx(median / refs[c[0]], rel=0.01, abs=0.01)
+        assert c[3].endswith("%") and c[5:] == ["n/a"] * 4  # profile and memory: CUDA only
     assert "CLAN + Norm / CLAN = " in table
-    assert "Layout: ours NCHW, eager; reference NCHW, eager" in table
+    assert "Layout: ours, eager NCHW, eager; reference NCHW, eager" in table
     assert "over 3 images" in table  # two distinct synthetic images, listed up to three
+    assert "- configs/demo/clan_norm.yaml: " in table and "pairs per second (0 workers" in table
+
+
+def test_busy_time_counts_overlapping_kernels_once():
+    assert speed.busy_time([]) == 0
+    assert speed.busy_time([(0, 2), (5, 6)]) == 3
+    assert speed.busy_time([(0, 4), (1, 2), (3, 6), (8, 9)]) == 7  # (0, 6) and (8, 9)
+
+
+def test_cuda_graph_variant_needs_a_gpu_and_two_warm_up_rounds():
+    with pytest.raises(UsageError, match="--cuda-graph needs --warmup 2"):
+        speed.main(["--device", "cpu", "--cuda-graph", "--warmup", "1"])
+    with pytest.raises(UsageError, match="needs a CUDA device, this run is on cpu"):
+        speed.main(["--device", "cpu", "--cuda-graph", "--loader-configs"])
 
 
 def test_reference_is_prepared_like_ours_but_in_float32(small_model):
@@ -91,7 +112,7 @@ def test_reference_is_prepared_like_ours_but_in_float32(small_model):
     for name in ("G", "D"):  # both compiled (lazily: nothing is compiled until a step runs)
         assert ref.run(name) is not ref.modules[name]
         assert type(ref.run(name)) is type(ours.run(name))
-    assert speed.layout(ours) == speed.layout(ref) == "NCHW, compiled"
+    assert speed.layout(ours) == speed.layout(ref) == "NCHW, compiled (default)"
     assert all(torch.equal(a, b) for a, b in zip(ours.model.parameters(), ref.model.parameters()))
 
 
@@ -110,8 +131,8 @@ def test_peak_memory_is_taken_after_the_warm_up(monkeypatch, small_model):
             return (100 if Meter.calls <= len(speed.SETUPS) * 2 else 1) * 2**30
 
     monkeypatch.setattr(speed, "PeakMemory", Meter)
-    args = argparse.Namespace(crop=[48, 64], amp="off", compile=False, steps=1, warmup=1,
-                              overrides=small_model)  # fmt: skip
+    args = argparse.Namespace(crop=[48, 64], amp="off", compile=False, cuda_graph=False, steps=1,
+                              warmup=1, profile_steps=0, overrides=small_model)  # fmt: skip
     rows, _ = speed.bench_training(args, torch.device("cpu"))
     assert Meter.calls == 2 * len(speed.SETUPS) * 2  # two rounds of eight steps
-    assert [(r["mem_ours"], r["mem_ref"]) for r in rows] == [(1.0, 1.0)] * len(speed.SETUPS)
+    assert [r["mem"] for r in rows] == [1.0] * 2 * len(speed.SETUPS)

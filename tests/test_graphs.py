@@ -12,6 +12,7 @@ weights than eager here, as it would on the GPU. ``tests/test_cuda.py`` runs the
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -282,3 +283,48 @@ def test_cuda_graph_off_cuda_falls_back_to_eager_with_a_warning(small_model, cap
         runner = _step_runner(state, script.train_step, DistInfo())
     assert runner is script.train_step
     assert "not available on cpu" in caplog.text
+
+
+def test_logging_steps_are_read_after_the_next_step_is_queued(tmp_path, tiny_run, monkeypatch):
+    """A logging step's values are copied out without waiting; the loop reads them after it has
+    queued the next step, and at once where a checkpoint or the run's end follows."""
+    from utils import engine
+
+    events = []
+    real_step, real_read = train_norm_only.train_step, engine._LogStep.read
+
+    def step(state, source, target, i):
+        events.append(("step", i))
+        return real_step(state, source, target, i)
+
+    def read(self):
+        events.append(("read", self.step))
+        return real_read(self)
+
+    monkeypatch.setattr(train_norm_only, "train_step", step)
+    monkeypatch.setattr(engine._LogStep, "read", read)
+    args = ["--config", "configs/demo/norm_only.yaml", *tiny_run, "train.device=cpu",
+            f"train.out_dir={tmp_path}", "train.run_name=r", "train.max_steps=7",
+            "train.log_every=2", "train.save_every=4"]  # fmt: skip
+    assert train_norm_only.main(args) == 0
+    assert events == [
+        ("step", 0), ("step", 1), ("step", 2), ("read", 1),  # step 1 logged, read after step 2
+        ("step", 3), ("read", 3),  # a checkpoint at step 4 (index 3): read at once
+        ("step", 4), ("step", 5), ("step", 6), ("read", 5), ("read", 6),  # the last, at once
+    ]  # fmt: skip
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss_seg" in r] == [2, 4, 6, 7]
+
+
+def test_compile_mode_reaches_torch_compile(small_model, monkeypatch):
+    seen = []
+
+    def fake_compile(module, mode=None):
+        seen.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    _state("clan_norm", small_model, "train.compile=true", "train.compile_mode=reduce-overhead")
+    assert seen == ["reduce-overhead", "reduce-overhead"]  # G and D
+    with pytest.raises(ConfigError, match="train.compile_mode: expected one of default"):
+        load_config(None, ["train.compile_mode=fast"])
