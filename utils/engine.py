@@ -115,7 +115,10 @@ class TrainState:
         a device type that autocast does not know, such as ``meta``, runs too)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        # Under a CUDA graph the weights' casts are recorded and replayed: no cast cache (as
+        # PyTorch's CUDA graph notes ask).
+        cache = not self.cfg.train.cuda_graph
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache)
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """A batch tensor on the device (non-blocking; NHWC images with channels_last)."""
