@@ -350,13 +350,21 @@ def bench_loader(args: argparse.Namespace, device: torch.device) -> list[dict]:
     return rows
 
 
+def feature_size(n: int) -> int:
+    """G's feature-map size for an input size ``n``: the stem's stride-2 conv, its max-pool
+    (stride 2, rounding up) and layer2's stride 2 (512 -> 65)."""
+    conv = (n - 1) // 2 + 1
+    pool = -(-(conv - 1) // 2) + 1
+    return (pool - 1) // 2 + 1
+
+
 def bench_norm_term(args: argparse.Namespace, device: torch.device) -> float:
     """Seconds the norm term adds to a step, timed alone: norm, loss and backward to the
     features, for the source and the target feature map of one crop (backbone output, stride 8).
     The backbone backward it feeds into runs anyway in CLAN, so this is its whole cost there."""
     h, w = args.crop
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp, torch.float32)
-    shape = (1, 2048, (h - 1) // 8 + 1, (w - 1) // 8 + 1)
+    shape = (1, 2048, feature_size(h), feature_size(w))
     feats = [torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in "st"]
 
     def both() -> None:

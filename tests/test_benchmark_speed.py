@@ -136,3 +136,14 @@ def test_peak_memory_is_taken_after_the_warm_up(monkeypatch, small_model):
     rows, _ = speed.bench_training(args, torch.device("cpu"))
     assert Meter.calls == 2 * len(speed.SETUPS) * 2  # two rounds of eight steps
     assert [r["mem"] for r in rows] == [1.0] * 2 * len(speed.SETUPS)
+
+
+def test_feature_size_is_the_models():
+    from model.deeplabv2 import DeepLabV2
+
+    model = DeepLabV2(layers=(1, 1, 1, 1), base_width=8).eval()
+    for h, w in ((48, 96), (65, 129), (64, 128)):
+        with torch.no_grad():
+            features = model(torch.zeros(1, 3, h, w)).features
+        assert features.shape[-2:] == (speed.feature_size(h), speed.feature_size(w))
+    assert speed.feature_size(512) == 65 and speed.feature_size(1024) == 129

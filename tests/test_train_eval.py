@@ -50,7 +50,17 @@ def test_norm_only_run_writes_everything(tmp_path, synthetic, capsys):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "last.pth", "step_000002.pth", "step_000004.pth"
     ]  # fmt: skip
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert set(tags["images"]) == {"source/input_label_pred_entropy", "target/input_pred_entropy"}
+    assert set(tags["histograms"]) >= {"source/feat_norm_per_pixel", "target/feat_norm_per_pixel"}
+    norms = events.Histograms("target/feat_norm_per_pixel")
+    assert [h.step for h in norms] == [1, 2, 4]  # step 1, then every image_every=2
+    cells = 7 * 13  # G's stride-8 grid of a 96x48 crop (the stem's max-pool rounds up)
+    assert all(h.histogram_value.min >= 0 and h.histogram_value.num == cells for h in norms)
     records = [r for r in _metrics(run) if "train/loss_seg" in r]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     for key in ("loss_norm_s", "loss_norm_t", "feat_norm_s", "feat_norm_t", "lr_G"):
@@ -151,20 +161,34 @@ def test_help(module, capsys):
     assert "usage" in capsys.readouterr().out
 
 
-def test_image_grid_shows_a_label_of_another_size_at_the_image_size():
+def test_picture_shows_label_at_image_size_entropy_and_feature_norms():
     from dataset.datasets import Batch
     from model.deeplabv2 import DeepLabV2
-    from utils.engine import _image_grid
+    from utils.engine import _picture
+    from utils.panels import entropy_map, heat_colours
 
+    torch.manual_seed(0)
     model = DeepLabV2(layers=(1, 1, 1, 1), base_width=8)
     label = torch.zeros(1, 40, 64, dtype=torch.long)
     label[:, 20:] = 255  # bottom half ignored: black
     batch = Batch(torch.randn(1, 3, 32, 52), label, ["a"])  # an image rescaled by 0.8
-    grid = _image_grid(model, batch, torch.device("cpu"))
-    assert grid.shape == (3, 32 + 4, 3 * (52 + 2) + 2)  # three 32x52 tiles, padding 2
+    grid, norms = _picture(model, batch, torch.device("cpu"))
+    assert grid.shape == (3, 32 + 4, 4 * (52 + 2) + 2)  # four 32x52 tiles, padding 2
     label_tile = grid[:, 2:34, 56:108]
     assert label_tile[:, :16].float().mean() > 0 and label_tile[:, 16:].sum() == 0
     assert model.training  # back in train mode
+    model.eval()
+    with torch.no_grad():
+        out = model(batch.image)
+        probs = torch.nn.functional.interpolate(
+            model.predict(out), size=(32, 52), mode="bilinear", align_corners=True
+        ).softmax(1)[0]
+    expected = heat_colours(entropy_map(probs).numpy())
+    entropy_tile = grid[:, 2:34, 164:216].permute(1, 2, 0).numpy()
+    assert (abs(entropy_tile.astype(int) - expected.astype(int)) <= 1).all()
+    torch.testing.assert_close(norms, out.features[0].norm(dim=0))
+    unlabelled, _ = _picture(model.train(), Batch(batch.image, None, ["a"]), torch.device("cpu"))
+    assert unlabelled.shape == (3, 36, 3 * 54 + 2)  # input | prediction | entropy
 
 
 def test_a_sweep_scores_every_snapshot_and_reports_the_final_one(tmp_path, synthetic, capsys):

@@ -58,9 +58,10 @@ from utils.distributed import (
     resolve_device,
 )
 from utils.errors import OutputExistsError, UserError, add_debug_flag
-from utils.evaluation import evaluate, predict_logits
+from utils.evaluation import evaluate
 from utils.graphs import CudaGraphBackend, GraphedStep
 from utils.logger import MetricWriter, setup_logging, write_json
+from utils.losses import feature_norm, upsample_to
 from utils.metrics import format_iou_table
 from utils.optim import build_sgd
 from utils.schedules import poly_lr
@@ -351,24 +352,33 @@ def _match_param_layout(opt: torch.optim.Optimizer) -> None:
 
 
 @torch.no_grad()
-def _image_grid(model: DeepLabV2, batch: Batch, device: torch.device) -> torch.Tensor:
-    """input | label | prediction for the first image of a batch, as one 3 x H x 3W image
-    (eval mode, as evaluation: the picture leaves BN's running statistics alone). A label of
-    another size (an image-only rescale) is shown resized to the image (nearest)."""
+def _picture(
+    model: DeepLabV2, batch: Batch, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What TensorBoard shows of a batch's first image, in eval mode as evaluation (the picture
+    leaves BN's running statistics alone): input | label | prediction | entropy as one
+    3 x H x 4W image (3W without a label; a label of another size, from an image-only rescale,
+    resized to the image, nearest), and the per-pixel norms of its backbone features (h x w)."""
     from torchvision.utils import make_grid  # (a slow import: on first use only)
+
+    from utils.panels import entropy_map, heat_colours
 
     image = batch.image[:1].to(device)
     size = tuple(image.shape[-2:])
     model.eval()
-    pred = predict_logits(model, image, size).argmax(1)[0].cpu().numpy()
+    out = model(image)
     model.train()
+    probs = upsample_to(model.predict(out), size).softmax(1)[0].cpu()  # K x H x W
     tiles = [denormalize(image[0].cpu())]
     if batch.label is not None:
         label = batch.label[:1, None].float()
         label = torch.nn.functional.interpolate(label, size=size, mode="nearest")[0, 0].long()
         tiles.append(torch.from_numpy(colorize(label.numpy())).permute(2, 0, 1))
-    tiles.append(torch.from_numpy(colorize(pred)).permute(2, 0, 1))
-    return make_grid(torch.stack(tiles), nrow=len(tiles), padding=2)
+    tiles.append(torch.from_numpy(colorize(probs.argmax(0).numpy())).permute(2, 0, 1))
+    entropy = heat_colours(entropy_map(probs).numpy())
+    tiles.append(torch.from_numpy(entropy).permute(2, 0, 1))
+    grid = make_grid(torch.stack(tiles), nrow=len(tiles), padding=2)
+    return grid, feature_norm(out.features)[0].cpu()
 
 
 def _evaluate_and_report(
@@ -502,9 +512,17 @@ def train(
                     pending = None
                 sums, count, first_unlogged, tic = {}, 0, done, time.perf_counter()
             if writer is not None and t.image_every and (done % t.image_every == 0 or done == 1):
-                writer.image("source/input_label_pred", _image_grid(state.model, src, device), done)
-                if tgt is not None:
-                    writer.image("target/input_pred", _image_grid(state.model, tgt, device), done)
+                for domain, batch in (("source", src), ("target", tgt)):
+                    if batch is None:
+                        continue
+                    grid, norms = _picture(state.model, batch, device)
+                    tiles = (
+                        "input_label_pred_entropy"
+                        if batch.label is not None
+                        else "input_pred_entropy"
+                    )
+                    writer.image(f"{domain}/{tiles}", grid, done)
+                    writer.histogram(f"{domain}/feat_norm_per_pixel", norms, done)
             if t.eval_every and done % t.eval_every == 0 and not last:
                 miou = _evaluate_and_report(state, val_loader, writer, run_dir, done)
             if saving and info.is_main:

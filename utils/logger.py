@@ -57,6 +57,10 @@ class MetricWriter:
         """``image``: 3 x H x W uint8."""
         self._tb.add_image(tag, image, step)
 
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        """A histogram of ``values`` (any shape) in TensorBoard."""
+        self._tb.add_histogram(tag, values.detach().float().flatten().cpu(), step)
+
     def text(self, tag: str, text: str, step: int) -> None:
         self._tb.add_text(tag, text, step)
 
