@@ -42,7 +42,7 @@ from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
 from model.deeplabv2 import DeepLabV2
 from model.weights import PRESETS, Weights, read_weights
-from utils.config import Config, split_overrides
+from utils.config import Config, split_overrides, to_dict
 from utils.distributed import select_device
 from utils.errors import UsageError, add_debug_flag, run
 from utils.evaluation import (
@@ -66,6 +66,7 @@ from utils.panels import (
     panel_path,
     write_prediction_panels,
 )
+from utils.provenance import command_line, provenance
 
 log = logging.getLogger("ensemble")
 
@@ -202,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mIoU": miou,
             "iou": dict(zip(CLASS_NAMES, ious)),
             "best_member": best + 1,
+            "config": to_dict(cfg),
+            "provenance": provenance(command_line("ensemble.py", argv), to_dict(cfg), device),
         },
     )  # fmt: skip
     log.info("results written to %s", results)

@@ -48,7 +48,7 @@ from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
 from model.weights import read_weights
 from utils.checkpoint import step_in_name
-from utils.config import split_overrides
+from utils.config import split_overrides, to_dict
 from utils.distributed import DistInfo, describe, select_device
 from utils.errors import add_debug_flag, run
 from utils.evaluation import (
@@ -71,7 +71,9 @@ from utils.panels import (
     write_prediction_panels,
 )
 from utils.paper_results import paper_row
+from utils.provenance import command_line, provenance
 
+SCRIPT = "evaluate_cityscapes.py"
 log = logging.getLogger("evaluate")
 
 
@@ -125,14 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     overrides = checkpoint_overrides(args)
     if args.restore and len(args.restore) > 1:
-        return sweep(args, overrides)
+        return sweep(args, overrides, argv)
     weights = read_weights(args.restore[0]) if args.restore else None
     cfg = eval_config(args.config, weights.config if weights else None, overrides)
     ensure_data(cfg.data)
     val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
     log.info("val: %d images from %s (split %s)", len(val), cfg.data.val.root, cfg.data.val.split)
 
-    flip = None
+    flip, device = None, None
     chosen = panel_indices(args, val)
     if weights is None:
         cm = score_prediction_dir(args.pred_dir, val, cfg.model.num_classes)
@@ -178,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "num_images": len(val),
             "mIoU": miou,
             "iou": dict(zip(CLASS_NAMES, ious)),
+            "config": to_dict(cfg),
+            "provenance": provenance(command_line(SCRIPT, argv), to_dict(cfg), device),
         },
     )
     log.info("results written to %s", results)
@@ -185,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+def sweep(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | None) -> int:
     """Score every ``--restore`` file on the val images of the first one's config: a table row
     per snapshot (in step order when every name holds a step), the last reported as the final
     one, the best marked as selected on val; one JSON with every row."""
@@ -242,6 +246,8 @@ def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
         "flip": cfg.eval.flip, "val_root": cfg.data.val.root, "num_images": len(val),
         "snapshots": as_json, "final": final["restore"], "selected_on_val": best["restore"],
         "note": "selected_on_val is chosen on the images it is scored on: an optimistic number",
+        "config": to_dict(cfg),
+        "provenance": provenance(command_line(SCRIPT, argv), to_dict(cfg), device),
     })  # fmt: skip
     log.info("results written to %s", results)
     print(f"final ({Path(final['restore']).name}): {100 * final['mIoU']:.2f}; best "

@@ -65,6 +65,7 @@ from utils.losses import (
     weighted_bce_with_logits,
 )
 from utils.metrics import ConfusionMatrix
+from utils.provenance import command_line, footer, provenance
 from utils.schedules import damping, norm_damping
 
 # setup -> (script, loss overrides)
@@ -566,6 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     loader = bench_loader(args, device)
     ev = bench_eval(args, device)
     table = markdown(rows, layouts, norm_term, ev, loader, args, name)
+    command = command_line(["-m", "benchmarks.speed"], argv)
+    table += "\n\n" + footer(provenance(command, None, device))
     print(table)
     if args.out:
         with open(args.out, "w") as f:

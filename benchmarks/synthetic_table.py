@@ -1,30 +1,37 @@
 """The synthetic benchmark's results table: every setup, several seeds, mean and std.
 
-Trains and evaluates Source only, Norm only, CLAN, CLAN + Norm and an oracle (trained on the
-target's own labels) with the demo configs on the built-in synthetic benchmark, and writes a
-markdown table of per-class IoU and mIoU (mean +- std over seeds):
+Trains and evaluates Source only, Norm only (and its BatchNorm control, lambda_norm 1e-9, and
+lambda_norm 1e-2), CLAN, CLAN + Norm and an oracle (trained on the target's own labels) with the
+demo configs on the built-in synthetic benchmark, through ``benchmarks.seeds``, and writes a
+markdown table of per-class IoU and mIoU (mean +- std over seeds), with every run's results
+and provenance in a JSON file beside it:
 
-    python -m benchmarks.synthetic_table --seeds 0 1 2 --out benchmarks/synthetic_table.md
+    python -m benchmarks.synthetic_table --seeds 0 1 2 --readme README.md
+    python -m benchmarks.synthetic_table --from-json --readme README.md   # no training
 
-Runs go to ``runs/table/<setup>-seed<S>``; a run whose ``results.json`` exists is reused, so an
-interrupted table continues where it stopped. Extra ``key=value`` overrides apply to every run.
+Runs go to ``runs/table/<setup>-seed<S>``; finished runs are reused and interrupted ones
+resumed, so a stopped table continues where it stopped. Extra ``key=value`` overrides apply to
+every run. ``--readme`` rewrites the table's block in the README (between its markers) from the
+JSON, and flags runs whose commit is older than a change to the code they depend on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import train_clan_norm
 import train_norm_only
+from benchmarks.seeds import markdown_table, run_seed
 from utils.errors import add_debug_flag, run
-from utils.metrics import SHORT_NAMES
+from utils.logger import write_json
+from utils.provenance import command_line, footer, provenance, short_commit, stale
+from utils.readme import block, update_block
 
 # (row label, training script, config, extra overrides)
 SETUPS: dict[str, tuple[str, object, str, tuple[str, ...]]] = {
@@ -76,40 +83,55 @@ SETUPS: dict[str, tuple[str, object, str, tuple[str, ...]]] = {
 }
 
 
-def run_one(setup: str, seed: int, out_dir: Path, overrides: Sequence[str]) -> dict:
-    """Train one setup with one seed (or reuse its finished run); returns its results.json."""
+def run_setup(setup: str, seeds: Sequence[int], runs: Path, overrides: Sequence[str]) -> list[dict]:
+    """Every seed of one setup (``benchmarks.seeds``: finished runs reused, interrupted ones
+    resumed); returns their ``results.json``."""
     _, script, config, extra = SETUPS[setup]
-    name = f"{setup}-seed{seed}"
-    results = out_dir / name / "results.json"
-    if not results.is_file():
-        args = ["--config", config, *extra, f"train.seed={seed}", f"train.out_dir={out_dir}",
-                f"train.run_name={name}", *overrides]  # fmt: skip
-        if (out_dir / name / "checkpoints" / "last.pth").is_file():
-            args = ["--resume", str(out_dir / name), *overrides]
-        start = time.perf_counter()
-        script.main(args)
-        print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
-    return json.loads(results.read_text())
+    name = Path(script.__file__).name
+    return [run_seed(name, config, s, runs, setup, [*extra, *overrides]) for s in seeds]
 
 
-def _cell(values: list[float]) -> str:
-    values = [100 * v for v in values if not math.isnan(v)]
-    if not values:
-        return "nan"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+def table_data(rows: dict[str, list[dict]], seeds: Sequence[int], command: str) -> dict[str, Any]:
+    """What the table is made of: per row, every seed's results (with its run's provenance)."""
+    return {"seeds": list(seeds), "rows": rows, "provenance": provenance(command)}
 
 
-def markdown_table(rows: dict[str, list[dict]]) -> str:
-    """Rows of per-class IoU and mIoU, each cell mean ± std over seeds (percent)."""
-    head = ["method", *SHORT_NAMES, "mIoU"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for label, results in rows.items():
-        per_class = [_cell([r["iou"][c] for r in results]) for c in range(len(SHORT_NAMES))]
-        miou = _cell([r["mIoU"] for r in results])
-        lines.append("| " + " | ".join([label, *per_class, f"**{miou}**"]) + " |")
-    return "\n".join(lines)
+def commits(data: dict[str, Any]) -> list[str]:
+    """The distinct commits of the table's runs, in order of appearance."""
+    seen = {}
+    for results in data["rows"].values():
+        for r in results:
+            seen.setdefault(short_commit(r.get("provenance") or {}), None)
+    return list(seen)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The table and its footer: the runs' commits, and how the table was made."""
+    runs = ", ".join(commits(data))
+    return (
+        f"{markdown_table(data['rows'])}\n\n<sub>Runs made at commit {runs}.</sub> "
+        f"{footer(data['provenance'])}"
+    )
+
+
+def staleness(data: dict[str, Any]) -> list[str]:
+    """Why runs of the table may not be what the checked-out code gives, one line per reason."""
+    reasons = {}
+    for label, results in data["rows"].items():
+        for r in results:
+            why = stale(r.get("provenance") or {})
+            if why:
+                reasons.setdefault(why, []).append(label)
+    return [f"{why} ({', '.join(dict.fromkeys(labels))})" for why, labels in reasons.items()]
+
+
+def readme_block(data: dict[str, Any], name: str, flags: Sequence[str] = ()) -> str:
+    """The README's block for table ``name``, markers included; ``flags`` (``staleness``, at
+    generation time) become a warning line under the table."""
+    body = markdown(data)
+    if flags:
+        body += "\n\n**Stale:** " + "; ".join(flags) + "."
+    return block(name, "python -m benchmarks.synthetic_table --readme README.md", body)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,30 +142,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--setups",
         nargs="+",
-        default=[s for s in SETUPS if s != "norm_only_bn" and "_released" not in s],
+        default=[s for s in SETUPS if "_released" not in s],
         choices=list(SETUPS),
-        help="default: all but norm_only_bn (the target-BatchNorm control) and the released-"
-        "protocol rows, which are run on their own",
+        help="default: all but the released-protocol rows, which are run on their own",
     )
     parser.add_argument("--runs", type=Path, default=Path("runs/table"), help="run folders")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/synthetic_table.md"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/synthetic_table.md"),
+                        help="the markdown table; its data (every run's results) beside it as "
+                        ".json")  # fmt: skip
+    parser.add_argument("--readme", type=Path, help="also rewrite the table's block in this file")
+    parser.add_argument(
+        "--from-json", action="store_true",
+        help="train nothing: make the table (and --readme) from --out's .json",
+    )  # fmt: skip
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    start = time.perf_counter()
-    rows = {}
-    for setup in args.setups:
-        results = [run_one(setup, seed, args.runs, args.overrides) for seed in args.seeds]
-        rows[SETUPS[setup][0]] = results
-    table = markdown_table(rows)
-    minutes = (time.perf_counter() - start) / 60
-    note = (
-        f"Synthetic benchmark, target val, IoU % (mean ± std over seeds {args.seeds}); "
-        f"`python -m benchmarks.synthetic_table {' '.join(argv or sys.argv[1:])}`"
-    ).rstrip()
-    args.out.write_text(f"{note}\n\n{table}\n")
+    data_path = args.out.with_suffix(".json")
+    if args.from_json:
+        data = json.loads(data_path.read_text())
+    else:
+        start = time.perf_counter()
+        rows = {SETUPS[s][0]: run_setup(s, args.seeds, args.runs, args.overrides)
+                for s in args.setups}  # fmt: skip
+        command = command_line(["-m", "benchmarks.synthetic_table"], argv)
+        data = table_data(rows, args.seeds, command)
+        write_json(data_path, data)
+        print(f"{(time.perf_counter() - start) / 60:.1f} min this call")
+    table = markdown(data)
+    args.out.write_text(table + "\n")
     print(table)
-    print(f"written to {args.out} ({minutes:.1f} min this call)")
+    flags = staleness(data)
+    for flag in flags:
+        print(f"warning: stale runs: {flag}", file=sys.stderr)
+    if args.readme:
+        name = args.out.stem.replace("_", "-")
+        changed = update_block(args.readme, name, readme_block(data, name, flags))
+        print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
+    print(f"written to {args.out} and {data_path}")
     return 0
 
 

@@ -18,6 +18,7 @@ import math
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -64,6 +65,7 @@ from utils.logger import MetricWriter, setup_logging, write_json
 from utils.losses import feature_norm, upsample_to
 from utils.metrics import format_iou_table
 from utils.optim import build_sgd
+from utils.provenance import command_line, provenance
 from utils.schedules import poly_lr
 
 log = logging.getLogger("train")
@@ -382,7 +384,12 @@ def _picture(
 
 
 def _evaluate_and_report(
-    state: TrainState, loader: Any, writer: MetricWriter | None, run_dir: Path, step: int
+    state: TrainState,
+    loader: Any,
+    writer: MetricWriter | None,
+    run_dir: Path,
+    step: int,
+    command: str = "",
 ) -> float:
     # float32, as evaluate_cityscapes.py: results.json must be what it reports for last.pth.
     cm = evaluate(state.model, loader, state.device, state.cfg.model.num_classes,
@@ -395,7 +402,10 @@ def _evaluate_and_report(
     log.info("target val at step %d:\n%s", step, table)
     writer.scalars(step, {"mIoU": miou, "pixel_acc": cm.pixel_accuracy()}, prefix="val/")
     writer.text("val/iou_table", table, step)
-    write_json(run_dir / "results.json", {"step": step, "mIoU": miou, "iou": ious})
+    # The resolved config is the run folder's config.yaml; its hash ties the two together.
+    stamp = provenance(command, to_dict(state.cfg), state.device)
+    write_json(run_dir / "results.json",
+               {"step": step, "mIoU": miou, "iou": ious, "provenance": stamp})  # fmt: skip
     return miou
 
 
@@ -426,6 +436,7 @@ def train(
     checkpoint_path: str = "",
     info: DistInfo | None = None,
     device: torch.device | None = None,
+    command: str = "",
 ) -> float:
     """Run ``train_step`` from step 0 (or the ``checkpoint``'s) to ``train.max_steps``; returns
     the final target-val mIoU. SIGTERM/SIGINT save ``last.pth`` and raise ``Interrupted``.
@@ -524,7 +535,7 @@ def train(
                     writer.image(f"{domain}/{tiles}", grid, done)
                     writer.histogram(f"{domain}/feat_norm_per_pixel", norms, done)
             if t.eval_every and done % t.eval_every == 0 and not last:
-                miou = _evaluate_and_report(state, val_loader, writer, run_dir, done)
+                miou = _evaluate_and_report(state, val_loader, writer, run_dir, done, command)
             if saving and info.is_main:
                 metric = None if math.isnan(miou) else miou
                 checkpoints.save(checkpoint_dict(state, setup, done, metric), periodic)
@@ -535,7 +546,7 @@ def train(
                     log.warning("saved %s at step %d", run_dir / "checkpoints" / "last.pth", done)
                 raise Interrupted(stop.signum or signal.SIGTERM, done)
     bar.close()
-    miou = _evaluate_and_report(state, val_loader, writer, run_dir, t.max_steps)
+    miou = _evaluate_and_report(state, val_loader, writer, run_dir, t.max_steps, command)
     if writer is not None:
         writer.close()
     return miou
@@ -697,8 +708,9 @@ def main(
                       logging.INFO if info.is_main else logging.WARNING)  # fmt: skip
         log.info("run folder: %s; %s", run_dir, describe(info, device))
         try:
+            command = command_line(Path(sys.modules[build.__module__].__file__ or setup).name, argv)
             miou = train(cfg, setup, build, train_step, run_dir, checkpoint,
-                         str(args.resume or ""), info, device)  # fmt: skip
+                         str(args.resume or ""), info, device, command)  # fmt: skip
         except Interrupted as stop:
             log.warning("%s; continue with --resume %s", stop, run_dir)
             return 128 + stop.signum

@@ -1,0 +1,174 @@
+"""One config over several seeds: mean ± std of the final-step target-val mIoU, per class.
+
+    python -m benchmarks.seeds --config configs/demo/norm_only.yaml --seeds 0 1 2
+    python -m benchmarks.seeds --config configs/gta5_to_cityscapes/clan_norm.yaml --seeds 0 1 2 \\
+        model.init_from=weights/DeepLab_resnet_pretrained_init-f81d91e8.pth
+
+Each seed trains in ``<runs>/<name>-seed<S>`` (``--runs``, default ``runs/seeds``; ``--name``,
+default the config's file name) with the script that trains the config (inferred from the
+config's name, or ``--script``). A finished run (its ``results.json`` at the last step) is
+reused, an interrupted one is resumed from its ``last.pth``, and a run folder trained with other
+settings is an error naming them (it is never overwritten). The per-class table (IoU %, mean ±
+sample std over the seeds, each run's final step, as DAFormer-style reporting does) is printed
+and written to ``<runs>/<name>.seeds.md``, with every run's results and provenance in
+``<runs>/<name>.seeds.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import train_clan_norm
+import train_norm_only
+from utils.config import ConfigError, config_from_dict, load_config, read_yaml, to_dict
+from utils.errors import UsageError, add_debug_flag, run
+from utils.logger import write_json
+from utils.metrics import SHORT_NAMES
+from utils.protocols import flatten
+from utils.provenance import command_line, footer, provenance
+
+SCRIPTS = {"train_clan_norm.py": train_clan_norm, "train_norm_only.py": train_norm_only}
+BY_CONFIG_NAME = {
+    "clan_norm": "train_clan_norm.py",
+    "clan": "train_clan_norm.py",
+    "norm_only": "train_norm_only.py",
+    "source_only": "train_norm_only.py",
+}
+# Settings that do not change what a run computes: a reused run may differ in these.
+NOT_RESULTS = {"train.device", "train.out_dir", "train.run_name", "train.log_every",
+               "train.image_every", "train.save_every", "train.keep_checkpoints",
+               "data.num_workers", "eval.num_workers", "train.max_steps"}  # fmt: skip
+
+
+class RunMismatchError(ConfigError):
+    """A run folder holds a run of other settings than the ones asked for."""
+
+
+def script_for(config: str, script: str | None) -> str:
+    """The training script of ``config``: ``script`` if given, else from the config's name."""
+    if script is not None:
+        return script
+    stem = Path(config).stem
+    if stem not in BY_CONFIG_NAME:
+        raise UsageError(
+            f"--config {config}: cannot tell its training script from the name {stem!r} (known: "
+            f"{', '.join(BY_CONFIG_NAME)}): give --script train_clan_norm.py or train_norm_only.py"
+        )
+    return BY_CONFIG_NAME[stem]
+
+
+def _check_same_settings(run_dir: Path, wanted: dict[str, Any]) -> None:
+    stored = flatten(to_dict(config_from_dict(read_yaml(run_dir / "config.yaml"))))
+    diff = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in flatten(wanted).items()
+            if k not in NOT_RESULTS and stored.get(k) != v]  # fmt: skip
+    if diff:
+        raise RunMismatchError(
+            f"{run_dir} holds a run with other settings ({'; '.join(diff)}): remove it or give "
+            f"another --runs/--name"
+        )
+
+
+def run_seed(
+    script: str, config: str, seed: int, runs: Path, name: str, overrides: Sequence[str]
+) -> dict[str, Any]:
+    """Train one seed (or reuse / resume its run); returns its ``results.json``."""
+    run_name = f"{name}-seed{seed}"
+    run_dir = runs / run_name
+    args = [*overrides, f"train.seed={seed}", f"train.out_dir={runs}", f"train.run_name={run_name}"]
+    wanted = load_config(config, args)
+    results = run_dir / "results.json"
+    if run_dir.is_dir():
+        _check_same_settings(run_dir, to_dict(wanted))
+        if results.is_file():
+            done = json.loads(results.read_text())
+            if done["step"] == wanted.train.max_steps:
+                return done
+    start = time.perf_counter()
+    if (run_dir / "checkpoints" / "last.pth").is_file():
+        argv = ["--resume", str(run_dir), *overrides]
+    else:
+        argv = ["--config", config, *args]
+    SCRIPTS[script].main(argv)
+    print(f"{run_name}: {time.perf_counter() - start:.0f} s", flush=True)
+    return json.loads(results.read_text())
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value) of the finite ``values``; NaN, NaN for none."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.mean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def summary(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std of the mIoU and of each class's IoU over runs (fractions)."""
+    per_class = [mean_std([r["iou"][c] for r in results]) for c in range(len(results[0]["iou"]))]
+    miou = mean_std([r["mIoU"] for r in results])
+    return {
+        "mIoU": {"mean": miou[0], "std": miou[1]},
+        "iou": {"mean": [m for m, _ in per_class], "std": [s for _, s in per_class]},
+    }
+
+
+def _cell(mean: float, std: float, count: int) -> str:
+    if math.isnan(mean):
+        return "nan"
+    return f"{100 * mean:.1f}" if count == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def markdown_table(rows: dict[str, Sequence[dict[str, Any]]]) -> str:
+    """Rows of per-class IoU and mIoU, each cell mean ± std over the row's runs (percent)."""
+    head = ["method", *SHORT_NAMES, "mIoU"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for label, results in rows.items():
+        s, n = summary(results), len(results)
+        per_class = [_cell(m, sd, n) for m, sd in zip(s["iou"]["mean"], s["iou"]["std"])]
+        miou = _cell(s["mIoU"]["mean"], s["mIoU"]["std"], n)
+        lines.append("| " + " | ".join([label, *per_class, f"**{miou}**"]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="experiment YAML")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--script", choices=list(SCRIPTS), help="default: from the config's name")
+    parser.add_argument("--runs", type=Path, default=Path("runs/seeds"), help="run folders here")
+    parser.add_argument("--name", help="run name prefix (default: the config's file name)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    script = script_for(args.config, args.script)
+    name = args.name or Path(args.config).stem
+    load_config(args.config, args.overrides)  # a bad config or override fails before any run
+    results = [run_seed(script, args.config, s, args.runs, name, args.overrides)
+               for s in args.seeds]  # fmt: skip
+    label = f"{name} ({len(results)} seed{'s' * (len(results) > 1)})"
+    stamp = provenance(command_line(["-m", "benchmarks.seeds"], argv))
+    table = markdown_table({label: results})
+    runs_json = [{"seed": s, "run": str(args.runs / f"{name}-seed{s}"), **r}
+                 for s, r in zip(args.seeds, results)]  # fmt: skip
+    write_json(args.runs / f"{name}.seeds.json", {
+        "config": args.config, "script": script, "overrides": args.overrides, "seeds": args.seeds,
+        **summary(results), "runs": runs_json, "provenance": stamp,
+    })  # fmt: skip
+    (args.runs / f"{name}.seeds.md").write_text(f"{table}\n\n{footer(stamp)}\n")
+    print(table)
+    s = summary(results)["mIoU"]
+    print(f"mIoU over seeds {args.seeds}: {100 * s['mean']:.2f} ± {100 * s['std']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,143 @@
+"""Where a result came from: stamped on every result file the repository writes.
+
+``provenance()`` gives the git commit (and whether tracked files differed from it), the
+versions of torch, torchvision, CUDA and cuDNN, the device, the command line, the resolved
+config's hash (the config itself sits in the run folder, or in the file) and the date. JSON
+results carry it under ``"provenance"``; markdown tables end with ``footer()``, one line of the
+same facts. ``stale()`` says whether code a result depends on changed after its commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+# What a training or evaluation result depends on: a commit touching these after a result's
+# own commit makes the result stale (``stale``).
+CODE_PATHS = ("train_clan_norm.py", "train_norm_only.py", "evaluate_cityscapes.py", "ensemble.py",
+              "model", "dataset", "utils", "configs")  # fmt: skip
+
+
+def _git(*args: str) -> str | None:
+    """``git args`` in the repository's folder; None where git or the repository is missing."""
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """The checked-out commit, and whether tracked files differ from it (untracked files, such
+    as run folders, do not count); (None, None) outside a git checkout."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return commit, None if status is None else bool(status)
+
+
+def device_name(device: torch.device | str | None) -> str:
+    if device is None:
+        return "unknown"
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"CPU ({torch.get_num_threads()} threads)"
+    return str(device)
+
+
+def command_line(script: str | Sequence[str], argv: Sequence[str] | None) -> str:
+    """The command as typed: ``python SCRIPT ARGS`` (``script`` a file name, or a list such as
+    ``["-m", "benchmarks.speed"]``; ``argv`` None: this process's own arguments)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    head = [script] if isinstance(script, str) else list(script)
+    return shlex.join(["python", *head, *args])
+
+
+def config_hash(config: dict[str, Any] | None) -> str | None:
+    """sha256 of the resolved config as canonical JSON (first 16 hex digits)."""
+    if config is None:
+        return None
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(
+    command: str, config: dict[str, Any] | None = None, device: torch.device | str | None = None
+) -> dict[str, Any]:
+    """The facts a result file carries (module docstring)."""
+    commit, dirty = git_state()
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "commit": commit,
+        "dirty": dirty,
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),  # (the package's metadata: no slow import)
+        "cuda": torch.version.cuda,
+        "cudnn": cudnn,
+        "device": device_name(device),
+        "command": command,
+        "config_sha256": config_hash(config),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def short_commit(p: dict[str, Any]) -> str:
+    """``provenance()``'s commit, short, marked when tracked files differed from it."""
+    commit = (p.get("commit") or "unknown")[:10]
+    return commit + (" (uncommitted changes)" if p.get("dirty") else "")
+
+
+def footer(p: dict[str, Any]) -> str:
+    """One markdown line with the facts of ``provenance()``."""
+    commit = short_commit(p)
+    return (
+        f"<sub>Provenance: commit {commit}; {p.get('date')}; torch {p.get('torch')}, "
+        f"torchvision {p.get('torchvision')}, CUDA {p.get('cuda')}, cuDNN {p.get('cudnn')}; "
+        f"{p.get('device')}; `{p.get('command')}`"
+        + (f"; config sha256 {p['config_sha256']}" if p.get("config_sha256") else "")
+        + "</sub>"
+    )
+
+
+def changes_since(commit: str | None, paths: Sequence[str] = CODE_PATHS) -> list[str] | None:
+    """The commits after ``commit`` that touch ``paths`` (short hashes, newest first); None when
+    it cannot be told (no git, an unknown commit)."""
+    if not commit or _git("cat-file", "-e", f"{commit}^{{commit}}") is None:
+        return None
+    out = _git("log", "--format=%h", f"{commit}..HEAD", "--", *paths)
+    return None if out is None else out.split()
+
+
+def stale(p: dict[str, Any], paths: Sequence[str] = CODE_PATHS) -> str | None:
+    """Why a result with provenance ``p`` may not be what the checked-out code gives (its tree
+    was dirty, or later commits changed ``paths``), or None when it is current."""
+    reasons = []
+    if p.get("dirty"):
+        reasons.append("made with uncommitted changes")
+    changes = changes_since(p.get("commit"), paths)
+    if changes is None:
+        reasons.append(f"its commit {p.get('commit')} is unknown here")
+    elif changes:
+        reasons.append(f"the code changed since in {len(changes)} commit(s): {', '.join(changes)}")
+    return "; ".join(reasons) or None
