@@ -1,0 +1,184 @@
+"""Provenance on result files, the multi-seed runner, and the README's generated result tables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import seeds, synthetic_table
+from utils import provenance as prov
+from utils import readme
+from utils.config import config_from_dict, read_yaml, to_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = {"commit", "dirty", "torch", "torchvision", "cuda", "cudnn", "device", "command",
+          "config_sha256", "date"}  # fmt: skip
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A git repository with one commit, standing in for the checkout."""
+    root = tmp_path / "repo"
+    (root / "utils").mkdir(parents=True)
+    (root / "utils" / "a.py").write_text("a = 1\n")
+    (root / "README.md").write_text("readme\n")
+    _git(root, "init", "-q")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    monkeypatch.setattr(prov, "ROOT", root)
+    return root
+
+
+def _commit(root: Path, message: str) -> str:
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", message)
+    return _git(root, "rev-parse", "--short", "HEAD")
+
+
+def test_provenance_names_commit_dirt_versions_device_command_config_and_date(repo):
+    config = {"train": {"seed": 1}}
+    p = prov.provenance("python x.py --a 1", config, torch.device("cpu"))
+    assert set(p) == FIELDS
+    assert p["commit"] == _git(repo, "rev-parse", "HEAD") and p["dirty"] is False
+    assert p["torch"] == torch.__version__ and p["device"].startswith("CPU (")
+    assert p["config_sha256"] == prov.config_hash({"train": {"seed": 1}})
+    assert p["config_sha256"] != prov.config_hash({"train": {"seed": 2}})
+    assert p["date"].startswith("20") and p["date"].endswith("+00:00")
+    (repo / "utils" / "a.py").write_text("a = 2\n")  # a tracked file changed: dirty
+    (repo / "new.txt").write_text("untracked files do not count\n")
+    assert prov.provenance("c")["dirty"] is True
+
+
+def test_outside_a_checkout_the_commit_is_unknown(tmp_path, monkeypatch):
+    monkeypatch.setattr(prov, "ROOT", tmp_path)
+    assert prov.git_state() == (None, None)
+    assert prov.stale({"commit": None}) == "its commit None is unknown here"
+
+
+def test_footer_is_one_line_with_the_facts(repo):
+    p = prov.provenance("python -m benchmarks.speed --steps 2")
+    line = prov.footer(p)
+    assert "\n" not in line
+    assert f"commit {p['commit'][:10]};" in line and f"torch {torch.__version__}" in line
+    assert "`python -m benchmarks.speed --steps 2`" in line
+    assert "(uncommitted changes)" in prov.footer({**p, "dirty": True})
+
+
+def test_a_result_is_stale_when_code_it_depends_on_changed_after_its_commit(repo):
+    p = prov.provenance("c")
+    assert prov.stale(p) is None
+    (repo / "README.md").write_text("docs only\n")
+    _commit(repo, "docs")
+    assert prov.stale(p) is None  # README.md is not code a result depends on
+    (repo / "utils" / "a.py").write_text("a = 3\n")
+    later = _commit(repo, "code")
+    assert prov.stale(p) == f"the code changed since in 1 commit(s): {later}"
+    assert prov.stale({**p, "dirty": True}).startswith("made with uncommitted changes; ")
+
+
+def test_command_line_quotes_as_a_shell_would():
+    assert prov.command_line("train.py", ["--config", "a b.yaml", "x=[1,2]"]) == (
+        "python train.py --config 'a b.yaml' 'x=[1,2]'"
+    )
+    assert prov.command_line(["-m", "benchmarks.seeds"], []) == "python -m benchmarks.seeds"
+
+
+def test_readme_blocks_are_rewritten_between_their_markers_only(tmp_path):
+    path = tmp_path / "README.md"
+    old = readme.block("t", "cmd", "old table")
+    path.write_text(f"intro\n{old}\noutro\n")
+    assert readme.find_block(path.read_text(), "t") == old
+    new = readme.block("t", "cmd", "new table")
+    assert readme.update_block(path, "t", new)
+    assert path.read_text() == f"intro\n{new}\noutro\n"
+    assert not readme.update_block(path, "t", new)
+    with pytest.raises(SystemExit, match="no markers of block 'u'"):
+        readme.update_block(path, "u", new)
+
+
+def _result(miou: float, commit: str = "a" * 40, dirty: bool = False) -> dict:
+    iou = [miou] * 18 + [float("nan")]
+    return {"step": 4, "mIoU": miou, "iou": iou, "provenance": {"commit": commit, "dirty": dirty}}
+
+
+def test_seed_summary_is_mean_and_sample_std_per_class():
+    results = [_result(0.2), _result(0.3), _result(0.4)]
+    s = seeds.summary(results)
+    assert s["mIoU"]["mean"] == pytest.approx(0.3) and s["mIoU"]["std"] == pytest.approx(0.1)
+    assert s["iou"]["mean"][0] == pytest.approx(0.3)
+    assert all(x != x for x in (s["iou"]["mean"][18], s["iou"]["std"][18]))  # NaN: absent
+    table = seeds.markdown_table({"row": results})
+    assert "| row | 30.0 ± 10.0 |" in table and table.endswith("| nan | **30.0 ± 10.0** |")
+    assert "| one | 20.0 |" in seeds.markdown_table({"one": results[:1]})
+
+
+def test_synthetic_table_footer_names_the_runs_commits_and_flags_stale_runs(repo):
+    head = _git(repo, "rev-parse", "HEAD")
+    data = {"seeds": [0, 1], "provenance": prov.provenance("python -m benchmarks.synthetic_table"),
+            "rows": {"A": [_result(0.2, head), _result(0.3, head)],
+                     "B": [_result(0.25, head, dirty=True)]}}  # fmt: skip
+    table = synthetic_table.markdown(data)
+    assert f"Runs made at commit {head[:10]}, {head[:10]} (uncommitted changes)." in table
+    assert synthetic_table.staleness(data) == ["made with uncommitted changes (B)"]
+    block = synthetic_table.readme_block(data, "t", synthetic_table.staleness(data))
+    assert block.endswith("**Stale:** made with uncommitted changes (B).\n<!-- /t -->")
+
+
+@pytest.mark.parametrize("name", ["synthetic-table", "synthetic-table-released"])
+def test_the_readme_tables_are_generated_from_their_result_files(name):
+    """The README's result tables are what ``--from-json --readme`` makes of the committed JSON
+    (a stale-run warning, computed when it was generated, may follow the table)."""
+    data = json.loads((ROOT / "benchmarks" / f"{name.replace('-', '_')}.json").read_text())
+    text = (ROOT / "README.md").read_text()
+    found = readme.find_block(text, name)
+    assert found is not None, f"README.md has no {name} block"
+    expected = synthetic_table.readme_block(data, name)
+    body = found.removesuffix(f"\n<!-- /{name} -->")
+    assert body.startswith(expected.removesuffix(f"\n<!-- /{name} -->")), (
+        f"run: python -m benchmarks.synthetic_table --from-json --out "
+        f"benchmarks/{name.replace('-', '_')}.md --readme README.md"
+    )
+    rest = body[len(expected.removesuffix(f"\n<!-- /{name} -->")) :]
+    assert rest == "" or rest.startswith("\n\n**Stale:** ")
+
+
+def test_seeds_trains_reuses_and_refuses_a_folder_of_other_settings(
+    tmp_path, tiny_run, monkeypatch
+):
+    tiny = [*tiny_run, "train.device=cpu", "train.max_steps=2"]
+    args = ["--config", "configs/demo/norm_only.yaml", "--seeds", "0", "1", "--runs",
+            str(tmp_path), *tiny]  # fmt: skip
+    assert seeds.main(args) == 0
+    out = json.loads((tmp_path / "norm_only.seeds.json").read_text())
+    assert [r["seed"] for r in out["runs"]] == [0, 1]
+    assert out["mIoU"]["mean"] == pytest.approx(sum(r["mIoU"] for r in out["runs"]) / 2)
+    assert set(out["provenance"]) == FIELDS and out["script"] == "train_norm_only.py"
+    run0 = tmp_path / "norm_only-seed0"
+    stored = to_dict(config_from_dict(read_yaml(run0 / "config.yaml")))
+    results = json.loads((run0 / "results.json").read_text())
+    assert results["provenance"]["config_sha256"] == prov.config_hash(stored)
+    assert results["provenance"]["command"].startswith("python train_norm_only.py --config")
+    assert "Provenance: commit" in (tmp_path / "norm_only.seeds.md").read_text()
+
+    def no_training(argv):
+        raise AssertionError(f"a finished run was trained again: {argv}")
+
+    monkeypatch.setitem(seeds.SCRIPTS, "train_norm_only.py", type("S", (), {"main": no_training}))
+    assert seeds.main(args) == 0  # both reused
+    with pytest.raises(seeds.RunMismatchError, match=r"optim.lr: [0-9.e-]+ there, 0.02 now"):
+        seeds.main([*args, "optim.lr=0.02"])
+
+
+def test_seeds_needs_a_script_it_can_tell():
+    with pytest.raises(seeds.UsageError, match="give --script"):
+        seeds.main(["--config", "configs/defaults.yaml", "--seeds", "0"])
+    assert seeds.script_for("configs/x/clan.yaml", None) == "train_clan_norm.py"
+    assert seeds.script_for("my.yaml", "train_norm_only.py") == "train_norm_only.py"
