@@ -63,15 +63,15 @@ from utils.analysis import (
     extract_domain,
     mean_norms,
     proxy_a_distance,
-    short_names,
 )
 from utils.checkpoint import CheckpointError
-from utils.config import DomainConfig, split_overrides
+from utils.config import DomainConfig, split_overrides, to_dict
 from utils.distributed import select_device
 from utils.errors import OutputExistsError, UsageError, add_debug_flag, run
-from utils.evaluation import eval_config
+from utils.evaluation import eval_config, short_names
 from utils.logger import setup_logging, write_json
 from utils.metrics import SHORT_NAMES
+from utils.provenance import command_line, provenance
 
 log = logging.getLogger("analyze")
 
@@ -192,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sampled_pixels": {d: sample_counts(shared[d]) for d in DOMAINS},
             "seed": args.seed,
             "definitions": DEFINITIONS,
+            "config": to_dict(cfg),
+            "provenance": provenance(
+                command_line("analyze_features.py", argv), to_dict(cfg), device
+            ),
         },
     )
     print(format_tables(checkpoints))

@@ -32,7 +32,6 @@ The numbers, for each checkpoint:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -272,20 +271,3 @@ def embed(features: np.ndarray, method: str, seed: int) -> np.ndarray:
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
         return tsne.fit_transform(reduced)
     raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
-
-
-def short_names(paths: Sequence[str | Path]) -> list[str]:
-    """Display names: the shortest trailing parts of each path that tell them apart, a run's
-    checkpoint (``RUN/checkpoints/X.pth``) named with its run (``RUN/X.pth``)."""
-
-    def trail(path: Path, depth: int) -> str:
-        if path.parent.name == "checkpoints" and path.parent.parent.name:
-            path, depth = path.parent.parent / path.name, max(depth, 2)
-        return "/".join(path.parts[-depth:])
-
-    paths = [Path(p) for p in paths]
-    for depth in range(1, max(len(p.parts) for p in paths) + 1):
-        names = [trail(p, depth) for p in paths]
-        if len(set(names)) == len(names):
-            return names
-    return [f"{i + 1}: {p.name}" for i, p in enumerate(paths)]  # the same file twice

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from dataset.labels import CLASS_NAMES
-from utils.analysis import short_names
 from utils.errors import OutputExistsError, UsageError, UserError, add_debug_flag, run
+from utils.evaluation import short_names
 from utils.metrics import format_iou_table
 from utils.paper_results import paper_row
 from utils.plots import iou_comparison

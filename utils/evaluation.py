@@ -5,7 +5,13 @@ With flip averaging, the softmax probabilities of the image and of its mirror im
 back) are averaged at the label resolution: logits are upsampled first, as without flip, so a
 flip-free prediction is exactly the argmax of the logits. An ensemble weighs its members'
 scores (probabilities or logits, each member flip-averaged the same way) and one pass scores
-every member and the ensemble together."""
+every member and the ensemble together.
+
+Predictions are trainIds: a model's output channels map to trainIds by
+``dataset.labels.output_train_ids`` (19 outputs: themselves; 16 or 13: the SYNTHIA subsets), so
+one 19-class confusion matrix serves every model and every reported class set (19, 16, 13;
+``ConfusionMatrix.iou(classes)``). A *view* restricts the argmax to a set of trainIds (the
+``--mask-absent`` protocol); the default view, None, is the model's own argmax."""
 
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset.datasets import Batch
-from dataset.labels import NUM_CLASSES, colorize
+from dataset.labels import CLASS_NAMES, CLASS_SUBSETS, NUM_CLASSES, colorize, output_train_ids
 from model.deeplabv2 import DeepLabV2
 from model.weights import PRESETS
 from utils.config import Config, config_from_dict, load_config
@@ -33,12 +39,13 @@ from utils.errors import (
     UsageError,
 )
 from utils.losses import upsample_to
-from utils.metrics import ConfusionMatrix
+from utils.metrics import ConfusionMatrix, format_iou_table, miou_name, nanmean
 
 log = logging.getLogger(__name__)
 
 Space = Literal["prob", "logit"]
 SPACES: tuple[str, ...] = ("prob", "logit")
+View = tuple[int, ...] | None  # the trainIds an argmax may choose; None: every output
 
 
 @torch.no_grad()
@@ -72,7 +79,113 @@ def predict_scores(
     return out
 
 
+def predicted_train_ids(scores: torch.Tensor, view: View = None) -> torch.Tensor:
+    """B x K x H x W scores -> B x H x W trainIds: the argmax over the outputs (over those whose
+    trainId is in ``view``, when given), mapped by ``output_train_ids(K)``."""
+    train_ids = torch.tensor(output_train_ids(scores.shape[1]), device=scores.device)
+    if view is not None:
+        allowed = torch.isin(train_ids, torch.tensor(view, device=scores.device))
+        scores = scores.masked_fill(~allowed.view(1, -1, 1, 1), float("-inf"))
+    return train_ids[scores.argmax(1)]
+
+
+def class_views(classes: Sequence[int], mask_absent: bool) -> list[View]:
+    """The views that reporting ``classes`` needs: the model's own argmax (which gives the
+    19-class scores, and every subset's without ``mask_absent``), then with ``mask_absent`` an
+    argmax restricted to each reported subset of fewer than 19 classes."""
+    masked = [CLASS_SUBSETS[k] for k in classes if mask_absent and k != NUM_CLASSES]
+    return [None, *masked]
+
+
+def class_ious(
+    cms: Sequence[ConfusionMatrix], classes: Sequence[int], mask_absent: bool
+) -> dict[int, list[float]]:
+    """Per reported class count, the IoUs of its classes (trainId order), from the matrices of
+    ``class_views(classes, mask_absent)``, in that order."""
+    masked = iter(cms[1:])
+    out = {}
+    for k in classes:
+        cm = next(masked) if mask_absent and k != NUM_CLASSES else cms[0]
+        out[k] = cm.iou(CLASS_SUBSETS[k])
+    return out
+
+
+def class_tables(
+    rows: dict[str, dict[int, list[float]]], classes: Sequence[int], mask_absent: bool
+) -> str:
+    """One IoU table per reported class count (``rows``: label -> ``class_ious``), each below a
+    line that says how predictions of the classes outside the set were scored."""
+    tables = []
+    for k in classes:
+        if k != NUM_CLASSES:
+            absent = ", ".join(c for i, c in enumerate(CLASS_NAMES) if i not in CLASS_SUBSETS[k])
+            rule = (
+                "--mask-absent: the argmax is taken over these classes only"
+                if mask_absent
+                else "a prediction of an absent class is an error (a false negative of the "
+                "true class)"
+            )
+            tables.append(f"{k} classes (without {absent}); {rule}:")
+        tables.append(format_iou_table({label: by_k[k] for label, by_k in rows.items()}, k))
+    return "\n".join(tables)
+
+
+def class_results(
+    ious: dict[int, list[float]], cms: Sequence[ConfusionMatrix], mask_absent: bool
+) -> dict[str, Any]:
+    """The results-JSON fields of ``class_ious``: ``mIoU`` and ``iou`` (class name -> IoU) for
+    the 19 classes of the model's own argmax, whichever sets were reported, then
+    ``mIoU16``/``iou16`` and ``mIoU13``/``iou13`` for the subsets reported."""
+    out: dict[str, Any] = {"mIoU": cms[0].miou(), "iou": dict(zip(CLASS_NAMES, cms[0].iou()))}
+    for k, values in ious.items():
+        if k != NUM_CLASSES:
+            out[miou_name(k)] = nanmean(values)
+            out[f"iou{k}"] = {CLASS_NAMES[c]: v for c, v in zip(CLASS_SUBSETS[k], values)}
+    if len(ious) > 1 or NUM_CLASSES not in ious:
+        out["mask_absent"] = mask_absent
+    return out
+
+
+def miou_lines(ious: dict[int, list[float]]) -> list[str]:
+    """``mIoU: NN.NN`` (19 classes), ``mIoU16: NN.NN``, ... in the order reported."""
+    return [f"{miou_name(k)}: {100 * nanmean(values):.2f}" for k, values in ious.items()]
+
+
 @torch.no_grad()
+def evaluate_views(
+    model: DeepLabV2,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    views: Sequence[View] = (None,),
+    save_dir: str | Path | None = None,
+    progress: bool = True,
+    *,
+    flip: bool = False,
+    num_classes: int = NUM_CLASSES,
+) -> list[ConfusionMatrix]:
+    """Score ``model`` on every batch of ``loader`` (``flip``: average the softmax with the
+    mirrored image's), one confusion matrix (over ``num_classes`` label classes) per view of
+    the same scores; optionally write the first view's trainId and colour PNGs."""
+    was_training = model.training
+    model.eval()
+    cms = [ConfusionMatrix(num_classes, device=device) for _ in views]
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        label = _labels(batch, device)
+        image = batch.image.to(device, non_blocking=True)
+        space = "prob" if flip else "logit"  # without flip: the argmax of the logits
+        scores = predict_scores(model, image, label.shape[-2:], flip=flip, space=space)
+        preds = [predicted_train_ids(scores, view) for view in views]
+        for pred, cm in zip(preds, cms):
+            cm.update(pred, label)
+        if save_dir is not None:
+            for name, p in zip(batch.names, preds[0].to(torch.uint8).cpu().numpy()):
+                save_prediction(p, name, Path(save_dir))
+    for cm in cms:
+        cm.all_reduce()
+    model.train(was_training)
+    return cms
+
+
 def evaluate(
     model: DeepLabV2,
     loader: torch.utils.data.DataLoader,
@@ -83,23 +196,11 @@ def evaluate(
     *,
     flip: bool = False,
 ) -> ConfusionMatrix:
-    """Score ``model`` on every batch of ``loader`` (``flip``: average the softmax with the
-    mirrored image's); optionally write trainId and colour PNGs."""
-    was_training = model.training
-    model.eval()
-    cm = ConfusionMatrix(num_classes, device=device)
-    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        label = _labels(batch, device)
-        image = batch.image.to(device, non_blocking=True)
-        space = "prob" if flip else "logit"  # without flip: the argmax of the logits
-        pred = predict_scores(model, image, label.shape[-2:], flip=flip, space=space).argmax(1)
-        cm.update(pred, label)
-        if save_dir is not None:
-            for name, p in zip(batch.names, pred.to(torch.uint8).cpu().numpy()):
-                save_prediction(p, name, Path(save_dir))
-    cm.all_reduce()
-    model.train(was_training)
-    return cm
+    """``evaluate_views`` with the model's own argmax only: its confusion matrix over
+    ``num_classes`` label classes."""
+    views = (None,)
+    return evaluate_views(model, loader, device, views, save_dir, progress, flip=flip,
+                          num_classes=num_classes)[0]  # fmt: skip
 
 
 def normalise_weights(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -170,32 +271,34 @@ def evaluate_ensemble(
     offload: bool = False,
     save_dir: str | Path | None = None,
     progress: bool = True,
-) -> tuple[list[ConfusionMatrix], ConfusionMatrix]:
+    views: Sequence[View] = (None,),
+) -> tuple[list[list[ConfusionMatrix]], list[ConfusionMatrix]]:
     """One pass over ``loader`` scoring every member and the ensemble ``sum_i w_i S_i``, with
     ``S_i`` member i's ``predict_scores`` in the ``combine`` space (each with its own preset and
-    flip averaging). ``offload``: members wait on the CPU and each visits ``device`` only for
-    its own forward pass. ``save_dir`` receives the ensemble's PNGs. Returns the members' and
-    the ensemble's confusion matrices."""
+    flip averaging), each in every view. ``offload``: members wait on the CPU and each visits
+    ``device`` only for its own forward pass. ``save_dir`` receives the ensemble's PNGs (first
+    view). Returns the members' matrices (member, then view) and the ensemble's (per view)."""
     for model in models:
         model.eval().to("cpu" if offload else device)
-    member_cms = [ConfusionMatrix(num_classes, device=device) for _ in models]
-    ensemble_cm = ConfusionMatrix(num_classes, device=device)
+    member_cms = [[ConfusionMatrix(num_classes, device=device) for _ in views] for _ in models]
+    ensemble_cms = [ConfusionMatrix(num_classes, device=device) for _ in views]
     for batch in tqdm(loader, desc="ensemble", disable=not progress, leave=False):
         label = _labels(batch, device)
         image = batch.image.to(device, non_blocking=True)
         scores = member_scores(
             models, image, label.shape[-2:], flip=flip, space=combine, offload=offload
         )
-        for s, cm in zip(scores, member_cms):
-            cm.update(s.argmax(1), label)
-        pred = combine_scores(scores, weights, names).argmax(1)
-        ensemble_cm.update(pred, label)
+        combined = combine_scores(scores, weights, names)
+        for s, cms in [*zip(scores, member_cms), (combined, ensemble_cms)]:
+            for view, cm in zip(views, cms):
+                cm.update(predicted_train_ids(s, view), label)
         if save_dir is not None:
+            pred = predicted_train_ids(combined, views[0])
             for name, p in zip(batch.names, pred.to(torch.uint8).cpu().numpy()):
                 save_prediction(p, name, Path(save_dir))
-    for cm in (*member_cms, ensemble_cm):
+    for cm in (*(cm for cms in member_cms for cm in cms), *ensemble_cms):
         cm.all_reduce()
-    return member_cms, ensemble_cm
+    return member_cms, ensemble_cms
 
 
 def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
@@ -217,6 +320,33 @@ def checkpoint_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"model.preset={args.preset}")
     if args.flip:
         overrides.append("eval.flip=true")
+    return overrides
+
+
+def add_class_flags(parser: argparse.ArgumentParser) -> None:
+    """``--classes`` and ``--mask-absent``, which ``class_overrides`` reads: which class sets a
+    score reports, and how predictions of the classes outside a set count."""
+    parser.add_argument(
+        "--classes", nargs="+", type=int, choices=sorted(CLASS_SUBSETS, reverse=True),
+        metavar="{19,16,13}",
+        help="class sets to report (sets eval.classes; default: the config's, [19], or [16, "
+        "13] for SYNTHIA configs): 16 = without terrain, truck, train; 13 = also without "
+        "wall, fence, pole",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mask-absent", action="store_true",
+        help="take the argmax over each set's classes only (sets eval.mask_absent); without "
+        "it a prediction of a class outside the set is an error of the true class",
+    )  # fmt: skip
+
+
+def class_overrides(args: argparse.Namespace) -> list[str]:
+    """``--classes`` and ``--mask-absent`` as the overrides they stand for."""
+    overrides = []
+    if args.classes:
+        overrides.append(f"eval.classes=[{','.join(map(str, args.classes))}]")
+    if args.mask_absent:
+        overrides.append("eval.mask_absent=true")
     return overrides
 
 
@@ -256,13 +386,21 @@ def refuse_overwrite(folder: Path, option: str, targets: Sequence[Path]) -> None
 
 
 def short_names(paths: Sequence[str | Path]) -> list[str]:
-    """The shortest trailing parts of each path that tell the files apart."""
-    parts = [Path(p).parts for p in paths]
-    for depth in range(1, max(len(p) for p in parts) + 1):
-        names = ["/".join(p[-depth:]) for p in parts]
+    """Display names: the shortest trailing parts of each path that tell the files apart, a
+    run's checkpoint (``RUN/checkpoints/X.pth``) named with its run (``RUN/X.pth``). The same
+    file given twice keeps its name twice: the caller numbers them."""
+
+    def trail(path: Path, depth: int) -> str:
+        if path.parent.name == "checkpoints" and path.parent.parent.name:
+            path, depth = path.parent.parent / path.name, max(depth, 2)
+        return "/".join(path.parts[-depth:])
+
+    files = [Path(p) for p in paths]
+    for depth in range(1, max(len(p.parts) for p in files) + 1):
+        names = [trail(p, depth) for p in files]
         if len(set(names)) == len(names):
             return names
-    return [Path(p).name for p in paths]  # the same file twice: the caller numbers them
+    return [trail(p, 1) for p in files]
 
 
 def save_prediction(pred: np.ndarray, name: str, save_dir: Path) -> None:
