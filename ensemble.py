@@ -15,6 +15,11 @@ The paper's "*" rows weigh the Norm-only model 0.7 and the released model 0.3, w
     python ensemble.py --restore A.pth B.pth --save-dir preds/      # + the ensemble's PNGs
     python ensemble.py --restore A.pth B.pth --offload   # one member on the GPU at a time
     python ensemble.py --restore A.pth B.pth --panels 4  # + the ensemble's prediction panels
+    python ensemble.py --restore A.pth B.pth --classes 16 13  # SYNTHIA -> Cityscapes' class sets
+
+``--classes`` and ``--mask-absent`` choose the class sets reported and how predictions of the
+classes outside a set count, as in ``evaluate_cityscapes.py`` (default: the first member's
+``eval.classes``).
 
 Each member's config is ``--config`` if given, else the one stored in its checkpoint, else the
 defaults (files from elsewhere: preset from ``--presets`` or inferred from the file); the data
@@ -38,8 +43,7 @@ import torch
 
 from dataset.build import build_dataset, ensure_data
 from dataset.datasets import eval_loader
-from dataset.labels import CLASS_NAMES
-from model.build import preset_name, restore_model
+from model.build import Restored, preset_name, restore_model
 from model.deeplabv2 import DeepLabV2
 from model.weights import PRESETS, Weights, read_weights
 from utils.config import Config, split_overrides, to_dict
@@ -47,17 +51,26 @@ from utils.distributed import select_device
 from utils.errors import UsageError, add_debug_flag, run
 from utils.evaluation import (
     SPACES,
+    add_class_flags,
+    check_class_flags,
+    class_ious,
+    class_overrides,
+    class_results,
+    class_tables,
+    class_views,
     combine_scores,
     eval_config,
     evaluate_ensemble,
+    mask_note,
     member_scores,
+    miou_lines,
     normalise_weights,
     prediction_paths,
     refuse_overwrite,
     short_names,
 )
 from utils.logger import setup_logging, write_json
-from utils.metrics import format_iou_table
+from utils.metrics import nanmean
 from utils.panels import (
     ProbsFn,
     add_panel_flags,
@@ -100,6 +113,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--offload", action="store_true", help="keep members on the CPU between forward passes"
     )
     parser.add_argument("--config", help="YAML for every member (default: each checkpoint's)")
+    add_class_flags(parser)
     add_panel_flags(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     parser.epilog = (
@@ -115,6 +129,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.presets and len(args.presets) != len(args.restore):
         parser.error(f"--presets: {len(args.presets)} presets for {len(args.restore)} checkpoints")
     check_panel_flags(parser, args)
+    check_class_flags(parser, args)
     return args
 
 
@@ -151,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     members = [restore_model(c.model, f) for c, f in zip(configs, files)]
     del files  # the models hold the weights now
+    _check_classes(args.restore, members)
     presets = [preset_name(m.config) for m in members]
     labels = [
         f"{i + 1}: {short} ({preset}, w {w:.2f})"
@@ -166,9 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     loader = eval_loader(
         val, cfg.eval.batch_size, cfg.eval.num_workers, pin_memory=device.type == "cuda"
     )
-    member_cms, ensemble_cm = evaluate_ensemble(
-        [m.model for m in members], weights, labels, loader, device, cfg.model.num_classes,
-        flip=flip, combine=args.combine, offload=args.offload, save_dir=save_dir,
+    classes, mask = cfg.eval.classes, cfg.eval.mask_absent
+    member_cms, ensemble_cms = evaluate_ensemble(
+        [m.model for m in members], weights, labels, loader, device, flip=flip,
+        combine=args.combine, offload=args.offload, save_dir=save_dir,
+        views=class_views(classes, mask),
     )  # fmt: skip
 
     if chosen:
@@ -177,55 +195,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = write_prediction_panels(val, chosen, probs_of, panels_dir)
         log.info("%d prediction panels written to %s", len(written), panels_dir)
 
-    member_ious = [cm.iou() for cm in member_cms]
-    member_mious = [cm.miou() for cm in member_cms]
-    ious, miou = ensemble_cm.iou(), ensemble_cm.miou()
-    best = max(range(len(members)), key=lambda i: member_mious[i])
+    member_ious = [class_ious(cms, classes, mask) for cms in member_cms]
+    ious = class_ious(ensemble_cms, classes, mask)
+    first_set = classes[0]  # the best member is the best on the first class set
+    best = max(range(len(members)), key=lambda i: nanmean(member_ious[i][first_set]))
     rows = dict(zip(labels, member_ious))
-    rows[f"ensemble ({args.combine}, flip {'on' if flip else 'off'})"] = ious
-    rows[f"ensemble - {best + 1} (best member)"] = [a - b for a, b in zip(ious, member_ious[best])]
-    print(format_iou_table(rows))
+    notes = [args.combine, f"flip {'on' if flip else 'off'}", *mask_note(classes, mask)]
+    rows[f"ensemble ({', '.join(notes)})"] = ious
+    rows[f"ensemble - {best + 1} (best member)"] = {
+        k: [a - b for a, b in zip(ious[k], member_ious[best][k])] for k in classes
+    }
+    print(class_tables(rows, classes, mask))
     results.parent.mkdir(parents=True, exist_ok=True)
     write_json(
         results,
         {
             "members": [
-                {"restore": path, "preset": preset, "weight": w, "mIoU": m,
-                 "iou": dict(zip(CLASS_NAMES, member_iou))}
-                for path, preset, w, m, member_iou in zip(
-                    args.restore, presets, weights, member_mious, member_ious
+                {"restore": path, "preset": preset, "weight": w,
+                 **class_results(member_iou, cms, mask)}
+                for path, preset, w, member_iou, cms in zip(
+                    args.restore, presets, weights, member_ious, member_cms
                 )
             ],
             "combine": args.combine,
             "flip": flip,
             "val_root": cfg.data.val.root,
             "num_images": len(val),
-            "mIoU": miou,
-            "iou": dict(zip(CLASS_NAMES, ious)),
+            **class_results(ious, ensemble_cms, mask),
             "best_member": best + 1,
             "config": to_dict(cfg),
             "provenance": provenance(command_line("ensemble.py", argv), to_dict(cfg), device),
         },
     )  # fmt: skip
     log.info("results written to %s", results)
-    print(f"mIoU: {100 * miou:.2f}")
+    print("\n".join(miou_lines(ious)))
     return 0
 
 
 def _member_configs(args: argparse.Namespace, files: list[Weights]) -> list[Config]:
     """Each member's config (``--config``, else its stored one, else the defaults) with the
-    overrides, ``--flip`` and its ``--presets`` entry; all must predict the same classes."""
+    overrides, ``--flip``, ``--classes``, ``--mask-absent`` and its ``--presets`` entry."""
     presets = args.presets or ["auto"] * len(files)
     configs = []
     for file, preset in zip(files, presets):
         overrides = [*args.overrides, *(["eval.flip=true"] if args.flip else [])]
+        overrides += class_overrides(args)
         if preset != "auto":
             overrides.append(f"model.preset={preset}")
         configs.append(eval_config(args.config, file.config, overrides))
-    if len({c.model.num_classes for c in configs}) > 1:
-        counts = ", ".join(f"{f.path}: {c.model.num_classes}" for f, c in zip(files, configs))
-        raise UsageError(f"ensemble members predict different numbers of classes ({counts})")
     return configs
+
+
+def _check_classes(paths: Sequence[str], members: Sequence[Restored]) -> None:
+    """All members must predict the same classes (files from elsewhere set their own count)."""
+    if len({m.config.num_classes for m in members}) > 1:
+        counts = ", ".join(f"{p}: {m.config.num_classes}" for p, m in zip(paths, members))
+        raise UsageError(f"ensemble members predict different numbers of classes ({counts})")
 
 
 def _ensemble_probs(

@@ -16,6 +16,7 @@ averages the softmax with the mirrored image's, as every number of the paper's T
     python evaluate_cityscapes.py --restore runs/RUN/checkpoints/step_*.pth --flip  # a sweep
     python evaluate_cityscapes.py --restore last.pth --panels 4          # + 4 prediction panels
     python evaluate_cityscapes.py --restore A.pth B.pth --panels 4     # a comparison of A and B
+    python evaluate_cityscapes.py --restore SYNTHIA_run.pth --classes 16 13  # SYNTHIA's tables
 
 ``--panels K`` draws K val images (``--panel-seed``; or those ``--panel-images`` names) as
 image | ground truth | prediction | error map | entropy map, one PNG each (``utils/panels.py``
@@ -26,6 +27,12 @@ A sweep (several ``--restore`` files) scores every snapshot on the same val imag
 each, the final snapshot reported (the last step), the best marked "selected on val": a number
 chosen on the set it is measured on, as the paper's "Only Norm" row (the best of 36 snapshots)
 was, and so an optimistic one.
+
+``--classes 19|16|13`` (default ``eval.classes``: [19], [16, 13] in the SYNTHIA configs) picks
+the class sets reported, each scored from the one confusion matrix restricted to its classes:
+16 drops terrain, truck and train, 13 also wall, fence and pole. A 19-output model's prediction
+of a class outside the set is an error (a false negative of the true class) unless
+``--mask-absent`` takes the argmax over the set's classes only; the tables say which.
 
 Without ``--config`` the config stored in the checkpoint is used (the defaults for files from
 elsewhere, whose preset is inferred from the file unless ``--preset`` names it); ``key.sub=value``
@@ -44,23 +51,32 @@ from tqdm import tqdm
 
 from dataset.build import build_dataset, ensure_data
 from dataset.datasets import eval_loader
-from dataset.labels import CLASS_NAMES
+from dataset.labels import NUM_CLASSES
 from model.build import preset_name, restore_model
 from model.weights import read_weights
 from utils.checkpoint import step_in_name
 from utils.config import split_overrides, to_dict
 from utils.distributed import DistInfo, describe, select_device
-from utils.errors import add_debug_flag, run
+from utils.errors import UsageError, add_debug_flag, run
 from utils.evaluation import (
     add_checkpoint_flags,
+    add_class_flags,
+    check_class_flags,
     checkpoint_overrides,
+    class_ious,
+    class_overrides,
+    class_results,
+    class_tables,
+    class_views,
     eval_config,
-    evaluate,
+    evaluate_views,
+    mask_note,
+    miou_lines,
     score_prediction_dir,
     short_names,
 )
 from utils.logger import setup_logging, write_json
-from utils.metrics import format_iou_table
+from utils.metrics import miou_name, nanmean
 from utils.panels import (
     add_panel_flags,
     check_panel_flags,
@@ -90,6 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--pred-dir", metavar="DIR", help="score trainId PNGs named like the images"
     )
     add_checkpoint_flags(parser)
+    add_class_flags(parser)
     parser.add_argument(
         "--compare-with", metavar="ROW", help="print this row of the paper's Table 1 beside ours"
     )
@@ -112,11 +129,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error("--restore: no checkpoint given")
     if args.restore and len(args.restore) > 1 and args.save_dir:
         parser.error("--save-dir writes one model's predictions: give a single --restore")
-    if args.pred_dir and (args.flip or args.preset):
-        parser.error("--flip and --preset need --restore (predictions on disk are fixed)")
+    if args.pred_dir and (args.flip or args.preset or args.mask_absent):
+        parser.error(
+            "--flip, --preset and --mask-absent need --restore (predictions on disk are fixed)"
+        )
     if args.compare_with:
         paper_row(args.compare_with)  # an unknown row fails before any work
     check_panel_flags(parser, args)
+    check_class_flags(parser, args)
     if args.pred_dir and args.panels:
         parser.error("--panels needs --restore (predictions on disk hold no probabilities)")
     return args
@@ -125,11 +145,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    overrides = checkpoint_overrides(args)
+    overrides = checkpoint_overrides(args) + class_overrides(args)
     if args.restore and len(args.restore) > 1:
         return sweep(args, overrides, argv)
     weights = read_weights(args.restore[0]) if args.restore else None
     cfg = eval_config(args.config, weights.config if weights else None, overrides)
+    classes, mask = cfg.eval.classes, cfg.eval.mask_absent
+    _check_class_options(args, classes, mask)
     ensure_data(cfg.data)
     val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
     log.info("val: %d images from %s (split %s)", len(val), cfg.data.val.root, cfg.data.val.split)
@@ -137,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flip, device = None, None
     chosen = panel_indices(args, val)
     if weights is None:
-        cm = score_prediction_dir(args.pred_dir, val, cfg.model.num_classes)
+        cms = [score_prediction_dir(args.pred_dir, val)]
         row, default_results = Path(args.pred_dir).name, Path(args.pred_dir) / "results.json"
         preset = None
     else:
@@ -146,26 +168,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         preset, flip = preset_name(model_cfg), cfg.eval.flip
         pin = device.type == "cuda"
         loader = eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers, pin_memory=pin)
-        log.info("evaluating with preset %s, flip averaging %s, %s", preset,
-                 "on" if flip else "off", describe(DistInfo(), device))  # fmt: skip
-        cm = evaluate(
-            model.to(device), loader, device, model_cfg.num_classes, args.save_dir, flip=flip
-        )
+        log.info("evaluating with preset %s, flip averaging %s, %d classes, %s", preset,
+                 "on" if flip else "off", model_cfg.num_classes,
+                 describe(DistInfo(), device))  # fmt: skip
+        views = class_views(classes, mask)
+        cms = evaluate_views(model.to(device), loader, device, views, args.save_dir, flip=flip)
         ckpt = Path(args.restore[0])
         if chosen:
             beside = Path(args.save_dir) / "panels" if args.save_dir else None
             panels = Path(args.panels_dir or beside or ckpt.with_name(ckpt.name + ".panels"))
             written = write_prediction_panels(val, chosen, model_probs(model, device, flip), panels)
             log.info("%d prediction panels written to %s", len(written), panels)
-        row = f"{ckpt.stem} ({preset}, flip {'on' if flip else 'off'})"
+        notes = [preset, f"flip {'on' if flip else 'off'}", *mask_note(classes, mask)]
+        row = f"{ckpt.stem} ({', '.join(notes)})"
         default_results = ckpt.with_name(ckpt.name + ".results.json")
     if args.save_dir:
         default_results = Path(args.save_dir) / "results.json"
-    ious, miou = cm.iou(), cm.miou()
+    ious = class_ious(cms, classes, mask)
     rows = {row: ious}
     if args.compare_with:
-        rows.update(_paper_rows(args.compare_with, ious, flip))
-    print(format_iou_table(rows))
+        rows.update(_paper_rows(args.compare_with, ious[NUM_CLASSES], flip))
+    print(class_tables(rows, classes, mask))
     results = Path(args.results) if args.results else default_results
     results.parent.mkdir(parents=True, exist_ok=True)
     write_json(
@@ -178,15 +201,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             "flip": flip,
             "val_root": cfg.data.val.root,
             "num_images": len(val),
-            "mIoU": miou,
-            "iou": dict(zip(CLASS_NAMES, ious)),
+            **class_results(ious, cms, mask),
             "config": to_dict(cfg),
             "provenance": provenance(command_line(SCRIPT, argv), to_dict(cfg), device),
         },
     )
     log.info("results written to %s", results)
-    print(f"mIoU: {100 * miou:.2f}")
+    print("\n".join(miou_lines(ious)))
     return 0
+
+
+def _check_class_options(args: argparse.Namespace, classes: Sequence[int], mask: bool) -> None:
+    """Refuse class options that the chosen scoring cannot honour."""
+    if args.pred_dir and mask:
+        raise UsageError("eval.mask_absent=true needs --restore: predictions on disk are fixed")
+    if args.compare_with and NUM_CLASSES not in classes:
+        raise UsageError(
+            f"--compare-with: the paper's rows are 19-class GTA5 -> Cityscapes results; report "
+            f"19 classes (--classes 19 {' '.join(map(str, classes))}) to compare with them"
+        )
 
 
 def sweep(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | None) -> int:
@@ -199,6 +232,8 @@ def sweep(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | 
         files = [f for _, f in sorted(zip(steps, files))]
     first = read_weights(files[0])
     cfg = eval_config(args.config, first.config, overrides)
+    classes, mask = cfg.eval.classes, cfg.eval.mask_absent
+    _check_class_options(args, classes, mask)
     ensure_data(cfg.data)
     val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
     device = select_device(cfg.train.device)
@@ -213,10 +248,12 @@ def sweep(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | 
         weights = first if path == files[0] else read_weights(path)
         own = eval_config(args.config, weights.config, overrides)
         model, model_cfg, _ = restore_model(own.model, weights)
-        cm = evaluate(model.to(device), loader, device, model_cfg.num_classes, progress=False,
-                      flip=cfg.eval.flip)  # fmt: skip
-        scored.append({"restore": path, "step": step_in_name(path), "mIoU": cm.miou(),
-                       "preset": preset_name(model_cfg), "iou": cm.iou()})  # fmt: skip
+        cms = evaluate_views(model.to(device), loader, device, class_views(classes, mask),
+                             progress=False, flip=cfg.eval.flip)  # fmt: skip
+        ious = class_ious(cms, classes, mask)
+        scored.append({"restore": path, "step": step_in_name(path), "ious": ious,
+                       "preset": preset_name(model_cfg),
+                       **class_results(ious, cms, mask)})  # fmt: skip
         if chosen:
             probs = model_probs(model, device, cfg.eval.flip)
             panel_preds.append(predicted_labels(val, chosen, probs))
@@ -228,20 +265,25 @@ def sweep(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | 
         log.info("comparison of %d checkpoints on %d images written to %s", len(files),
                  len(chosen), path)  # fmt: skip
     final = scored[-1]
-    best = max(scored, key=lambda r: r["mIoU"])
+    first_set = classes[0]  # the snapshot selected on val is the best on the first class set
+    best = max(scored, key=lambda r: nanmean(r["ious"][first_set]))
     rows = {}
     for r in scored:
         marks = [m for m, on in (("final", r is final), ("selected on val", r is best)) if on]
-        rows[Path(r["restore"]).stem + (f" ({', '.join(marks)})" if marks else "")] = r["iou"]
+        marks += mask_note(classes, mask)
+        rows[Path(r["restore"]).stem + (f" ({', '.join(marks)})" if marks else "")] = r["ious"]
     if args.compare_with:
         name, paper = paper_row(args.compare_with)
         theirs = [v / 100 for v in paper.iou]
-        rows.update(_paper_rows(args.compare_with, final["iou"], cfg.eval.flip, "final"))
-        rows[f"selected - paper: {name}"] = [a - b for a, b in zip(best["iou"], theirs)]
-    print(format_iou_table(rows))
+        rows.update(_paper_rows(args.compare_with, final["ious"][NUM_CLASSES], cfg.eval.flip,
+                                "final"))  # fmt: skip
+        rows[f"selected - paper: {name}"] = {
+            NUM_CLASSES: [a - b for a, b in zip(best["ious"][NUM_CLASSES], theirs)]
+        }
+    print(class_tables(rows, classes, mask))
     results = Path(args.results) if args.results else Path(files[-1]).parent / "sweep.results.json"
     results.parent.mkdir(parents=True, exist_ok=True)
-    as_json = [{**r, "iou": dict(zip(CLASS_NAMES, r["iou"]))} for r in scored]
+    as_json = [{k: v for k, v in r.items() if k != "ious"} for r in scored]
     write_json(results, {
         "flip": cfg.eval.flip, "val_root": cfg.data.val.root, "num_images": len(val),
         "snapshots": as_json, "final": final["restore"], "selected_on_val": best["restore"],
@@ -250,16 +292,18 @@ def sweep(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | 
         "provenance": provenance(command_line(SCRIPT, argv), to_dict(cfg), device),
     })  # fmt: skip
     log.info("results written to %s", results)
-    print(f"final ({Path(final['restore']).name}): {100 * final['mIoU']:.2f}; best "
-          f"({Path(best['restore']).name}, selected on val): {100 * best['mIoU']:.2f}")  # fmt: skip
-    print(f"mIoU: {100 * final['mIoU']:.2f}")
+    final_miou, best_miou = (nanmean(r["ious"][first_set]) for r in (final, best))
+    print(f"final ({Path(final['restore']).name}): {100 * final_miou:.2f}; best "
+          f"({Path(best['restore']).name}, selected on val): {100 * best_miou:.2f} "
+          f"({miou_name(first_set)})")  # fmt: skip
+    print("\n".join(miou_lines(final["ious"])))
     return 0
 
 
 def _paper_rows(
     name: str, ious: list[float], flip: bool | None, ours: str = "ours"
-) -> dict[str, list[float]]:
-    """The paper's row (fractions) and ours minus it, per class."""
+) -> dict[str, dict[int, list[float]]]:
+    """The paper's row (fractions) and ours minus it, per class (19 classes)."""
     name, paper = paper_row(name)
     if flip is False:
         log.warning("the paper's Table 1 used flip averaging: add --flip to compare like with like")
@@ -267,8 +311,8 @@ def _paper_rows(
         log.info("paper row %r: %s", name, paper.note)
     theirs = [v / 100 for v in paper.iou]
     return {
-        f"paper: {name} (stated mIoU {paper.miou:.2f})": theirs,
-        f"{ours} - paper: {name}": [a - b for a, b in zip(ious, theirs)],
+        f"paper: {name} (stated mIoU {paper.miou:.2f})": {NUM_CLASSES: theirs},
+        f"{ours} - paper: {name}": {NUM_CLASSES: [a - b for a, b in zip(ious, theirs)]},
     }
 
 

@@ -1,7 +1,8 @@
-"""Datasets, paired transforms and loaders for GTA5 -> Cityscapes."""
+"""Datasets, paired transforms and loaders for GTA5 (or SYNTHIA) -> Cityscapes."""
 
 from dataset.datasets import (
     GTA5,
+    SYNTHIA,
     Batch,
     Cityscapes,
     CorruptImageError,
@@ -18,6 +19,7 @@ from dataset.datasets import (
     infinite_loader,
     read_image,
     read_label,
+    read_synthia_label,
 )
 from dataset.labels import CLASS_NAMES, ID_TO_TRAIN_ID, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize
 from dataset.transforms import (
@@ -36,6 +38,7 @@ __all__ = [
     "IMG_MEAN_BGR",
     "NUM_CLASSES",
     "PALETTE",
+    "SYNTHIA",
     "Batch",
     "Cityscapes",
     "CorruptImageError",
@@ -57,4 +60,5 @@ __all__ = [
     "normalize",
     "read_image",
     "read_label",
+    "read_synthia_label",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dataset.datasets import GTA5, Cityscapes, SegmentationDataset
+from dataset.datasets import GTA5, SYNTHIA, Cityscapes, SegmentationDataset
 from dataset.transforms import PairedTransform, TransformSpec
 from utils.config import DataConfig, DomainConfig
 
@@ -25,6 +25,8 @@ def ensure_data(cfg: DataConfig) -> None:
         num_val=cfg.synthetic.num_val,
         source_size=cfg.synthetic.source_size,
         target_size=cfg.synthetic.target_size,
+        num_synthia=cfg.synthetic.num_synthia,
+        synthia_size=cfg.synthetic.synthia_size,
     )
     ensure_synthetic(Path(cfg.synthetic.root), spec)
 
@@ -48,8 +50,10 @@ def build_dataset(
     list_file = cfg.list_file or None
     if cfg.dataset == "gta5":
         return GTA5(cfg.root, transform, list_file=list_file)
+    if cfg.dataset == "synthia":
+        return SYNTHIA(cfg.root, transform, list_file=list_file)
     if cfg.dataset == "cityscapes":
         return Cityscapes(
             cfg.root, cfg.split, transform, list_file=list_file, with_labels=with_labels
         )
-    raise ValueError(f"dataset: expected 'gta5' or 'cityscapes', got {cfg.dataset!r}")
+    raise ValueError(f"dataset: expected 'gta5', 'synthia' or 'cityscapes', got {cfg.dataset!r}")

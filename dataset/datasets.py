@@ -1,4 +1,4 @@
-"""GTA5 and Cityscapes readers, a resumable infinite sampler and the loaders built on it.
+"""GTA5, SYNTHIA and Cityscapes readers, a resumable infinite sampler and the loaders built on it.
 
 Every sample is a pure function of (index, seed): ``dataset[index, seed]`` seeds a fresh
 ``torch.Generator`` for the augmentation. ``InfiniteSampler`` yields those pairs from a stream
@@ -20,13 +20,16 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dataset.labels import ID_TO_TRAIN_ID
+from dataset.labels import ID_TO_TRAIN_ID, SYNTHIA_ID_TO_TRAIN_ID
 from dataset.transforms import PairedTransform
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 GTA5_LAYOUT = "expected <root>/images/*.png and <root>/labels/*.png (GTA5 layout)"
+SYNTHIA_LAYOUT = (
+    "expected <root>/RGB/*.png and <root>/GT/LABELS/*.png (SYNTHIA-RAND-CITYSCAPES layout)"
+)
 CITYSCAPES_LAYOUT = (
     "expected <root>/leftImg8bit/<split>/<city>/*_leftImg8bit.png and "
     "<root>/gtFine/<split>/<city>/*_gtFine_labelIds.png (Cityscapes layout)"
@@ -52,7 +55,8 @@ class CorruptImageError(DatasetError, ValueError):
 
 
 class LabelFormatError(DatasetError, ValueError):
-    """A label image is not a single-channel id map (PIL mode "P" or "L")."""
+    """A label image is not in its dataset's format: a single-channel id map (PIL mode "P" or
+    "L"), or for SYNTHIA a 16-bit multi-channel PNG."""
 
 
 class SizeMismatchError(DatasetError, ValueError):
@@ -120,6 +124,28 @@ def read_label(path: Path) -> Tensor:
     return torch.from_numpy(ID_TO_TRAIN_ID[ids])
 
 
+def read_synthia_label(path: Path) -> Tensor:
+    """Read a SYNTHIA ``GT/LABELS`` PNG and map it to uint8 trainIds (H, W).
+
+    The file is a 16-bit PNG with 3 or 4 channels whose first channel, in RGB order, holds the
+    class id. PIL cannot read such files; OpenCV reads them whole (``IMREAD_UNCHANGED``), in
+    BGR(A) order, so the class id is its channel 2."""
+    import cv2  # (on first use: only SYNTHIA needs it)
+
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # (H, W, C) BGR(A); None if unreadable
+    if raw is None:
+        raise CorruptImageError(f"cannot decode label {path}: OpenCV cannot read it as an image")
+    channels = 1 if raw.ndim == 2 else raw.shape[2]
+    if raw.dtype != np.uint16 or channels not in (3, 4):
+        raise LabelFormatError(
+            f"label {path}: {8 * raw.itemsize}-bit with {channels} channel(s); a SYNTHIA label "
+            "is a 16-bit PNG with 3 or 4 channels, the class id in the first (GT/LABELS, not "
+            "GT/COLOR)"
+        )
+    ids = raw[..., 2]  # (H, W) uint16: R, the first channel in RGB order
+    return torch.from_numpy(SYNTHIA_ID_TO_TRAIN_ID[np.minimum(ids, 255)])  # ids >= 255: ignored
+
+
 def _read_list(list_file: str | os.PathLike) -> list[tuple[int, str]]:
     """(line number, entry) for each non-blank line of a list file."""
     path = Path(list_file)
@@ -158,9 +184,13 @@ class SegmentationDataset(Dataset[Sample]):
         image = read_image(image_path)
         label = None
         if label_path is not None:
-            label = self.fit_label(read_label(label_path), image, label_path)
+            label = self.fit_label(self.read_label(label_path), image, label_path)
         image, label = self.transform(image, label, torch.Generator().manual_seed(seed))
         return Sample(image, label, name)
+
+    def read_label(self, path: Path) -> Tensor:
+        """The (H, W) uint8 trainIds of label file ``path`` (Cityscapes label ids)."""
+        return read_label(path)
 
     def fit_label(self, label: Tensor, image: Tensor, label_path: Path) -> Tensor:
         """Check that the (H, W) label matches the (3, H, W) image; subclasses may repair it."""
@@ -175,12 +205,15 @@ def _size(tensor: Tensor) -> str:
     return f"{tensor.shape[-1]}x{tensor.shape[-2]}"
 
 
-class GTA5(SegmentationDataset):
-    """GTA5: ``root/images/<name>.png`` with ``root/labels/<name>.png`` (palettised label ids).
+class FolderPairs(SegmentationDataset):
+    """Images in one folder, each with the label of the same name in another (GTA5, SYNTHIA):
+    all ``*.png`` images, or those ``list_file`` lists. A missing folder, image or label is an
+    error naming it. Subclasses name the folders."""
 
-    The few labels whose size differs from their image (15188.png, 17705.png) are resized to
-    the image with nearest neighbour, with one warning per file per dataset instance.
-    """
+    NAME = ""  # the dataset, for messages
+    IMAGES = ""  # the folders, relative to the root
+    LABELS = ""
+    LAYOUT = ""  # the expected layout, for messages
 
     def __init__(
         self,
@@ -189,14 +222,14 @@ class GTA5(SegmentationDataset):
         list_file: str | os.PathLike | None = None,
     ) -> None:
         root = Path(root)
-        images, labels = root / "images", root / "labels"
+        images, labels = root / self.IMAGES, root / self.LABELS
         for folder in (root, images, labels):
             if not folder.is_dir():
-                raise DatasetLayoutError(f"GTA5 folder {folder} not found: {GTA5_LAYOUT}")
+                raise DatasetLayoutError(f"{self.NAME} folder {folder} not found: {self.LAYOUT}")
         if list_file is None:
             names = sorted(path.name for path in images.glob("*.png"))
             if not names:
-                raise DatasetLayoutError(f"no images in {images}: {GTA5_LAYOUT}")
+                raise DatasetLayoutError(f"no images in {images}: {self.LAYOUT}")
             label_names = set(os.listdir(labels))
             for name in names:
                 if name not in label_names:
@@ -211,6 +244,24 @@ class GTA5(SegmentationDataset):
                 names.append(name)
         super().__init__([(images / n, labels / n, n) for n in names], transform)
         self.root = root
+
+
+class GTA5(FolderPairs):
+    """GTA5: ``root/images/<name>.png`` with ``root/labels/<name>.png`` (palettised label ids).
+
+    The few labels whose size differs from their image (15188.png, 17705.png) are resized to
+    the image with nearest neighbour, with one warning per file per dataset instance.
+    """
+
+    NAME, IMAGES, LABELS, LAYOUT = "GTA5", "images", "labels", GTA5_LAYOUT
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: PairedTransform,
+        list_file: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__(root, transform, list_file)
         self._warned: set[Path] = set()
 
     def fit_label(self, label: Tensor, image: Tensor, label_path: Path) -> Tensor:
@@ -229,6 +280,20 @@ class GTA5(SegmentationDataset):
             label[None, None], size=image.shape[-2:], mode="nearest-exact"
         )
         return resized[0, 0]
+
+
+class SYNTHIA(FolderPairs):
+    """SYNTHIA-RAND-CITYSCAPES: ``root/RGB/<name>.png`` with ``root/GT/LABELS/<name>.png``
+    (16-bit multi-channel, SYNTHIA class ids, read by ``read_synthia_label``).
+
+    A label whose size differs from its image is an error: no SYNTHIA pair is known to need
+    GTA5's repair.
+    """
+
+    NAME, IMAGES, LABELS, LAYOUT = "SYNTHIA", "RGB", "GT/LABELS", SYNTHIA_LAYOUT
+
+    def read_label(self, path: Path) -> Tensor:
+        return read_synthia_label(path)
 
 
 class Cityscapes(SegmentationDataset):

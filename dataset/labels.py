@@ -1,8 +1,13 @@
-"""The 19-class GTA5/Cityscapes label table, in one place.
+"""The 19-class GTA5/Cityscapes label table, SYNTHIA's ids and the 16/13-class subsets, in one
+place.
 
 Both GTA5 label PNGs and Cityscapes ``*_gtFine_labelIds.png`` store Cityscapes label ids
 (0..33, -1 for the licence plate). Training and evaluation use trainIds 0..18; every other id
 maps to ``IGNORE_INDEX``. Remapping is a 256-entry lookup table applied with one indexing op.
+
+SYNTHIA-RAND-CITYSCAPES labels store SYNTHIA's own class ids (DATA.md); they map to the same
+trainIds, and terrain, truck and train never occur. Results on SYNTHIA -> Cityscapes are
+reported on the 16 classes that SYNTHIA has and on 13 (also without wall, fence and pole).
 """
 
 from __future__ import annotations
@@ -65,3 +70,43 @@ def colorize(train_ids: np.ndarray) -> np.ndarray:
     table = np.zeros((256, 3), dtype=np.uint8)
     table[:NUM_CLASSES] = np.asarray(PALETTE, dtype=np.uint8)
     return table[train_ids.astype(np.uint8)]
+
+
+# SYNTHIA class id -> trainId (DATA.md); SYNTHIA has no terrain, truck or train.
+SYNTHIA_TO_TRAIN_ID: dict[int, int] = {
+    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 10, 10: 11, 17: 12, 8: 13,
+    19: 15, 12: 17, 11: 18,
+}  # fmt: skip
+
+
+def synthia_to_train_id_lut() -> np.ndarray:
+    """256-entry uint8 table: SYNTHIA class id -> trainId (255 for every other id)."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    lut[list(SYNTHIA_TO_TRAIN_ID)] = list(SYNTHIA_TO_TRAIN_ID.values())
+    return lut
+
+
+SYNTHIA_ID_TO_TRAIN_ID = synthia_to_train_id_lut()
+
+# The trainIds each protocol reports, in trainId order (the papers' column order).
+SYNTHIA_16: tuple[int, ...] = tuple(sorted(SYNTHIA_TO_TRAIN_ID.values()))  # no trrn, truck, train
+SYNTHIA_13: tuple[int, ...] = tuple(
+    c for c in SYNTHIA_16 if CLASS_NAMES[c] not in ("wall", "fence", "pole")
+)
+CLASS_SUBSETS: dict[int, tuple[int, ...]] = {
+    NUM_CLASSES: tuple(range(NUM_CLASSES)),
+    len(SYNTHIA_16): SYNTHIA_16,
+    len(SYNTHIA_13): SYNTHIA_13,
+}
+
+
+def output_train_ids(num_outputs: int) -> tuple[int, ...]:
+    """The trainId of each output channel of a model with ``num_outputs`` classes: 19 are the
+    trainIds; 16 and 13 (the 16- and 13-class SYNTHIA models, e.g. MaxSquare's ``class_16``)
+    are the subset's classes in trainId order."""
+    if num_outputs not in CLASS_SUBSETS:
+        raise ValueError(
+            f"a model with {num_outputs} outputs: only 19 (the Cityscapes trainIds), 16 and 13 "
+            f"(the SYNTHIA subsets, in trainId order) can be scored against Cityscapes labels"
+        )
+    return CLASS_SUBSETS[num_outputs]

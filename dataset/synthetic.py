@@ -1,4 +1,4 @@
-"""Procedural street scenes: the repository's built-in GTA5 -> Cityscapes benchmark.
+"""Procedural street scenes: the repository's built-in GTA5 (or SYNTHIA) -> Cityscapes benchmark.
 
 Every image is a street seen from a car: a random layout (camera pitch and height, lanes,
 sidewalks, grass strips, facades with windows, walls, fences, poles carrying traffic lights
@@ -12,7 +12,11 @@ the appearance differs, the way game frames differ from camera frames:
 - target (Cityscapes layout): greyer, shifted class colours (paler sky, mauve road, olive
   vegetation, grey-blue cars...), more haze, texture noise, a lighting gradient with
   vignetting, a slight blur, sensor noise and a random brightness, contrast and white balance
-  per image.
+  per image;
+- a second source (SYNTHIA-RAND-CITYSCAPES layout, ``num_synthia`` images, none by default):
+  another viewpoint (a higher camera, a wider lens, the horizon higher in the frame, no
+  bonnet), its own palette (cool facades, red cars, pale roads) with strong side shading and
+  little haze, and a world without terrain, trucks and trains, as SYNTHIA's.
 
 Each image draws from its own ``numpy.random.Generator`` seeded with (seed, domain, split,
 index): a file's bytes depend on those alone, never on the counts or the order.
@@ -22,7 +26,9 @@ index): a file's bytes depend on those alone, never on the counts or the order.
 writes ``<out>/GTA5/{images,labels}/00001.png ...`` (labels: palettised PNGs of Cityscapes
 label ids), ``<out>/Cityscapes/leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png``
 with grey ``gtFine/.../*_gtFine_labelIds.png`` beside, and last ``<out>/synthetic.json`` with
-the generation parameters, whose presence marks a complete dataset.
+the generation parameters, whose presence marks a complete dataset. ``--num-synthia N`` adds
+``<out>/SYNTHIA/RGB/0000000.png ...`` with ``GT/LABELS/<same>.png``: 16-bit 3-channel PNGs
+with SYNTHIA's class ids in the first channel (RGB order), written by OpenCV.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from dataset.labels import CLASS_NAMES, LABEL_IDS, PALETTE
+from dataset.labels import CLASS_NAMES, LABEL_IDS, PALETTE, SYNTHIA_TO_TRAIN_ID
 from utils.errors import add_debug_flag, run
 
 try:
@@ -79,12 +85,14 @@ class SyntheticSpec:
     num_val: int = 60
     source_size: tuple[int, int] = (480, 264)
     target_size: tuple[int, int] = (512, 256)
+    num_synthia: int = 0  # SYNTHIA-layout images (a second source)
+    synthia_size: tuple[int, int] = (480, 285)  # 1280x760's aspect
 
     def __post_init__(self) -> None:
-        for name in ("seed", "num_source", "num_train", "num_val"):
+        for name in ("seed", "num_source", "num_train", "num_val", "num_synthia"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SyntheticSpec.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("source_size", "target_size"):
+        for name in ("source_size", "target_size", "synthia_size"):
             size = getattr(self, name)
             if len(size) != 2 or min(size) < 32:
                 raise ValueError(f"SyntheticSpec.{name} must be (W, H), both >= 32, got {size}")
@@ -104,6 +112,13 @@ class _Domain:
     haze_distance: float  # metres
     side_shade: float  # brightness of faces that run along the street
     photographic: bool  # texture, lighting, exposure, blur and sensor noise (_photograph)
+    # The viewpoint: ranges of the focal length (x W), the horizon row (x H) and the camera's
+    # height (metres).
+    focal: tuple[float, float] = (0.68, 0.82)
+    horizon: tuple[float, float] = (0.38, 0.47)
+    elevation: tuple[float, float] = (1.35, 1.8)
+    hood_chance: float = 0.0  # how often an unlabelled bonnet is in view (photographic: always)
+    absent: frozenset[str] = frozenset()  # classes this world lacks
 
 
 _SOURCE = _Domain(
@@ -125,6 +140,7 @@ _SOURCE = _Domain(
     haze_distance=260.0,
     side_shade=0.72,
     photographic=False,
+    hood_chance=0.6,
 )  # fmt: skip
 
 # Greyer and shifted. A small CNN trained on 150 source images reaches about 55% of the
@@ -151,9 +167,41 @@ _TARGET = _Domain(
     photographic=True,
 )  # fmt: skip
 
-_DOMAINS = {"source": _SOURCE, "target": _TARGET}
+# SYNTHIA-like: another game engine and another camera. Cool facades, red cars, pale roads,
+# hard sunlight (dark side faces), little haze; seen from higher up with a wider lens; no
+# terrain, trucks or trains (SYNTHIA has none), so the far ground is paved.
+_SYNTHIA = _Domain(
+    colours={
+        "road": (128, 124, 116), "sidewalk": (176, 170, 182), "building": (118, 136, 170),
+        "wall": (196, 186, 150), "fence": (96, 76, 60), "pole": (70, 74, 80),
+        "light": (28, 30, 24), "sign": (214, 170, 24), "vegetation": (86, 132, 40),
+        "sky": (214, 226, 240), "person": (120, 56, 150), "rider": (30, 170, 170),
+        "car": (196, 40, 40), "bus": (40, 160, 80), "motorcycle": (60, 50, 90),
+        "bicycle": (240, 120, 40), "sky_top": (120, 170, 236), "cloud": (255, 255, 255),
+        "window": (40, 60, 90), "skin": (230, 180, 140), "trunk": (90, 60, 40),
+        "lamp_red": (255, 60, 40), "lamp_amber": (255, 180, 40), "lamp_green": (40, 240, 120),
+        "tyre": (18, 18, 20), "static": (150, 110, 60),
+    },
+    colour_jitter=12.0,
+    brightness_jitter=0.18,
+    haze=0.12,
+    haze_distance=400.0,
+    side_shade=0.55,
+    photographic=False,
+    focal=(0.52, 0.64),
+    horizon=(0.26, 0.36),
+    elevation=(2.4, 4.5),
+    absent=frozenset({"terrain", "truck", "train"}),
+)  # fmt: skip
+
+_DOMAINS = {"source": _SOURCE, "target": _TARGET, "synthia": _SYNTHIA}
 # (domain, split) -> the two seed words after the dataset seed.
-_STREAMS = {("source", "all"): (0, 0), ("target", "train"): (1, 1), ("target", "val"): (1, 2)}
+_STREAMS = {
+    ("source", "all"): (0, 0),
+    ("target", "train"): (1, 1),
+    ("target", "val"): (1, 2),
+    ("synthia", "all"): (2, 0),
+}
 
 # Classes whose instances vary more than the rest (in both domains).
 _SPREAD = {"building": 2.2, "car": 2.6, "person": 2.0, "rider": 1.6, "truck": 1.4, "sky": 0.6}
@@ -351,7 +399,8 @@ class _Street:
 _SIDES = ((0, -1.0), (1, 1.0))  # (index into the per-side pairs, sign of X)
 
 
-def _sample_street(rng: np.random.Generator) -> _Street:
+def _sample_street(rng: np.random.Generator, grass: bool = True) -> _Street:
+    """A street; ``grass=False``: no grass strips (the draws are the same either way)."""
     lane = float(rng.uniform(2.9, 3.6))
     n_away, n_oncoming = (int(n) for n in rng.integers(1, 3, 2))
     own = int(rng.integers(0, n_away))  # the camera's lane, counted from the centre line
@@ -364,7 +413,7 @@ def _sample_street(rng: np.random.Generator) -> _Street:
         centre + lane * n_away + 2.3 * parking[1],
     )
     walk = tuple((np.asarray(edge) + rng.uniform(2.0, 4.5, 2)).tolist())
-    terrain = tuple(bool(t) for t in rng.random(2) < 0.6)
+    terrain = tuple(bool(t) and grass for t in rng.random(2) < 0.6)
     grass = np.where(terrain, rng.uniform(1.5, 4.5, 2), 0.0)
     building = tuple((np.asarray(walk) + grass + rng.uniform(0.0, 1.0, 2)).tolist())
     end = float(rng.uniform(90.0, 220.0))
@@ -372,14 +421,14 @@ def _sample_street(rng: np.random.Generator) -> _Street:
     return _Street(lanes, lane, centre, edge, parking, walk, terrain, building, end, far)
 
 
-def _sample_camera(rng: np.random.Generator, size: tuple[int, int]) -> _Camera:
+def _sample_camera(rng: np.random.Generator, size: tuple[int, int], look: _Domain) -> _Camera:
     width, height = size
     return _Camera(
         size=size,
-        focal=float(rng.uniform(0.68, 0.82)) * width,
+        focal=float(rng.uniform(*look.focal)) * width,
         cx=width * (0.5 + float(rng.uniform(-0.06, 0.06))),
-        cy=height * float(rng.uniform(0.38, 0.47)),
-        elevation=float(rng.uniform(1.35, 1.8)),
+        cy=height * float(rng.uniform(*look.horizon)),
+        elevation=float(rng.uniform(*look.elevation)),
     )
 
 
@@ -402,13 +451,15 @@ def _draw_clouds(p: _Painter, rng: np.random.Generator) -> None:
 
 
 def _draw_ground(p: _Painter, rng: np.random.Generator, st: _Street) -> None:
-    """Grass beyond everything, road, sidewalks with curbs, grass strips, lane markings."""
+    """Grass (paved where the world has no terrain) beyond everything, road, sidewalks with
+    curbs, grass strips, lane markings."""
 
     def ground(name: str, x0: float, x1: float, z1: float, jit: Jitter, depth: float = 20.0):
         x0, x1 = sorted((x0, x1))
         p.fill(_rect("y", 0.0, x0, x1, 0.4, z1), ID[name], p.colour(name, jit, depth))
 
-    ground("terrain", -600.0, 600.0, 2000.0, _jitter(rng), 300.0)
+    far = "sidewalk" if "terrain" in p.domain.absent else "terrain"
+    ground(far, -600.0, 600.0, 2000.0, _jitter(rng), 300.0)
     road_jit = _jitter(rng)
     ground("road", -st.edge[0], st.edge[1], st.far, road_jit)
     for i, sign in _SIDES:
@@ -902,6 +953,7 @@ def _objects(
         if rng.random() < chance
     ]
     fleet += [("car", float(rng.uniform(3.8, 4.8))) for _ in range(1 + int(rng.poisson(2.5)))]
+    fleet = [(kind, length) for kind, length in fleet if kind not in p.domain.absent]
     for kind, length in fleet:
         spot = _place(rng, occupied, len(st.lanes), length)
         if spot is not None:
@@ -918,7 +970,7 @@ def _objects(
 def _draw_scene(p: _Painter, rng: np.random.Generator, hood_label: int | None) -> None:
     """Sample one street layout and paint it back to front: ground, far row, facades, walls,
     trees on the grass strips, fences, then sidewalk and road objects sorted by depth."""
-    st = _sample_street(rng)
+    st = _sample_street(rng, grass="terrain" not in p.domain.absent)
     _draw_clouds(p, rng)
     _draw_ground(p, rng, st)
     _draw_skyline(p, rng, st)
@@ -989,17 +1041,18 @@ def render(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One scene: (H, W, 3) uint8 RGB and (H, W) uint8 Cityscapes label ids.
 
-    ``domain`` is "source" (split "all") or "target" (split "train" or "val").
+    ``domain`` is "source" or "synthia" (split "all") or "target" (split "train" or "val").
     """
     rng = np.random.default_rng([seed, *_STREAMS[(domain, split)], index])
     look = _DOMAINS[domain]
-    camera = _sample_camera(rng, size)
+    camera = _sample_camera(rng, size, look)
     light = (rng.uniform(0.8, 1.15) * (1.0 + rng.normal(0.0, 0.06, 3))).tolist()
     painter = _Painter(camera, look, light, _jitter(rng))
+    hood: int | None = None
     if look.photographic:  # Cityscapes: the recording car's bonnet is always in view
-        hood: int | None = EGO_VEHICLE_ID
-    else:  # GTA5: an unlabelled bonnet in some frames
-        hood = UNLABELED_ID if rng.random() < 0.6 else None
+        hood = EGO_VEHICLE_ID
+    elif look.hood_chance and rng.random() < look.hood_chance:  # GTA5: in some frames
+        hood = UNLABELED_ID
     _draw_scene(painter, rng, hood)
     rgb, ids = np.asarray(painter.image), np.array(painter.label)
     if look.photographic:
@@ -1027,6 +1080,31 @@ def _gta5_palette() -> list[int]:
     return palette
 
 
+def _synthia_ids() -> np.ndarray:
+    """256-entry table: Cityscapes label id -> SYNTHIA class id (0, void, for the rest)."""
+    table = np.zeros(256, dtype=np.uint16)
+    for synthia_id, train_id in SYNTHIA_TO_TRAIN_ID.items():
+        table[LABEL_IDS[train_id]] = synthia_id
+    return table
+
+
+CITYSCAPES_TO_SYNTHIA_ID = _synthia_ids()
+
+
+def write_synthia_label(path: Path, ids: np.ndarray) -> None:
+    """Write (H, W) SYNTHIA class ids as SYNTHIA does: a 16-bit 3-channel PNG, the class id in
+    the first channel in RGB order. The second holds a stand-in for SYNTHIA's instance ids
+    (1000 + the class id, 0 on void), the third zeros, so a reader that takes another channel
+    than the first gets other numbers."""
+    import cv2  # (on first use: only the SYNTHIA layout needs it)
+
+    classes = ids.astype(np.uint16)
+    instances = np.where(classes > 0, 1000 + classes, 0).astype(np.uint16)
+    bgr = np.stack([np.zeros_like(classes), instances, classes], axis=-1)  # OpenCV: B, G, R
+    if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+        raise OSError(f"OpenCV could not write {path}")
+
+
 def _jobs(spec: SyntheticSpec) -> list[_Job]:
     jobs = [
         _Job(
@@ -1038,6 +1116,17 @@ def _jobs(spec: SyntheticSpec) -> list[_Job]:
             f"GTA5/labels/{i + 1:05d}.png",
         )
         for i in range(spec.num_source)
+    ]
+    jobs += [
+        _Job(
+            "synthia",
+            "all",
+            i,
+            spec.synthia_size,
+            f"SYNTHIA/RGB/{i:07d}.png",
+            f"SYNTHIA/GT/LABELS/{i:07d}.png",
+        )
+        for i in range(spec.num_synthia)
     ]
     for split, count, cities in (
         ("train", spec.num_train, TRAIN_CITIES),
@@ -1065,6 +1154,9 @@ def _write(root: Path, job: _Job, seed: int, palette: list[int]) -> None:
     image_path.parent.mkdir(parents=True, exist_ok=True)
     label_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(image_path, compress_level=1)
+    if job.domain == "synthia":
+        write_synthia_label(label_path, CITYSCAPES_TO_SYNTHIA_ID[ids])
+        return
     label = Image.fromarray(ids)  # mode "L": Cityscapes labelIds
     if job.domain == "source":
         label.putpalette(palette)  # mode "P" whose indices are label ids: GTA5
@@ -1072,8 +1164,12 @@ def _write(root: Path, job: _Job, seed: int, palette: list[int]) -> None:
 
 
 def _manifest(spec: SyntheticSpec) -> dict:
+    """The generation parameters; without a SYNTHIA source, its fields are left out, so that
+    datasets written before it existed still match."""
     record = {"format_version": FORMAT_VERSION}
     for key, value in dataclasses.asdict(spec).items():
+        if spec.num_synthia == 0 and key in ("num_synthia", "synthia_size"):
+            continue
         record[key] = list(value) if isinstance(value, tuple) else value
     return record
 
@@ -1145,7 +1241,7 @@ def ensure_synthetic(out: str | Path, spec: SyntheticSpec) -> Path:
     if _existing_matches(out, spec):
         logger.info("using the synthetic dataset at %s", out)
         return out
-    total = spec.num_source + spec.num_train + spec.num_val
+    total = spec.num_source + spec.num_train + spec.num_val + spec.num_synthia
     logger.info(
         "generating the synthetic dataset (%d images, seed %d) at %s", total, spec.seed, out
     )
@@ -1176,6 +1272,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--target-size", type=int, nargs=2, default=defaults.target_size, metavar=("W", "H")
     )
+    parser.add_argument(
+        "--num-synthia", type=int, default=defaults.num_synthia,
+        help="SYNTHIA-layout source images (a second source)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--synthia-size", type=int, nargs=2, default=defaults.synthia_size, metavar=("W", "H")
+    )
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -1188,6 +1291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_val=args.num_val,
         source_size=tuple(args.source_size),
         target_size=tuple(args.target_size),
+        num_synthia=args.num_synthia,
+        synthia_size=tuple(args.synthia_size),
     )
     start = time.perf_counter()
     out = generate(args.out, spec)

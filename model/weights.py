@@ -21,6 +21,11 @@ Any layout may carry a ``module.`` prefix (``nn.DataParallel``), which is remove
 ``deeplab_init`` and ``torchvision`` hold a backbone only: they are initial weights
 (``model.init_from``), never a trained G (``--restore``).
 
+A file from elsewhere also says how many classes it predicts: ``preset_for`` takes the count
+from the file when it is 19, or 16 or 13 (SYNTHIA -> Cityscapes models trained on those
+classes, e.g. MaxSquare's ``--num_classes 16``, whose outputs are the subset's classes in
+trainId order), and says so; the load report names the count.
+
 Released AdaptSegNet and MaxSquare models store four ASPP convs per classifier, but their
 forward returned after the first two (SPEC.md): loaded into a two-branch model (preset
 ``adaptsegnet``/``maxsquare``), the stored branches 2 and 3 are dropped and the drop is logged.
@@ -39,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dataset.labels import CLASS_SUBSETS, NUM_CLASSES
 from model.deeplabv2 import ASPP_DILATIONS, DeepLabV2
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_strict
 from utils.config import ModelConfig
@@ -109,9 +115,11 @@ class LoadReport:
     loaded: int  # tensors taken from the file
     notes: tuple[str, ...]  # conversions and drops, one sentence each
     kept_init: tuple[str, ...]  # model tensors left at their initial values
+    num_classes: int | None = None  # the classes the file's classifiers predict (None: none)
 
     def __str__(self) -> str:
-        lines = [f"{self.path}: {LAYOUTS[self.layout]}, {self.loaded} tensors loaded"]
+        classes = f", {class_count(self.num_classes)}" if self.num_classes is not None else ""
+        lines = [f"{self.path}: {LAYOUTS[self.layout]}{classes}, {self.loaded} tensors loaded"]
         lines += [f"  {note}" for note in self.notes]
         if self.kept_init:
             lines.append(f"  {len(self.kept_init)} tensors kept at their initial values")
@@ -182,13 +190,27 @@ def infer_preset(weights: Weights) -> str:
     raise CheckpointError(f"{where}: cannot infer the preset: {_suggestion(s, weights.layout)}")
 
 
+def class_count(num_classes: int) -> str:
+    """How a class count reads: ``19 classes``, or the SYNTHIA subset 16 or 13 stand for."""
+    if num_classes in CLASS_SUBSETS and num_classes != NUM_CLASSES:
+        return f"{num_classes} classes (the SYNTHIA {num_classes}, in trainId order)"
+    return f"{num_classes} classes"
+
+
 def preset_for(cfg: ModelConfig, weights: Weights) -> ModelConfig:
-    """``cfg`` with a preset for ``weights``: the one ``cfg`` names; else, for this repository's
-    checkpoints, the switches as given; else the preset inferred from the file."""
+    """``cfg`` fitted to ``weights``. The preset: the one ``cfg`` names; else, for this
+    repository's checkpoints, the switches as given; else the one inferred from the file. The
+    classes: a file from elsewhere that predicts 19, 16 or 13 sets ``num_classes``."""
+    found = structure(weights.state).num_classes
+    if weights.layout != "checkpoint" and found in CLASS_SUBSETS and found != cfg.num_classes:
+        log.info("%s: %s found in the file (model.num_classes=%d)", weights.path,
+                 class_count(found), found)  # fmt: skip
+        cfg = replace(cfg, num_classes=found)
     if cfg.preset or weights.layout == "checkpoint":
         return cfg
     preset = infer_preset(weights)
-    log.info("%s: preset %s inferred from the file (give --preset to choose)", weights.path, preset)
+    log.info("%s: preset %s inferred from the file, %s (give --preset to choose)", weights.path,
+             preset, class_count(found))  # fmt: skip
     return replace(cfg, preset=preset)
 
 
@@ -238,9 +260,9 @@ def load_weights(
         load_state_strict(model, state, path)
     except CheckpointError as err:
         raise CheckpointError(f"{err}\n  {_hint(file_s, model_s, weights.layout)}") from None
-    report = LoadReport(
-        path, weights.layout, purpose, len(state) - len(kept_init), tuple(notes), tuple(kept_init)
-    )
+    loaded = len(state) - len(kept_init)
+    report = LoadReport(path, weights.layout, purpose, loaded, tuple(notes), tuple(kept_init),
+                        file_s.num_classes)  # fmt: skip
     log.info("%s weights: %s", purpose, report)
     return report
 

@@ -98,3 +98,32 @@ def test_resolved_config_round_trips(tmp_path):
     dump_yaml(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
     assert config_from_dict(to_dict(cfg)) == cfg
+
+
+def test_synthia_configs_hold_the_benchmark_settings():
+    norm = load_config(CONFIGS / "synthia_to_cityscapes" / "norm_only.yaml")
+    assert norm.data.source.dataset == "synthia" and norm.data.source.resize == (1280, 760)
+    assert norm.data.source.crop is None and norm.data.target.crop is None
+    assert norm.data.target.resize == (1024, 512) and norm.data.val.resize == (1024, 512)
+    assert norm.eval.classes == (16, 13) and norm.eval.mask_absent is False
+    assert norm.model.num_classes == 19  # trained on 19 outputs, as CLAN's SYNTHIA code
+    assert norm.loss.lambda_norm == 1.5e-4 and norm.train.max_steps == 100_000
+    clan = load_config(CONFIGS / "synthia_to_cityscapes" / "clan.yaml")
+    assert clan.loss.lambda_norm == 0.0 and clan.loss.lambda_local == 10.0
+    assert load_config(CONFIGS / "synthia_to_cityscapes" / "clan_norm.yaml").loss.lambda_local == 10
+    assert load_config(CONFIGS / "synthia_to_cityscapes" / "source_only.yaml").loss.lambda_norm == 0
+    demo = load_config(CONFIGS / "demo" / "synthia" / "clan_norm.yaml")
+    gta_demo = load_config(CONFIGS / "demo" / "clan_norm.yaml")
+    assert demo.data.source.dataset == "synthia" and demo.data.synthetic.num_synthia > 0
+    assert demo.data.source.root == f"{demo.data.synthetic.root}/SYNTHIA"
+    assert demo.eval.classes == (16, 13) and demo.loss.lambda_local == 10.0
+    assert (demo.model, demo.optim, demo.train.max_steps) == (
+        gta_demo.model, gta_demo.optim, gta_demo.train.max_steps
+    )  # fmt: skip
+    assert load_config().eval.classes == (19,)
+
+
+@pytest.mark.parametrize("classes", ["[17]", "[]", "[16,16]", "[19,12]"])
+def test_eval_classes_are_checked(classes):
+    with pytest.raises(ConfigError, match=r"eval\.classes: expected a list of distinct"):
+        load_config(None, [f"eval.classes={classes}"])

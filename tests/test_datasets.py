@@ -17,6 +17,7 @@ from dataset import (
     IGNORE_INDEX,
     IMG_MEAN_BGR,
     PALETTE,
+    SYNTHIA,
     Batch,
     Cityscapes,
     CorruptImageError,
@@ -33,8 +34,15 @@ from dataset import (
     eval_loader,
     infinite_loader,
     normalize,
+    read_synthia_label,
 )
-from dataset.labels import ID_TO_TRAIN_ID, LABEL_IDS
+from dataset.labels import (
+    CLASS_NAMES,
+    ID_TO_TRAIN_ID,
+    LABEL_IDS,
+    SYNTHIA_16,
+    SYNTHIA_ID_TO_TRAIN_ID,
+)
 
 BLOCK = 16  # pixels per label block
 ROWS, COLS = 4, 5  # blocks per image: images are 80x64 (W x H)
@@ -454,3 +462,124 @@ def test_collate_without_labels() -> None:
     mixed = [samples[0], Sample(torch.zeros(3, 4, 5), torch.zeros(4, 5, dtype=torch.long), "x")]
     with pytest.raises(ValueError, match="unlabelled"):
         collate(mixed)
+
+
+# --- SYNTHIA-RAND-CITYSCAPES ----------------------------------------------------------------
+
+# DATA.md's table, written out: SYNTHIA class id -> trainId.
+SYNTHIA_TABLE = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 10, 10: 11,
+                 17: 12, 8: 13, 19: 15, 12: 17, 11: 18}  # fmt: skip
+# Known SYNTHIA ids in the top row: road, car, void, terrain (16: not mapped), bicycle.
+SYNTHIA_FIRST_ROW = (3, 8, 0, 16, 11)
+
+
+def synthia_ids(variant: int) -> np.ndarray:
+    """(64, 80) uint16 SYNTHIA class ids in 16x16 blocks; asymmetric, so a flip shows."""
+    grid = np.zeros((ROWS, COLS), dtype=np.uint16)
+    grid[0] = SYNTHIA_FIRST_ROW
+    grid[1:] = np.resize(np.roll(np.array(list(SYNTHIA_TABLE), dtype=np.uint16), variant),
+                         (ROWS - 1, COLS))  # fmt: skip
+    return np.kron(grid, np.ones((BLOCK, BLOCK), dtype=np.uint16))
+
+
+def save_synthia_label(path: Path, ids: np.ndarray) -> None:
+    """SYNTHIA style: a 16-bit 3-channel PNG, R (the first channel in RGB order) = class id;
+    G and B hold other numbers, so reading the wrong channel gives other classes."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.stack([ids, ids * 7 + 500, np.full_like(ids, 3)], axis=-1).astype(np.uint16)
+    assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))  # OpenCV writes BGR
+
+
+def synthia_colours(ids: np.ndarray) -> np.ndarray:
+    """The image whose colour encodes the trainId of each SYNTHIA id (white where ignored)."""
+    train_ids = np.full(ids.shape, 255, dtype=np.int64)
+    for synthia_id, train_id in SYNTHIA_TABLE.items():
+        train_ids[ids == synthia_id] = train_id
+    colours = ID_COLOURS[[*LABEL_IDS, 0]]  # by trainId, then white for 255
+    return colours[np.where(train_ids == 255, len(LABEL_IDS), train_ids)]
+
+
+@pytest.fixture
+def synthia_root(tmp_path: Path) -> Path:
+    root = tmp_path / "SYNTHIA"
+    for i in range(3):
+        ids = synthia_ids(i)
+        (root / "RGB").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(synthia_colours(ids), mode="RGB").save(root / "RGB" / f"{i:07d}.png")
+        save_synthia_label(root / "GT" / "LABELS" / f"{i:07d}.png", ids)
+    return root
+
+
+def test_synthia_reads_the_first_rgb_channel_of_16_bit_labels(synthia_root: Path) -> None:
+    import cv2
+
+    path = synthia_root / "GT/LABELS/0000000.png"
+    with Image.open(path) as pil:
+        assert pil.mode.startswith("RGB")  # PIL sees colour, and cannot keep its 16 bits
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16 and raw.shape == (64, 80, 3)
+    assert not np.array_equal(raw[..., 0], raw[..., 2])  # the channels differ
+    sample = SYNTHIA(synthia_root, IDENTITY)[0]
+    assert sample.name == "0000000.png" and sample.label.shape == (64, 80)
+    top = sample.label[BLOCK // 2, BLOCK // 2 :: BLOCK].tolist()
+    assert top == [0, 13, 255, 255, 18]  # road, car, void, terrain (absent), bicycle
+    assert torch.equal(read_synthia_label(path), sample.label.to(torch.uint8))
+    # Taking the BGR array's first channel (B, the last in RGB) would read id 3 everywhere.
+    assert (SYNTHIA_ID_TO_TRAIN_ID[raw[..., 0].clip(max=255)] == 0).all()
+    assert_aligned(sample.image, sample.label)
+
+
+def test_synthia_id_table_is_data_md() -> None:
+    expected = np.full(256, 255, dtype=np.uint8)
+    expected[list(SYNTHIA_TABLE)] = list(SYNTHIA_TABLE.values())
+    assert np.array_equal(SYNTHIA_ID_TO_TRAIN_ID, expected)
+    trrn, truck, train = (CLASS_NAMES.index(n) for n in ("terrain", "truck", "train"))
+    assert {trrn, truck, train}.isdisjoint(SYNTHIA_ID_TO_TRAIN_ID.tolist())
+    assert tuple(sorted(SYNTHIA_TABLE.values())) == SYNTHIA_16
+
+
+def test_synthia_ids_beyond_255_are_ignored(synthia_root: Path) -> None:
+    ids = synthia_ids(0)
+    ids[:BLOCK, :BLOCK] = 256 + 3  # 16-bit values whose low byte is road's id
+    save_synthia_label(synthia_root / "GT/LABELS/0000000.png", ids)
+    label = SYNTHIA(synthia_root, IDENTITY)[0].label
+    assert (label[:BLOCK, :BLOCK] == 255).all() and label[0, BLOCK] == 13
+
+
+def test_synthia_paired_transforms_keep_alignment(synthia_root: Path) -> None:
+    spec = TransformSpec(resize=(100, 80), scale_range=(0.8, 1.2), crop=(64, 48), mirror=True)
+    data = SYNTHIA(synthia_root, PairedTransform(spec))
+    for seed in range(4):
+        sample = data[1, seed]
+        assert sample.image.shape == (3, 48, 64) and sample.label.shape == (48, 64)
+        assert_aligned(sample.image, sample.label, margin=3)
+
+
+def test_synthia_errors_name_the_file(synthia_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetLayoutError, match=r"RGB/\*\.png.*SYNTHIA-RAND-CITYSCAPES"):
+        SYNTHIA(tmp_path / "nowhere", IDENTITY)
+    list_file = tmp_path / "synthia.txt"
+    list_file.write_text("0000002.png\n0000009.png\n")
+    with pytest.raises(MissingFileError, match=r"synthia\.txt:2: entry '0000009\.png'"):
+        SYNTHIA(synthia_root, IDENTITY, list_file=list_file)
+    list_file.write_text("0000002.png\n")
+    assert [s.name for s in SYNTHIA(synthia_root, IDENTITY, list_file=list_file)] == ["0000002.png"]
+    label = synthia_root / "GT/LABELS/0000001.png"
+    save_grey(label, label_ids(1))  # an 8-bit label where SYNTHIA's are 16-bit
+    data = SYNTHIA(synthia_root, IDENTITY)
+    with pytest.raises(LabelFormatError, match=r"LABELS/0000001\.png: 8-bit with 1 channel"):
+        data[1]
+    Image.fromarray(synthia_ids(1)).save(label)  # 16-bit, but one channel (PIL mode "I;16")
+    with pytest.raises(LabelFormatError, match=r"0000001\.png: 16-bit with 1 channel"):
+        data[1]
+    label.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    with pytest.raises(CorruptImageError, match=r"LABELS/0000001\.png"):
+        data[1]
+    save_synthia_label(label, synthia_ids(1)[::2, ::2])
+    with pytest.raises(SizeMismatchError, match=r"0000001\.png is 40x32 but its image is 80x64"):
+        data[1]
+    label.unlink()
+    with pytest.raises(MissingFileError, match=r"label .*GT/LABELS/0000001\.png of image"):
+        SYNTHIA(synthia_root, IDENTITY)

@@ -159,13 +159,13 @@ def test_mixed_precision_upsamples_logits_in_float32(
 
 def test_training_evaluates_in_float32_as_evaluate_cityscapes(tmp_path, tiny_run, monkeypatch):
     autocast_on = []
-    evaluate = engine.evaluate
+    evaluate = engine.evaluate_views
 
     def spy(*args, **kwargs):
         autocast_on.append(torch.is_autocast_enabled("cpu"))
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "evaluate", spy)
+    monkeypatch.setattr(engine, "evaluate_views", spy)
     args = ["--config", "configs/demo/norm_only.yaml", *tiny_run, "train.device=cpu",
             "train.amp=bf16", "train.max_steps=2", f"train.out_dir={tmp_path}",
             "train.run_name=bf16"]  # fmt: skip

@@ -1,4 +1,5 @@
-"""Label table and IoU against cityscapesscripts, the dataset's official scripts."""
+"""Label table and IoU (19 classes, and the 16 and 13 of SYNTHIA -> Cityscapes) against
+cityscapesscripts, the dataset's official scripts."""
 
 import math
 
@@ -9,7 +10,17 @@ from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_ev
 from cityscapesscripts.helpers.labels import labels as cs_labels
 from PIL import Image
 
-from dataset.labels import CLASS_NAMES, ID_TO_TRAIN_ID, LABEL_IDS, PALETTE, colorize
+from dataset.labels import (
+    CLASS_NAMES,
+    CLASS_SUBSETS,
+    ID_TO_TRAIN_ID,
+    LABEL_IDS,
+    PALETTE,
+    SYNTHIA_13,
+    SYNTHIA_16,
+    colorize,
+)
+from utils.evaluation import predicted_train_ids
 from utils.metrics import ConfusionMatrix, format_iou_table
 
 CS_NAMES = {"light": "traffic light", "sign": "traffic sign"}
@@ -67,6 +78,11 @@ def test_confusion_matrix_nan_for_absent_class_and_errors():
 
 def _cityscapes_oracle(tmp_path, preds, gts):
     """Per-trainId IoU from cityscapesscripts on label-id PNGs."""
+    return _cityscapes_result(tmp_path, preds, gts)[0]
+
+
+def _cityscapes_result(tmp_path, preds, gts):
+    """cityscapesscripts' per-trainId IoU and class average on label-id PNGs."""
     train_to_id = np.array(LABEL_IDS, dtype=np.uint8)
     pred_files, gt_files = [], []
     for i, (p, g) in enumerate(zip(preds, gts)):
@@ -79,7 +95,7 @@ def _cityscapes_oracle(tmp_path, preds, gts):
     args.quiet, args.JSONOutput, args.evalInstLevelScore = True, False, False
     result = cs_eval.evaluateImgLists(pred_files, gt_files, args)
     scores = result["classScores"]
-    return [scores[CS_NAMES.get(n, n)] for n in CLASS_NAMES]
+    return [scores[CS_NAMES.get(n, n)] for n in CLASS_NAMES], result["averageScoreClasses"]
 
 
 def test_miou_matches_cityscapesscripts(tmp_path):
@@ -112,3 +128,104 @@ def test_format_iou_table_rows_and_miou():
     assert lines[2].split("|")[-2].strip() == "50.00"  # nan-mean over 18 classes
     assert lines[2].split("|")[-3].strip() == "nan"
     assert lines[3].split("|")[-2].strip() == "100.00"
+
+
+# --- the 16- and 13-class protocols (SYNTHIA -> Cityscapes) ----------------------------------
+
+
+def test_subsets_are_the_papers_classes():
+    names16 = {CLASS_NAMES[c] for c in SYNTHIA_16}
+    names13 = {CLASS_NAMES[c] for c in SYNTHIA_13}
+    assert names16 == set(CLASS_NAMES) - {"terrain", "truck", "train"} and len(SYNTHIA_16) == 16
+    assert names13 == names16 - {"wall", "fence", "pole"} and len(SYNTHIA_13) == 13
+    assert list(SYNTHIA_16) == sorted(SYNTHIA_16)  # the papers' column order: trainId order
+    assert {19: tuple(range(19)), 16: SYNTHIA_16, 13: SYNTHIA_13} == CLASS_SUBSETS
+
+
+def test_subset_iou_hand_case():
+    # Classes 0..2, subset {0, 1}: class 2 is absent from the protocol.
+    target = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    pred = torch.tensor([0, 0, 2, 1, 1, 0, 2, 1])
+    cm = ConfusionMatrix(3)
+    cm.update(pred, target)
+    # All 3: class 0 TP 2, FN 2, FP 1 -> 2/5; class 1 TP 1, FN 1, FP 2 -> 1/4.
+    assert cm.iou() == pytest.approx([2 / 5, 1 / 4, 1 / 3])
+    # Subset {0, 1}: the pixel of 0 predicted 2 stays an FN of 0; the pixel of 2 predicted 1
+    # (an ignored label) is no FP of 1: class 0 -> 2/5, class 1 TP 1, FN 1, FP 1 -> 1/3.
+    assert cm.iou([0, 1]) == pytest.approx([2 / 5, 1 / 3])
+    assert cm.miou([0, 1]) == pytest.approx((2 / 5 + 1 / 3) / 2)
+    assert cm.miou([0, 1]) != pytest.approx(cm.miou() * 3 / 2)  # never a rescaled mean
+
+
+def _restricted_oracle(tmp_path, preds, gts, absent, monkeypatch):
+    """cityscapesscripts' per-class IoU and class average with the trainIds ``absent`` (and so
+    their label ids) marked ignoreInEval, as its evaluation restricted to the others."""
+    ignored = {LABEL_IDS[c] for c in absent}
+    patched = {i: lab._replace(ignoreInEval=True) if i in ignored else lab
+               for i, lab in cs_eval.id2label.items()}  # fmt: skip
+    monkeypatch.setattr(cs_eval, "id2label", patched)
+    return _cityscapes_result(tmp_path, preds, gts)
+
+
+@pytest.mark.parametrize("num_classes", [16, 13])
+def test_subset_miou_matches_cityscapesscripts(tmp_path, monkeypatch, num_classes):
+    rng = np.random.default_rng(num_classes)
+    all_ids = np.array([label.id for label in cs_labels if label.id >= 0], dtype=np.uint8)
+    classes = CLASS_SUBSETS[num_classes]
+    absent = [c for c in range(19) if c not in classes]
+    preds, gts = [], []
+    for _ in range(3):
+        gt = rng.choice(all_ids, size=(24, 40)).astype(np.uint8)  # every class, ignored ids too
+        truth = ID_TO_TRAIN_ID[gt]
+        pred = np.where(rng.random(gt.shape) < 0.5, truth, rng.integers(0, 19, gt.shape))
+        pred = np.where(pred == 255, rng.integers(0, 19, gt.shape), pred).astype(np.uint8)
+        preds.append(pred)
+        gts.append(gt)
+    # Absent classes are both predicted (on pixels of present classes) and labelled.
+    present = np.isin(ID_TO_TRAIN_ID[gts[0]], classes)
+    assert np.isin(preds[0][present], absent).sum() > 20
+    assert np.isin(ID_TO_TRAIN_ID[gts[0]], absent).sum() > 20
+    cm = ConfusionMatrix(19)
+    for p, g in zip(preds, gts):
+        cm.update(torch.from_numpy(p.astype(np.int64)), torch.from_numpy(ID_TO_TRAIN_ID[g]).long())
+    per_class, average = _restricted_oracle(tmp_path, preds, gts, absent, monkeypatch)
+    assert cm.iou(classes) == pytest.approx([per_class[c] for c in classes], abs=1e-12)
+    assert cm.miou(classes) == pytest.approx(average, abs=1e-12)
+    assert all(math.isnan(per_class[c]) for c in absent)
+    # The restriction changes each class's IoU (fewer false positives), and the mean is not
+    # the 19-class mean rescaled.
+    full = cm.iou()
+    assert all(cm.iou(classes)[i] > full[c] for i, c in enumerate(classes))
+    assert cm.miou(classes) != pytest.approx(cm.miou() * 19 / num_classes, abs=1e-3)
+
+
+def test_format_iou_table_subset_columns():
+    table = format_iou_table({"a": [0.5] * 16}, 16)
+    head = [cell.strip() for cell in table.splitlines()[0].split("|")[2:-1]]
+    assert head == ["road", "sdwk", "bldng", "wall", "fence", "pole", "light", "sign", "vgtn",
+                    "sky", "person", "rider", "car", "bus", "mcycl", "bcycl", "mIoU16"]  # fmt: skip
+    table13 = format_iou_table({"a": [0.25] * 13}, 13)
+    head13 = [cell.strip() for cell in table13.splitlines()[0].split("|")[2:-1]]
+    assert head13[3] == "light" and head13[-1] == "mIoU13" and len(head13) == 14
+    assert table13.splitlines()[2].split("|")[-2].strip() == "25.00"
+    with pytest.raises(ValueError, match="19 IoUs for 16 classes"):
+        format_iou_table({"a": [0.5] * 19}, 16)
+
+
+def test_predictions_map_outputs_to_train_ids_and_views_restrict_the_argmax():
+    scores19 = torch.zeros(1, 19, 1, 3)
+    scores19[0, [9, 2, 16], 0, [0, 1, 2]] = 1.0  # terrain, building, train
+    scores19[0, 8, 0, 0] = 0.5  # vegetation second at pixel 0
+    scores19[0, 15, 0, 2] = 0.5  # bus second at pixel 2
+    assert predicted_train_ids(scores19).tolist() == [[[9, 2, 16]]]
+    assert predicted_train_ids(scores19, SYNTHIA_16).tolist() == [[[8, 2, 15]]]
+    scores16 = torch.zeros(1, 16, 1, 2)
+    scores16[0, [9, 15], 0, [0, 1]] = 1.0  # output 9 is sky (trainId 10), 15 bicycle (18)
+    assert predicted_train_ids(scores16).tolist() == [[[10, 18]]]
+    scores16[0, 3, 0, 1] = 0.5  # wall second
+    assert predicted_train_ids(scores16, SYNTHIA_13).tolist() == [[[10, 18]]]
+    scores16[0, 15, 0, 1] = 0.0  # now wall leads; masked, the first of the tied rest (road)
+    assert predicted_train_ids(scores16).tolist() == [[[10, 3]]]
+    assert predicted_train_ids(scores16, SYNTHIA_13).tolist() == [[[10, 0]]]
+    with pytest.raises(ValueError, match="5 outputs"):
+        predicted_train_ids(torch.zeros(1, 5, 1, 1))

@@ -232,3 +232,99 @@ def test_domains_share_layout_but_not_appearance() -> None:
     for name in ("sky", "vegetation", "car", "sidewalk"):
         assert distance[CLASS_NAMES.index(name)] > 25.0, name
     assert source_flat > 0.8 and target_flat < 0.1  # flat shading versus texture and noise
+
+
+# --- the SYNTHIA-layout source ---------------------------------------------------------------
+
+SYNTHIA_SPEC = dataclasses.replace(
+    SPEC, num_source=0, num_train=1, num_val=1, num_synthia=3, synthia_size=(120, 72)
+)
+SYNTHIA_IDS = {3, 4, 2, 21, 5, 7, 15, 9, 6, 1, 10, 17, 8, 19, 12, 11}  # DATA.md's table
+ABSENT = [CLASS_NAMES.index(n) for n in ("terrain", "truck", "train")]
+
+
+@pytest.fixture(scope="module")
+def synthia_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("synthia") / "data", SYNTHIA_SPEC, progress=False)
+
+
+def test_synthia_layout_and_16_bit_labels(synthia_root: Path) -> None:
+    import cv2
+
+    names = [f"{i:07d}.png" for i in range(3)]
+    assert sorted(p.name for p in (synthia_root / "SYNTHIA/RGB").iterdir()) == names
+    assert sorted(p.name for p in (synthia_root / "SYNTHIA/GT/LABELS").iterdir()) == names
+    assert not (synthia_root / "GTA5").exists()
+    for name in names:
+        image = _read(synthia_root / "SYNTHIA/RGB" / name)
+        assert (image.mode, image.size) == ("RGB", (120, 72))
+        raw = cv2.imread(str(synthia_root / "SYNTHIA/GT/LABELS" / name), cv2.IMREAD_UNCHANGED)
+        assert raw.dtype == np.uint16 and raw.shape == (72, 120, 3)
+        red, green, blue = raw[..., 2], raw[..., 1], raw[..., 0]  # OpenCV's BGR
+        assert set(np.unique(red).tolist()) <= SYNTHIA_IDS | {0}
+        assert (blue == 0).all() and (green[red > 0] == 1000 + red[red > 0]).all()
+        assert (red > 0).mean() > 0.95
+    manifest = json.loads((synthia_root / "synthetic.json").read_text())
+    assert manifest["num_synthia"] == 3 and manifest["synthia_size"] == [120, 72]
+
+
+def test_synthia_labels_are_the_rendered_classes_in_synthia_ids(synthia_root: Path) -> None:
+    from dataset import SYNTHIA, PairedTransform, TransformSpec
+
+    data = SYNTHIA(synthia_root / "SYNTHIA", PairedTransform(TransformSpec()))
+    for index in range(3):
+        _, ids = render(SYNTHIA_SPEC.seed, "synthia", "all", index, SYNTHIA_SPEC.synthia_size)
+        assert np.array_equal(data[index].label.numpy(), ID_TO_TRAIN_ID[ids])
+
+
+def test_synthia_has_its_classes_and_not_terrain_truck_train() -> None:
+    present, pixels = np.zeros(NUM_CLASSES), np.zeros(NUM_CLASSES + 1)
+    for index in range(40):
+        train_ids = ID_TO_TRAIN_ID[render(0, "synthia", "all", index, (240, 144))[1]]
+        counts = np.bincount(np.minimum(train_ids, NUM_CLASSES).ravel(), minlength=NUM_CLASSES + 1)
+        present += counts[:NUM_CLASSES] > 0
+        pixels += counts
+    assert (present[ABSENT] == 0).all()
+    for k, name in enumerate(CLASS_NAMES):
+        if k not in ABSENT:
+            assert present[k] >= 0.2 * 40, f"{name} in only {present[k]:.0f} of 40 images"
+    assert pixels[NUM_CLASSES] / pixels.sum() < 0.01  # no bonnet: almost nothing ignored
+
+
+def test_synthia_viewpoint_and_style_differ_from_the_gta5_source() -> None:
+    gta_freq, gta_colour, _ = _domain_statistics("source", "all")
+    with np.errstate(invalid="ignore"):  # no terrain, truck, train: their mean colour is NaN
+        _, syn_colour, syn_flat = _domain_statistics("synthia", "all")
+    shared = [k for k in range(NUM_CLASSES) if k not in ABSENT and gta_freq[k] > 0.001]
+    distance = np.linalg.norm(gta_colour[shared] - syn_colour[shared], axis=1)
+    assert distance.mean() > 40.0  # another palette
+    assert syn_flat > 0.8  # rendered, flat-shaded
+
+    def horizon(domain: str) -> float:
+        """The mean first row of road or sidewalk, as a fraction of the height."""
+        rows = []
+        for index in range(16):
+            ground = np.isin(ID_TO_TRAIN_ID[render(0, domain, "all", index, (256, 128))[1]], [0, 1])
+            rows.append(np.flatnonzero(ground.any(1))[0] / 128)
+        return float(np.mean(rows))
+
+    assert horizon("synthia") < horizon("source") - 0.05  # a higher camera looking down
+
+
+def test_synthia_source_leaves_the_other_files_and_old_manifests_alone(tmp_path: Path) -> None:
+    small = dataclasses.replace(SPEC, num_source=1, num_train=1, num_val=1)
+    plain = _hashes(generate(tmp_path / "plain", small, progress=False))
+    both = _hashes(generate(tmp_path / "both", dataclasses.replace(small, num_synthia=1), False))
+    assert all(both[name] == digest for name, digest in plain.items() if name != "synthetic.json")
+    assert {"SYNTHIA/RGB/0000000.png", "SYNTHIA/GT/LABELS/0000000.png"} < set(both)
+    manifest = json.loads((tmp_path / "plain" / "synthetic.json").read_text())
+    assert "num_synthia" not in manifest and "synthia_size" not in manifest  # as before
+
+
+def test_cli_writes_a_synthia_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    argv = ["--out", str(out), "--num-source", "0", "--num-train", "1", "--num-val", "1",
+            "--num-synthia", "2", "--synthia-size", "64", "38"]  # fmt: skip
+    assert main(argv) == 0
+    assert _read(out / "SYNTHIA/RGB/0000001.png").size == (64, 38)
+    assert json.loads((out / "synthetic.json").read_text())["num_synthia"] == 2

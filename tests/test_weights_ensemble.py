@@ -14,6 +14,7 @@ import ensemble
 import evaluate_cityscapes
 from dataset.build import build_dataset, ensure_data
 from dataset.datasets import eval_loader
+from dataset.labels import CLASS_NAMES, CLASS_SUBSETS, SYNTHIA_13, SYNTHIA_16
 from model.build import build_model, preset_name, restore_model
 from model.deeplabv2 import DeepLabV2
 from model.weights import PRESETS, infer_preset, load_weights, read_weights
@@ -498,3 +499,115 @@ def test_help(module, capsys):
         module.main(["--help"])
     assert exit_info.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+# ---- SYNTHIA's class sets: 16-output files, --classes, --mask-absent -----------------------
+
+
+def reference_subset_cm(model, synthetic, view=None):
+    """The confusion matrix by hand: output k of a K-class model is trainId CLASS_SUBSETS[K][k];
+    ``view``: the argmax over the outputs whose trainId it holds."""
+    cfg = load_config(None, [*TINY, *synthetic])
+    val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
+    cm = ConfusionMatrix(19)
+    for batch in eval_loader(val):
+        logits = predict_logits(model.eval(), batch.image, tuple(batch.label.shape[-2:]))
+        train_ids = torch.tensor(CLASS_SUBSETS[logits.shape[1]])
+        if view is not None:
+            outside = [k for k, c in enumerate(train_ids.tolist()) if c not in view]
+            logits[:, outside] = -torch.inf
+        cm.update(train_ids[logits.argmax(1)], batch.label)
+    return cm
+
+
+def test_a_16_class_file_loads_with_its_class_count(tmp_path, synthetic, caplog):
+    model = producer("maxsquare", num_classes=16)
+    path = tmp_path / "SYNTHIA_MaxSquare.pth"
+    state = {f"module.{k}": v for k, v in {**model.state_dict(), **unused_branches(model)}.items()}
+    torch.save({"epoch": 1, "state_dict": state}, path)
+    cfg = load_config(None, TINY)
+    with caplog.at_level("INFO"):
+        restored = restore_model(cfg.model, path)
+    assert restored.config.num_classes == 16 and preset_name(restored.config) == "maxsquare"
+    assert restored.report.num_classes == 16 and "16 classes (the SYNTHIA 16" in str(
+        restored.report
+    )
+    assert "preset maxsquare inferred from the file, 16 classes (the SYNTHIA 16" in caplog.text
+    for a, b in zip(restored.model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    five = tmp_path / "five.pth"
+    torch.save(producer("clan", num_classes=5).state_dict(), five)
+    with pytest.raises(CheckpointError, match="predicts 5 classes, the model 19"):
+        restore_model(cfg.model, five)  # no class mapping for 5 outputs: not adopted
+
+
+def test_evaluate_reports_16_and_13_classes(tmp_path, synthetic, capsys):
+    model = producer("maxsquare", num_classes=16, seed=3)
+    path = tmp_path / "ms16.pth"
+    torch.save({"state_dict": model.state_dict()}, path)
+    args = ["--restore", str(path), "--classes", "16", "13", "--results", str(tmp_path / "r.json"),
+            *TINY, *synthetic]  # fmt: skip
+    assert evaluate_cityscapes.main(args) == 0
+    out = capsys.readouterr().out
+    cm = reference_subset_cm(model, synthetic)
+    lines = out.rstrip().splitlines()
+    assert lines[-2:] == [f"mIoU16: {100 * cm.miou(SYNTHIA_16):.2f}",
+                          f"mIoU13: {100 * cm.miou(SYNTHIA_13):.2f}"]  # fmt: skip
+    assert "16 classes (without terrain, truck, train); a prediction of an absent class" in out
+    assert "13 classes (without wall, fence, pole, terrain, truck, train)" in out
+    assert "| mIoU16 |" in out and "| mIoU13 |" in out and "|   mIoU |" not in out
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["mIoU16"] == cm.miou(SYNTHIA_16) and saved["mIoU13"] == cm.miou(SYNTHIA_13)
+    assert list(saved["iou16"]) == [CLASS_NAMES[c] for c in SYNTHIA_16]
+    assert list(saved["iou13"].values()) == pytest.approx(cm.iou(SYNTHIA_13), nan_ok=True)
+    assert saved["mIoU"] == cm.miou() and saved["mask_absent"] is False  # keys kept
+    with pytest.raises(ValueError, match="--compare-with: the paper's rows are 19-class"):
+        evaluate_cityscapes.main([*args, "--compare-with", "CLAN"])
+
+
+def test_mask_absent_restricts_the_argmax_and_says_so(tmp_path, synthetic, capsys):
+    path, model, _ = write_layout(tmp_path, "clan", synthetic)
+    common = ["--restore", str(path), "--classes", "19", "16", "13", *TINY, *synthetic]
+    assert evaluate_cityscapes.main([*common, "--results", str(tmp_path / "plain.json")]) == 0
+    assert evaluate_cityscapes.main([*common, "--mask-absent", "--results",
+                                     str(tmp_path / "masked.json")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    masked = json.loads((tmp_path / "masked.json").read_text())
+    full = reference_subset_cm(model, synthetic)
+    # The random model predicts absent classes (terrain 0.5%, train 7%, fence 82% of pixels):
+    assert full.iou(SYNTHIA_16) != pytest.approx([full.iou()[c] for c in SYNTHIA_16], nan_ok=True)
+    assert plain["mIoU"] == masked["mIoU"] == full.miou()  # the 19 classes: never masked
+    assert plain["mIoU16"] == full.miou(SYNTHIA_16)
+    for k, subset in ((16, SYNTHIA_16), (13, SYNTHIA_13)):
+        assert masked[f"mIoU{k}"] == reference_subset_cm(model, synthetic, subset).miou(subset)
+    assert masked["mIoU13"] != plain["mIoU13"] and masked["mask_absent"] is True
+    assert "--mask-absent: the argmax is taken over these classes only" in out
+    assert "(clan, flip off, absent classes masked)" in out
+    with pytest.raises(SystemExit):
+        evaluate_cityscapes.main(["--pred-dir", str(tmp_path), "--mask-absent"])
+
+
+def test_sweep_and_ensemble_report_the_class_sets(tmp_path, synthetic, capsys):
+    a, model_a, _ = write_layout(tmp_path, "checkpoint", synthetic)
+    b = tmp_path / "step_000002.pth"
+    torch.save(checkpoint_dict(producer(seed=1), [*TINY, *synthetic]), b)
+    step1 = tmp_path / "step_000001.pth"
+    step1.write_bytes(a.read_bytes())
+    sets = ["--classes", "16", "13", "--mask-absent"]
+    assert evaluate_cityscapes.main(["--restore", str(step1), str(b), *sets]) == 0
+    out = capsys.readouterr().out
+    sweep = json.loads((tmp_path / "sweep.results.json").read_text())
+    masked = reference_subset_cm(model_a, synthetic, SYNTHIA_16).miou(SYNTHIA_16)
+    assert sweep["snapshots"][0]["mIoU16"] == masked
+    assert "selected on val, absent classes masked)" in out and "(mIoU16)" in out
+    assert out.rstrip().splitlines()[-1].startswith("mIoU13: ")
+    args = ["--restore", str(a), str(a), "--results", str(tmp_path / "e.json"), *sets]
+    assert ensemble.main(args) == 0
+    saved = json.loads((tmp_path / "e.json").read_text())
+    assert saved["mIoU16"] == masked and saved["members"][0]["mIoU16"] == masked
+    assert "ensemble (prob, flip off, absent classes masked)" in capsys.readouterr().out
+    ms16 = tmp_path / "ms16.pth"
+    torch.save({"state_dict": producer("maxsquare", num_classes=16).state_dict()}, ms16)
+    with pytest.raises(ValueError, match=r"different numbers of classes.*pth: 19.*ms16.pth: 16"):
+        ensemble.main(["--restore", str(a), str(ms16), "--", *TINY, *synthetic])

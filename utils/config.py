@@ -67,6 +67,8 @@ class SyntheticConfig:
     num_val: int
     source_size: tuple[int, int]
     target_size: tuple[int, int]
+    num_synthia: int
+    synthia_size: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ class EvalConfig:
     batch_size: int
     num_workers: int
     flip: bool
+    classes: tuple[int, ...]
+    mask_absent: bool
 
 
 @dataclass(frozen=True)
@@ -321,7 +325,8 @@ BACKBONE_UPDATES = ("once", "released", "released_torch14")
 WARMUP_FORMS = ("scaled", "released")
 PREDICT_WITH = ("sum", "c2")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-DATASETS = ("gta5", "cityscapes")
+DATASETS = ("gta5", "synthia", "cityscapes")
+EVAL_CLASSES = (19, 16, 13)  # the keys of dataset.labels.CLASS_SUBSETS
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.predict_with": PREDICT_WITH,
     "data.source.dataset": DATASETS,
@@ -338,6 +343,7 @@ AT_LEAST: dict[str, float] = {  # key: smallest valid value
     "model.num_classes": 1, "model.base_width": 1, "model.d_width": 1,
     "data.batch_size": 1, "data.num_workers": 0, "eval.batch_size": 1, "eval.num_workers": 0,
     "data.synthetic.num_source": 0, "data.synthetic.num_train": 0, "data.synthetic.num_val": 0,
+    "data.synthetic.num_synthia": 0,
     "loss.focal_gamma": 0, "loss.lambda_norm": 0, "loss.lambda_adv": 0, "loss.lambda_weight": 0,
     "loss.lambda_local": 0, "loss.eps": 0,
     "optim.lr": 0, "optim.momentum": 0, "optim.weight_decay": 0, "optim.power": 0,
@@ -448,6 +454,14 @@ def validate(cfg: Config) -> Config:
         problems.append(f"model.layers: expected 4 block counts >= 1, got {list(cfg.model.layers)}")
     if cfg.model.aspp_branches not in (2, 4):
         problems.append(f"model.aspp_branches: expected 2 or 4, got {cfg.model.aspp_branches}")
+    classes = cfg.eval.classes
+    if (
+        not classes
+        or any(k not in EVAL_CLASSES for k in classes)
+        or len(set(classes)) < len(classes)
+    ):
+        problems.append(f"eval.classes: expected a list of distinct class counts from "
+                        f"{', '.join(map(str, EVAL_CLASSES))}, got {list(classes)}")  # fmt: skip
     if not cfg.optim.momentum < 1:
         problems.append(f"optim.momentum: expected a number < 1, got {cfg.optim.momentum}")
     if cfg.train.device != "auto":

@@ -59,11 +59,11 @@ from utils.distributed import (
     resolve_device,
 )
 from utils.errors import OutputExistsError, UserError, add_debug_flag
-from utils.evaluation import evaluate
+from utils.evaluation import class_ious, class_results, class_tables, class_views, evaluate_views
 from utils.graphs import CudaGraphBackend, GraphedStep
 from utils.logger import MetricWriter, setup_logging, write_json
 from utils.losses import feature_norm, upsample_to
-from utils.metrics import format_iou_table
+from utils.metrics import nanmean
 from utils.optim import build_sgd
 from utils.provenance import command_line, provenance
 from utils.schedules import poly_lr
@@ -391,21 +391,26 @@ def _evaluate_and_report(
     step: int,
     command: str = "",
 ) -> float:
+    """Score the val split on the class sets of ``eval.classes``; returns the mIoU of the first
+    (19 classes by default, 16 in the SYNTHIA configs)."""
     # float32, as evaluate_cityscapes.py: results.json must be what it reports for last.pth.
-    cm = evaluate(state.model, loader, state.device, state.cfg.model.num_classes,
-                  progress=writer is not None, flip=state.cfg.eval.flip)  # fmt: skip
-    ious = cm.iou()
-    miou = cm.miou()
-    if writer is None:  # not rank 0: the matrix was all-reduced, rank 0 reports
+    classes, mask = state.cfg.eval.classes, state.cfg.eval.mask_absent
+    cms = evaluate_views(state.model, loader, state.device, class_views(classes, mask),
+                         progress=writer is not None, flip=state.cfg.eval.flip)  # fmt: skip
+    ious = class_ious(cms, classes, mask)
+    miou = nanmean(ious[classes[0]])
+    if writer is None:  # not rank 0: the matrices were all-reduced, rank 0 reports
         return miou
-    table = format_iou_table({f"step {step}": ious})
+    table = class_tables({f"step {step}": ious}, classes, mask)
     log.info("target val at step %d:\n%s", step, table)
-    writer.scalars(step, {"mIoU": miou, "pixel_acc": cm.pixel_accuracy()}, prefix="val/")
+    results = class_results(ious, cms, mask, by_name=False)
+    mious = {k: v for k, v in results.items() if k.startswith("mIoU")}
+    writer.scalars(step, {**mious, "pixel_acc": cms[0].pixel_accuracy()}, prefix="val/")
     writer.text("val/iou_table", table, step)
     # The resolved config is the run folder's config.yaml; its hash ties the two together.
     stamp = provenance(command, to_dict(state.cfg), state.device)
     write_json(run_dir / "results.json",
-               {"step": step, "mIoU": miou, "iou": ious, "provenance": stamp})  # fmt: skip
+               {"step": step, **results, "provenance": stamp})  # fmt: skip
     return miou
 
 

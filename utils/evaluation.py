@@ -31,7 +31,7 @@ from dataset.datasets import Batch
 from dataset.labels import CLASS_NAMES, CLASS_SUBSETS, NUM_CLASSES, colorize, output_train_ids
 from model.deeplabv2 import DeepLabV2
 from model.weights import PRESETS
-from utils.config import Config, config_from_dict, load_config
+from utils.config import Config, config_from_dict, load_config, split_overrides
 from utils.errors import (
     MissingPredictionError,
     OutputExistsError,
@@ -113,8 +113,9 @@ def class_ious(
 def class_tables(
     rows: dict[str, dict[int, list[float]]], classes: Sequence[int], mask_absent: bool
 ) -> str:
-    """One IoU table per reported class count (``rows``: label -> ``class_ious``), each below a
-    line that says how predictions of the classes outside the set were scored."""
+    """One IoU table per reported class count (``rows``: label -> ``class_ious``; a row without
+    a count is left out of its table), each subset's below a line that says how predictions of
+    the classes outside the set were scored."""
     tables = []
     for k in classes:
         if k != NUM_CLASSES:
@@ -126,24 +127,42 @@ def class_tables(
                 "true class)"
             )
             tables.append(f"{k} classes (without {absent}); {rule}:")
-        tables.append(format_iou_table({label: by_k[k] for label, by_k in rows.items()}, k))
+        shown = {label: by_k[k] for label, by_k in rows.items() if k in by_k}
+        tables.append(format_iou_table(shown, k))
     return "\n".join(tables)
 
 
 def class_results(
-    ious: dict[int, list[float]], cms: Sequence[ConfusionMatrix], mask_absent: bool
+    ious: dict[int, list[float]],
+    cms: Sequence[ConfusionMatrix],
+    mask_absent: bool,
+    by_name: bool = True,
 ) -> dict[str, Any]:
-    """The results-JSON fields of ``class_ious``: ``mIoU`` and ``iou`` (class name -> IoU) for
-    the 19 classes of the model's own argmax, whichever sets were reported, then
-    ``mIoU16``/``iou16`` and ``mIoU13``/``iou13`` for the subsets reported."""
-    out: dict[str, Any] = {"mIoU": cms[0].miou(), "iou": dict(zip(CLASS_NAMES, cms[0].iou()))}
+    """The results-JSON fields of ``class_ious``: ``mIoU`` and ``iou`` for the 19 classes of the
+    model's own argmax, whichever sets were reported, then ``mIoU16``/``iou16`` and
+    ``mIoU13``/``iou13`` for the subsets reported, and ``mask_absent`` with them. IoUs by class
+    name, or with ``by_name=False`` as lists in trainId order (a run's ``results.json``)."""
+
+    def per_class(classes: Sequence[int], values: list[float]) -> dict[str, float] | list[float]:
+        return {CLASS_NAMES[c]: v for c, v in zip(classes, values)} if by_name else values
+
+    out: dict[str, Any] = {
+        "mIoU": cms[0].miou(),
+        "iou": per_class(CLASS_SUBSETS[NUM_CLASSES], cms[0].iou()),
+    }
     for k, values in ious.items():
         if k != NUM_CLASSES:
             out[miou_name(k)] = nanmean(values)
-            out[f"iou{k}"] = {CLASS_NAMES[c]: v for c, v in zip(CLASS_SUBSETS[k], values)}
-    if len(ious) > 1 or NUM_CLASSES not in ious:
+            out[f"iou{k}"] = per_class(CLASS_SUBSETS[k], values)
+    if any(k != NUM_CLASSES for k in ious):
         out["mask_absent"] = mask_absent
     return out
+
+
+def mask_note(classes: Sequence[int], mask_absent: bool) -> list[str]:
+    """The row-label note of ``--mask-absent``: none where it changes nothing."""
+    changes = mask_absent and any(k != NUM_CLASSES for k in classes)
+    return ["absent classes masked"] if changes else []
 
 
 def miou_lines(ious: dict[int, list[float]]) -> list[str]:
@@ -324,11 +343,11 @@ def checkpoint_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def add_class_flags(parser: argparse.ArgumentParser) -> None:
-    """``--classes`` and ``--mask-absent``, which ``class_overrides`` reads: which class sets a
-    score reports, and how predictions of the classes outside a set count."""
+    """``--classes`` and ``--mask-absent``, which ``check_class_flags`` and ``class_overrides``
+    read: which class sets a score reports, and how predictions of the classes outside a set
+    count."""
     parser.add_argument(
-        "--classes", nargs="+", type=int, choices=sorted(CLASS_SUBSETS, reverse=True),
-        metavar="{19,16,13}",
+        "--classes", nargs="+", metavar="{19,16,13}",
         help="class sets to report (sets eval.classes; default: the config's, [19], or [16, "
         "13] for SYNTHIA configs): 16 = without terrain, truck, train; 13 = also without "
         "wall, fence, pole",
@@ -338,6 +357,20 @@ def add_class_flags(parser: argparse.ArgumentParser) -> None:
         help="take the argmax over each set's classes only (sets eval.mask_absent); without "
         "it a prediction of a class outside the set is an error of the true class",
     )  # fmt: skip
+
+
+def check_class_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--classes`` as ints; the ``key.sub=value`` words it swallowed go to the overrides."""
+    if not args.classes:
+        return
+    words, moved = split_overrides(args.classes)
+    args.overrides = [*moved, *args.overrides]
+    choices = [str(k) for k in CLASS_SUBSETS]
+    bad = [w for w in words if w not in choices]
+    if bad or not words:
+        parser.error(f"--classes: expected class counts from {', '.join(choices)}, got "
+                     f"{' '.join(bad) or 'none'}")  # fmt: skip
+    args.classes = [int(w) for w in words]
 
 
 def class_overrides(args: argparse.Namespace) -> list[str]:

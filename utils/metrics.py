@@ -1,13 +1,15 @@
-"""Confusion matrix, per-class IoU and mIoU (one matrix over the whole split)."""
+"""Confusion matrix, per-class IoU and mIoU (one matrix over the whole split), on all 19
+classes or on a subset of them (SYNTHIA -> Cityscapes: 16 and 13)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 
-from dataset.labels import IGNORE_INDEX
+from dataset.labels import CLASS_SUBSETS, IGNORE_INDEX, NUM_CLASSES
 
 
 class ConfusionMatrix:
@@ -59,16 +61,23 @@ class ConfusionMatrix:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.counts)
 
-    def iou(self) -> list[float]:
-        """Per-class ``TP / (TP + FP + FN)``; NaN for a class absent from labels and predictions."""
-        m = self.mat.double().cpu()
-        tp = m.diag()
-        union = m.sum(0) + m.sum(1) - tp
-        return [float(tp[c] / union[c]) if union[c] > 0 else math.nan for c in range(len(tp))]
+    def iou(self, classes: Sequence[int] | None = None) -> list[float]:
+        """Per-class ``TP / (TP + FP + FN)`` of ``classes`` (default: all), in their order; NaN
+        for a class absent from labels and predictions.
 
-    def miou(self) -> float:
-        """Mean IoU over classes that occur (nan-mean)."""
-        return nanmean(self.iou())
+        Restricted to a subset S, a pixel labelled outside S is ignored, and a pixel of class
+        c in S predicted as a class outside S is a false negative of c and a false positive of
+        nothing: FN counts c's whole row, FP c's column over the rows of S. This is
+        cityscapesscripts' IoU with the classes outside S marked ``ignoreInEval``."""
+        m = self.mat.double().cpu()
+        rows = list(range(self.num_classes)) if classes is None else list(classes)
+        tp = m.diag()
+        union = m.sum(1) + m[rows].sum(0) - tp
+        return [float(tp[c] / union[c]) if union[c] > 0 else math.nan for c in rows]
+
+    def miou(self, classes: Sequence[int] | None = None) -> float:
+        """Mean IoU over the classes of ``classes`` (default: all) that occur (nan-mean)."""
+        return nanmean(self.iou(classes))
 
     def pixel_accuracy(self) -> float:
         m = self.mat.double()
@@ -87,13 +96,24 @@ def nanmean(values: list[float]) -> float:
     return sum(present) / len(present) if present else math.nan
 
 
-def format_iou_table(rows: dict[str, list[float]], names: tuple[str, ...] = SHORT_NAMES) -> str:
+def miou_name(num_classes: int) -> str:
+    """``mIoU`` for the 19 classes, ``mIoU16`` / ``mIoU13`` for the SYNTHIA subsets."""
+    return "mIoU" if num_classes == NUM_CLASSES else f"mIoU{num_classes}"
+
+
+def format_iou_table(rows: dict[str, list[float]], num_classes: int = NUM_CLASSES) -> str:
     """Markdown table: one row per method, per-class IoU (percent) in the paper's column order,
-    then mIoU. ``rows`` maps a row label to its per-class IoUs (fractions, NaN for absent)."""
+    then mIoU. ``rows`` maps a row label to its IoUs (fractions, NaN for absent) of the classes
+    of ``CLASS_SUBSETS[num_classes]``: 19, or 16 / 13 (SYNTHIA's papers' columns and mean,
+    headed ``mIoU16`` / ``mIoU13``)."""
+    names = [SHORT_NAMES[c] for c in CLASS_SUBSETS[num_classes]]
     label_width = max(len("method"), *(len(r) for r in rows))
-    head = [f"{'method':<{label_width}}", *(f"{n:>6}" for n in names), "  mIoU"]
+    head = [f"{'method':<{label_width}}", *(f"{n:>6}" for n in names),
+            f"{miou_name(num_classes):>6}"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("-" * (len(h) + 2) for h in head) + "|"]
     for label, ious in rows.items():
+        if len(ious) != len(names):
+            raise ValueError(f"row {label!r}: {len(ious)} IoUs for {len(names)} classes")
         cells = [f"{label:<{label_width}}", *(_pct(v) for v in ious), _pct(nanmean(ious))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
