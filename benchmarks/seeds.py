@@ -28,10 +28,11 @@ from typing import Any
 
 import train_clan_norm
 import train_norm_only
+from dataset.labels import CLASS_SUBSETS, NUM_CLASSES
 from utils.config import ConfigError, config_from_dict, load_config, read_yaml, to_dict
-from utils.errors import UsageError, add_debug_flag, run
+from utils.errors import UsageError, UserError, add_debug_flag, run
 from utils.logger import write_json
-from utils.metrics import SHORT_NAMES
+from utils.metrics import SHORT_NAMES, miou_name
 from utils.protocols import flatten
 from utils.provenance import command_line, footer, provenance
 
@@ -50,6 +51,10 @@ NOT_RESULTS = {"train.device", "train.out_dir", "train.run_name", "train.log_eve
 
 class RunMismatchError(ConfigError):
     """A run folder holds a run of other settings than the ones asked for."""
+
+
+class RunStoppedError(UserError, RuntimeError):
+    """A run stopped (a signal) before writing its results."""
 
 
 def script_for(config: str, script: str | None) -> str:
@@ -96,7 +101,12 @@ def run_seed(
         argv = ["--resume", str(run_dir), *overrides]
     else:
         argv = ["--config", config, *args]
-    SCRIPTS[script].main(argv)
+    status = SCRIPTS[script].main(argv)
+    if status != 0 or not results.is_file():  # stopped by a signal: its last.pth is saved
+        raise RunStoppedError(
+            f"{run_dir} stopped before its results (exit status {status}); run the same command "
+            f"again to resume it"
+        )
     print(f"{run_name}: {time.perf_counter() - start:.0f} s", flush=True)
     return json.loads(results.read_text())
 
@@ -109,10 +119,17 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
-def summary(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and std of the mIoU and of each class's IoU over runs (fractions)."""
-    per_class = [mean_std([r["iou"][c] for r in results]) for c in range(len(results[0]["iou"]))]
-    miou = mean_std([r["mIoU"] for r in results])
+def _key(name: str, classes: int) -> str:
+    """A results file's key for ``classes``: ``iou``/``mIoU`` for 19, ``iou16``/``mIoU16``..."""
+    return name if classes == NUM_CLASSES else f"{name}{classes}"
+
+
+def summary(results: Sequence[dict[str, Any]], classes: int = NUM_CLASSES) -> dict[str, Any]:
+    """Mean and std of the mIoU and of each class's IoU over runs (fractions), on the 19
+    classes or on a SYNTHIA subset (16, 13: the results' ``iou16``/``mIoU16``... keys)."""
+    ious = [r[_key("iou", classes)] for r in results]
+    per_class = [mean_std([x[c] for x in ious]) for c in range(len(ious[0]))]
+    miou = mean_std([r[_key("mIoU", classes)] for r in results])
     return {
         "mIoU": {"mean": miou[0], "std": miou[1]},
         "iou": {"mean": [m for m, _ in per_class], "std": [s for _, s in per_class]},
@@ -125,15 +142,21 @@ def _cell(mean: float, std: float, count: int) -> str:
     return f"{100 * mean:.1f}" if count == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def markdown_table(rows: dict[str, Sequence[dict[str, Any]]]) -> str:
-    """Rows of per-class IoU and mIoU, each cell mean ± std over the row's runs (percent)."""
-    head = ["method", *SHORT_NAMES, "mIoU"]
+def markdown_table(rows: dict[str, Sequence[dict[str, Any]]], classes: int = NUM_CLASSES) -> str:
+    """Rows of per-class IoU and mIoU, each cell mean ± std over the row's runs (percent). On
+    16 classes (SYNTHIA) the mIoU over SYNTHIA's 13 follows, as its papers report."""
+    means = [16, 13] if classes == 16 else [classes]
+    head = ["method", *(SHORT_NAMES[c] for c in CLASS_SUBSETS[classes]),
+            *(miou_name(k) for k in means)]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for label, results in rows.items():
-        s, n = summary(results), len(results)
+        s, n = summary(results, classes), len(results)
         per_class = [_cell(m, sd, n) for m, sd in zip(s["iou"]["mean"], s["iou"]["std"])]
-        miou = _cell(s["mIoU"]["mean"], s["mIoU"]["std"], n)
-        lines.append("| " + " | ".join([label, *per_class, f"**{miou}**"]) + " |")
+        mious = []
+        for k in means:
+            m = summary(results, k)["mIoU"]
+            mious.append(f"**{_cell(m['mean'], m['std'], n)}**")
+        lines.append("| " + " | ".join([label, *per_class, *mious]) + " |")
     return "\n".join(lines)
 
 
@@ -151,22 +174,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     script = script_for(args.config, args.script)
     name = args.name or Path(args.config).stem
-    load_config(args.config, args.overrides)  # a bad config or override fails before any run
+    cfg = load_config(args.config, args.overrides)  # a bad one fails before any run
+    classes = cfg.eval.classes[0]  # the table's classes: 19, or SYNTHIA's 16 (and 13)
     results = [run_seed(script, args.config, s, args.runs, name, args.overrides)
                for s in args.seeds]  # fmt: skip
     label = f"{name} ({len(results)} seed{'s' * (len(results) > 1)})"
     stamp = provenance(command_line(["-m", "benchmarks.seeds"], argv))
-    table = markdown_table({label: results})
+    table = markdown_table({label: results}, classes)
     runs_json = [{"seed": s, "run": str(args.runs / f"{name}-seed{s}"), **r}
                  for s, r in zip(args.seeds, results)]  # fmt: skip
     write_json(args.runs / f"{name}.seeds.json", {
         "config": args.config, "script": script, "overrides": args.overrides, "seeds": args.seeds,
-        **summary(results), "runs": runs_json, "provenance": stamp,
+        "classes": classes, **summary(results, classes), "runs": runs_json, "provenance": stamp,
     })  # fmt: skip
     (args.runs / f"{name}.seeds.md").write_text(f"{table}\n\n{footer(stamp)}\n")
     print(table)
-    s = summary(results)["mIoU"]
-    print(f"mIoU over seeds {args.seeds}: {100 * s['mean']:.2f} ± {100 * s['std']:.2f}")
+    s = summary(results, classes)["mIoU"]
+    print(f"{miou_name(classes)} over seeds {args.seeds}: {100 * s['mean']:.2f} ± "
+          f"{100 * s['std']:.2f}")  # fmt: skip
     return 0
 
 

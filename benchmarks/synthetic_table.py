@@ -28,6 +28,7 @@ from typing import Any
 import train_clan_norm
 import train_norm_only
 from benchmarks.seeds import markdown_table, run_seed
+from dataset.labels import NUM_CLASSES
 from utils.errors import add_debug_flag, run
 from utils.logger import write_json
 from utils.provenance import command_line, footer, provenance, short_commit, stale
@@ -68,6 +69,24 @@ SETUPS: dict[str, tuple[str, object, str, tuple[str, ...]]] = {
         "configs/demo/released/clan_norm.yaml",
         (),
     ),
+    "synthia_source_only": (
+        "Source only (SYNTHIA)",
+        train_norm_only,
+        "configs/demo/synthia/source_only.yaml",
+        (),
+    ),
+    "synthia_norm_only": (
+        "Norm only (SYNTHIA)",
+        train_norm_only,
+        "configs/demo/synthia/norm_only.yaml",
+        (),
+    ),
+    "synthia_clan_norm": (
+        "CLAN + Norm (SYNTHIA)",
+        train_clan_norm,
+        "configs/demo/synthia/clan_norm.yaml",
+        (),
+    ),
     "norm_only_bn": (
         "Norm only, lambda_norm 1e-9 (target pass, no norm gradient)",
         train_norm_only,
@@ -91,9 +110,12 @@ def run_setup(setup: str, seeds: Sequence[int], runs: Path, overrides: Sequence[
     return [run_seed(name, config, s, runs, setup, [*extra, *overrides]) for s in seeds]
 
 
-def table_data(rows: dict[str, list[dict]], seeds: Sequence[int], command: str) -> dict[str, Any]:
+def table_data(
+    rows: dict[str, list[dict]], seeds: Sequence[int], classes: int, command: str
+) -> dict[str, Any]:
     """What the table is made of: per row, every seed's results (with its run's provenance)."""
-    return {"seeds": list(seeds), "rows": rows, "provenance": provenance(command)}
+    return {"seeds": list(seeds), "classes": classes, "rows": rows,
+            "provenance": provenance(command)}  # fmt: skip
 
 
 def commits(data: dict[str, Any]) -> list[str]:
@@ -109,7 +131,8 @@ def markdown(data: dict[str, Any]) -> str:
     """The table and its footer: the runs' commits, and how the table was made."""
     runs = ", ".join(commits(data))
     return (
-        f"{markdown_table(data['rows'])}\n\n<sub>Runs made at commit {runs}.</sub> "
+        f"{markdown_table(data['rows'], data.get('classes', NUM_CLASSES))}\n\n"
+        f"<sub>Runs made at commit {runs}.</sub> "
         f"{footer(data['provenance'])}"
     )
 
@@ -142,10 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--setups",
         nargs="+",
-        default=[s for s in SETUPS if "_released" not in s],
+        default=[s for s in SETUPS if "_released" not in s and not s.startswith("synthia")],
         choices=list(SETUPS),
-        help="default: all but the released-protocol rows, which are run on their own",
+        help="default: all but the released-protocol and SYNTHIA rows, which are run on their own",
     )
+    parser.add_argument(
+        "--classes", type=int, choices=[19, 16], default=19,
+        help="the table's classes (16: SYNTHIA's, with mIoU16 and mIoU13)",
+    )  # fmt: skip
     parser.add_argument("--runs", type=Path, default=Path("runs/table"), help="run folders")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/synthetic_table.md"),
                         help="the markdown table; its data (every run's results) beside it as "
@@ -166,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = {SETUPS[s][0]: run_setup(s, args.seeds, args.runs, args.overrides)
                 for s in args.setups}  # fmt: skip
         command = command_line(["-m", "benchmarks.synthetic_table"], argv)
-        data = table_data(rows, args.seeds, command)
+        data = table_data(rows, args.seeds, args.classes, command)
         write_json(data_path, data)
         print(f"{(time.perf_counter() - start) / 60:.1f} min this call")
     table = markdown(data)

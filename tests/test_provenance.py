@@ -173,6 +173,10 @@ def test_seeds_trains_reuses_and_refuses_a_folder_of_other_settings(
 
     monkeypatch.setitem(seeds.SCRIPTS, "train_norm_only.py", type("S", (), {"main": no_training}))
     assert seeds.main(args) == 0  # both reused
+    stopped = type("S", (), {"main": staticmethod(lambda argv: 143)})  # SIGTERM: no results
+    monkeypatch.setitem(seeds.SCRIPTS, "train_norm_only.py", stopped)
+    with pytest.raises(seeds.RunStoppedError, match=r"norm_only-seed2 stopped .*status 143"):
+        seeds.main([*args[:5], "2", *args[5:]])
     with pytest.raises(seeds.RunMismatchError, match=r"optim.lr: [0-9.e-]+ there, 0.02 now"):
         seeds.main([*args, "optim.lr=0.02"])
 
