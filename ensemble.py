@@ -54,6 +54,7 @@ from utils.evaluation import (
     add_class_flags,
     check_class_flags,
     class_ious,
+    class_mious,
     class_overrides,
     class_results,
     class_tables,
@@ -228,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )  # fmt: skip
     log.info("results written to %s", results)
-    print("\n".join(miou_lines(ious)))
+    print("\n".join(miou_lines(class_mious(ious))))
     return 0
 
 

@@ -64,6 +64,7 @@ from utils.evaluation import (
     check_class_flags,
     checkpoint_overrides,
     class_ious,
+    class_mious,
     class_overrides,
     class_results,
     class_tables,
@@ -207,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     log.info("results written to %s", results)
-    print("\n".join(miou_lines(ious)))
+    print("\n".join(miou_lines(class_mious(ious))))
     return 0
 
 
@@ -296,7 +297,7 @@ def sweep(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | 
     print(f"final ({Path(final['restore']).name}): {100 * final_miou:.2f}; best "
           f"({Path(best['restore']).name}, selected on val): {100 * best_miou:.2f} "
           f"({miou_name(first_set)})")  # fmt: skip
-    print("\n".join(miou_lines(final["ious"])))
+    print("\n".join(miou_lines(class_mious(final["ious"]))))
     return 0
 
 

@@ -15,8 +15,9 @@ the appearance differs, the way game frames differ from camera frames:
   per image;
 - a second source (SYNTHIA-RAND-CITYSCAPES layout, ``num_synthia`` images, none by default):
   another viewpoint (a higher camera, a wider lens, the horizon higher in the frame, no
-  bonnet), its own palette (cool facades, red cars, pale roads) with strong side shading and
-  little haze, and a world without terrain, trucks and trains, as SYNTHIA's.
+  bonnet), a pale, low-contrast palette (the target's hues washed towards a cool white) with
+  hard side shading and little haze, and a world without terrain, trucks and trains, as
+  SYNTHIA's.
 
 Each image draws from its own ``numpy.random.Generator`` seeded with (seed, domain, split,
 index): a file's bytes depend on those alone, never on the counts or the order.
@@ -62,6 +63,7 @@ except ImportError:  # the progress bar is optional
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # bump whenever the pictures change, so stale datasets are not reused
+SYNTHIA_FORMAT_VERSION = 1  # the same for the SYNTHIA-layout pictures alone
 MANIFEST = "synthetic.json"
 TRAIN_CITIES = ("aachen", "bochum")
 VAL_CITIES = ("frankfurt", "lindau", "munster")
@@ -167,32 +169,27 @@ _TARGET = _Domain(
     photographic=True,
 )  # fmt: skip
 
-# SYNTHIA-like: another game engine and another camera. Cool facades, red cars, pale roads,
-# hard sunlight (dark side faces), little haze; seen from higher up with a wider lens; no
-# terrain, trucks or trains (SYNTHIA has none), so the far ground is paved.
+# SYNTHIA-like: another engine and another camera. A pale, cool rendering: the target's hues
+# washed 45% of the way towards a cool white (where the GTA5-like source saturates them), hard
+# sunlight (dark side faces), little haze; seen from higher up with a wider lens; no terrain,
+# trucks or trains (SYNTHIA has none), so the far ground is paved.
+_PALE = (235, 238, 245)
 _SYNTHIA = _Domain(
     colours={
-        "road": (128, 124, 116), "sidewalk": (176, 170, 182), "building": (118, 136, 170),
-        "wall": (196, 186, 150), "fence": (96, 76, 60), "pole": (70, 74, 80),
-        "light": (28, 30, 24), "sign": (214, 170, 24), "vegetation": (86, 132, 40),
-        "sky": (214, 226, 240), "person": (120, 56, 150), "rider": (30, 170, 170),
-        "car": (196, 40, 40), "bus": (40, 160, 80), "motorcycle": (60, 50, 90),
-        "bicycle": (240, 120, 40), "sky_top": (120, 170, 236), "cloud": (255, 255, 255),
-        "window": (40, 60, 90), "skin": (230, 180, 140), "trunk": (90, 60, 40),
-        "lamp_red": (255, 60, 40), "lamp_amber": (255, 180, 40), "lamp_green": (40, 240, 120),
-        "tyre": (18, 18, 20), "static": (150, 110, 60),
+        name: tuple(round(c + 0.45 * (w - c)) for c, w in zip(colour, _PALE))
+        for name, colour in _TARGET.colours.items()
     },
     colour_jitter=12.0,
     brightness_jitter=0.18,
     haze=0.12,
     haze_distance=400.0,
-    side_shade=0.55,
+    side_shade=0.6,
     photographic=False,
-    focal=(0.52, 0.64),
-    horizon=(0.26, 0.36),
-    elevation=(2.4, 4.5),
+    focal=(0.56, 0.68),
+    horizon=(0.28, 0.38),
+    elevation=(2.2, 3.6),
     absent=frozenset({"terrain", "truck", "train"}),
-)  # fmt: skip
+)
 
 _DOMAINS = {"source": _SOURCE, "target": _TARGET, "synthia": _SYNTHIA}
 # (domain, split) -> the two seed words after the dataset seed.
@@ -1171,6 +1168,8 @@ def _manifest(spec: SyntheticSpec) -> dict:
         if spec.num_synthia == 0 and key in ("num_synthia", "synthia_size"):
             continue
         record[key] = list(value) if isinstance(value, tuple) else value
+    if spec.num_synthia:
+        record["synthia_format_version"] = SYNTHIA_FORMAT_VERSION
     return record
 
 

@@ -124,6 +124,16 @@ def _label_size(env: Env, case: Path) -> list[str]:
     return ["evaluate_cityscapes.py", "--restore", env.ckpt, *env.data, f"data.val.root={root}"]
 
 
+def _synthia(env: Env, case: Path, label: Callable[[Path], None]) -> list[str]:
+    """A Norm-only run on a one-image SYNTHIA folder whose label ``label`` writes (or not)."""
+    root = case / "SYNTHIA"
+    (root / "RGB").mkdir(parents=True)
+    (root / "GT" / "LABELS").mkdir(parents=True)
+    Image.fromarray(np.zeros((48, 96, 3), np.uint8)).save(root / "RGB" / "0000000.png")
+    label(root / "GT" / "LABELS" / "0000000.png")
+    return env.train(case, "data.source.dataset=synthia", f"data.source.root={root}")
+
+
 def _ensemble_save_dir(env: Env, case: Path) -> list[str]:
     (case / "ens").mkdir()
     (case / "ens" / "results.json").write_text("{}\n")  # from an earlier ensemble
@@ -181,6 +191,11 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str, tuple[str, ...]]] 
     ("dataset: list entry without its image", _list_missing_entry, "frankfurt_000000_999999", ()),
     ("dataset: corrupt label PNG", _corrupt_label, "gtFine_labelIds.png", ()),
     ("dataset: label of another size", _label_size, "40x22", ()),
+    ("dataset: SYNTHIA label missing", lambda e, c: _synthia(e, c, lambda p: None),
+     "GT/LABELS/0000000.png", ()),
+    ("dataset: SYNTHIA label 8-bit (the new run folder is removed)",
+     lambda e, c: _synthia(e, c, lambda p: Image.fromarray(np.zeros((48, 96), np.uint8)).save(p)),
+     "LABELS/0000000.png: 8-bit with 1 channel", ()),
     ("dataset: missing training root (the new run folder is removed)",
      lambda e, c: e.train(c, f"data.source.root={c / 'GTA5'}"), "GTA5", ()),
     ("predictions: missing",

@@ -266,6 +266,7 @@ def test_synthia_layout_and_16_bit_labels(synthia_root: Path) -> None:
         assert (red > 0).mean() > 0.95
     manifest = json.loads((synthia_root / "synthetic.json").read_text())
     assert manifest["num_synthia"] == 3 and manifest["synthia_size"] == [120, 72]
+    assert manifest["synthia_format_version"] == synthetic.SYNTHIA_FORMAT_VERSION
 
 
 def test_synthia_labels_are_the_rendered_classes_in_synthia_ids(synthia_root: Path) -> None:
@@ -318,7 +319,7 @@ def test_synthia_source_leaves_the_other_files_and_old_manifests_alone(tmp_path:
     assert all(both[name] == digest for name, digest in plain.items() if name != "synthetic.json")
     assert {"SYNTHIA/RGB/0000000.png", "SYNTHIA/GT/LABELS/0000000.png"} < set(both)
     manifest = json.loads((tmp_path / "plain" / "synthetic.json").read_text())
-    assert "num_synthia" not in manifest and "synthia_size" not in manifest  # as before
+    assert not {"num_synthia", "synthia_size", "synthia_format_version"} & set(manifest)
 
 
 def test_cli_writes_a_synthia_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

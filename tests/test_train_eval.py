@@ -242,3 +242,33 @@ def test_mid_run_evaluation_and_the_checkpoints_metric(tmp_path, synthetic):
     assert at_2["metric"] == pytest.approx(val[0]["val/mIoU"])
     final = json.loads((run / "results.json").read_text())
     assert final["step"] == 4 and final["mIoU"] == pytest.approx(val[1]["val/mIoU"])
+
+
+def test_synthia_source_run_reports_16_and_13_classes(tmp_path, capsys):
+    root = tmp_path / "data"
+    data = [f"data.synthetic.root={root}", "data.synthetic.num_synthia=4",
+            "data.synthetic.num_train=4", "data.synthetic.num_val=2",
+            "data.synthetic.synthia_size=[160,95]", "data.synthetic.target_size=[192,96]",
+            f"data.source.root={root}/SYNTHIA", f"data.target.root={root}/Cityscapes",
+            f"data.val.root={root}/Cityscapes", "data.source.resize=[160,95]"]  # fmt: skip
+    run = _train(tmp_path, data, "syn", "train.max_steps=2",
+                 config="configs/demo/synthia/norm_only.yaml")  # fmt: skip
+    assert not (root / "GTA5").exists() and len(list((root / "SYNTHIA/RGB").iterdir())) == 4
+    results = json.loads((run / "results.json").read_text())
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert lines[-2:] == [f"mIoU16: {100 * results['mIoU16']:.2f}",
+                          f"mIoU13: {100 * results['mIoU13']:.2f}"]  # fmt: skip
+    assert len(results["iou16"]) == 16 and len(results["iou13"]) == 13 and len(results["iou"]) == 19
+    assert results["mIoU16"] == pytest.approx(
+        sum(v for v in results["iou16"] if not math.isnan(v))
+        / sum(not math.isnan(v) for v in results["iou16"])
+    )
+    val = [r for r in _metrics(run) if "val/mIoU16" in r]
+    assert val and val[-1]["val/mIoU13"] == pytest.approx(results["mIoU13"])
+    # evaluate_cityscapes.py reports the run's class sets by default (its stored eval.classes)
+    out = tmp_path / "e.json"
+    ckpt = run / "checkpoints" / "last.pth"
+    assert evaluate_cityscapes.main(["--restore", str(ckpt), "--results", str(out)]) == 0
+    evaluated = json.loads(out.read_text())
+    assert (evaluated["mIoU16"], evaluated["mIoU13"]) == (results["mIoU16"], results["mIoU13"])
+    assert capsys.readouterr().out.rstrip().splitlines()[-2:] == lines[-2:]

@@ -59,11 +59,18 @@ from utils.distributed import (
     resolve_device,
 )
 from utils.errors import OutputExistsError, UserError, add_debug_flag
-from utils.evaluation import class_ious, class_results, class_tables, class_views, evaluate_views
+from utils.evaluation import (
+    class_ious,
+    class_mious,
+    class_results,
+    class_tables,
+    class_views,
+    evaluate_views,
+    miou_lines,
+)
 from utils.graphs import CudaGraphBackend, GraphedStep
 from utils.logger import MetricWriter, setup_logging, write_json
 from utils.losses import feature_norm, upsample_to
-from utils.metrics import nanmean
 from utils.optim import build_sgd
 from utils.provenance import command_line, provenance
 from utils.schedules import poly_lr
@@ -390,17 +397,16 @@ def _evaluate_and_report(
     run_dir: Path,
     step: int,
     command: str = "",
-) -> float:
-    """Score the val split on the class sets of ``eval.classes``; returns the mIoU of the first
-    (19 classes by default, 16 in the SYNTHIA configs)."""
+) -> dict[int, float]:
+    """Score the val split on the class sets of ``eval.classes`` (19 classes by default, 16 and
+    13 in the SYNTHIA configs); returns the mIoU of each, in that order."""
     # float32, as evaluate_cityscapes.py: results.json must be what it reports for last.pth.
     classes, mask = state.cfg.eval.classes, state.cfg.eval.mask_absent
     cms = evaluate_views(state.model, loader, state.device, class_views(classes, mask),
                          progress=writer is not None, flip=state.cfg.eval.flip)  # fmt: skip
     ious = class_ious(cms, classes, mask)
-    miou = nanmean(ious[classes[0]])
     if writer is None:  # not rank 0: the matrices were all-reduced, rank 0 reports
-        return miou
+        return class_mious(ious)
     table = class_tables({f"step {step}": ious}, classes, mask)
     log.info("target val at step %d:\n%s", step, table)
     results = class_results(ious, cms, mask, by_name=False)
@@ -411,7 +417,7 @@ def _evaluate_and_report(
     stamp = provenance(command, to_dict(state.cfg), state.device)
     write_json(run_dir / "results.json",
                {"step": step, **results, "provenance": stamp})  # fmt: skip
-    return miou
+    return class_mious(ious)
 
 
 class _Checkpointer:
@@ -442,10 +448,11 @@ def train(
     info: DistInfo | None = None,
     device: torch.device | None = None,
     command: str = "",
-) -> float:
+) -> dict[int, float]:
     """Run ``train_step`` from step 0 (or the ``checkpoint``'s) to ``train.max_steps``; returns
-    the final target-val mIoU. SIGTERM/SIGINT save ``last.pth`` and raise ``Interrupted``.
-    Under torchrun every rank calls this; only rank 0 writes."""
+    the final target-val mIoU of each class set of ``eval.classes``. SIGTERM/SIGINT save
+    ``last.pth`` and raise ``Interrupted``. Under torchrun every rank calls this; only rank 0
+    writes."""
     info = info or DistInfo()
     device = device or resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed + info.rank)
@@ -497,7 +504,7 @@ def train(
             writer.scalars(entry.step + 1, values, prefix="train/")
         bar.set_postfix({k: f"{values[k]:.3g}" for k in _bar_keys(values)})
 
-    miou = math.nan
+    mious: dict[int, float] = {}  # the last evaluation's, per class set
     bar = tqdm(range(start, t.max_steps), initial=start, total=t.max_steps, desc="train",
                disable=not info.is_main)  # fmt: skip
     with _StopRequest().installed() as stop:
@@ -540,9 +547,10 @@ def train(
                     writer.image(f"{domain}/{tiles}", grid, done)
                     writer.histogram(f"{domain}/feat_norm_per_pixel", norms, done)
             if t.eval_every and done % t.eval_every == 0 and not last:
-                miou = _evaluate_and_report(state, val_loader, writer, run_dir, done, command)
+                mious = _evaluate_and_report(state, val_loader, writer, run_dir, done, command)
             if saving and info.is_main:
-                metric = None if math.isnan(miou) else miou
+                first = next(iter(mious.values()), math.nan)  # the first class set's
+                metric = None if math.isnan(first) else first
                 checkpoints.save(checkpoint_dict(state, setup, done, metric), periodic)
             if stopping and not last:
                 bar.close()
@@ -551,10 +559,10 @@ def train(
                     log.warning("saved %s at step %d", run_dir / "checkpoints" / "last.pth", done)
                 raise Interrupted(stop.signum or signal.SIGTERM, done)
     bar.close()
-    miou = _evaluate_and_report(state, val_loader, writer, run_dir, t.max_steps, command)
+    mious = _evaluate_and_report(state, val_loader, writer, run_dir, t.max_steps, command)
     if writer is not None:
         writer.close()
-    return miou
+    return mious
 
 
 def _step_runner(state: TrainState, train_step: StepFn, info: DistInfo) -> StepFn:
@@ -714,7 +722,7 @@ def main(
         log.info("run folder: %s; %s", run_dir, describe(info, device))
         try:
             command = command_line(Path(sys.modules[build.__module__].__file__ or setup).name, argv)
-            miou = train(cfg, setup, build, train_step, run_dir, checkpoint,
+            mious = train(cfg, setup, build, train_step, run_dir, checkpoint,
                          str(args.resume or ""), info, device, command)  # fmt: skip
         except Interrupted as stop:
             log.warning("%s; continue with --resume %s", stop, run_dir)
@@ -726,5 +734,5 @@ def main(
     finally:
         cleanup()
     if info.is_main:
-        print(f"mIoU: {100 * miou:.2f}")
+        print("\n".join(miou_lines(mious)))
     return 0

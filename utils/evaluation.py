@@ -165,9 +165,14 @@ def mask_note(classes: Sequence[int], mask_absent: bool) -> list[str]:
     return ["absent classes masked"] if changes else []
 
 
-def miou_lines(ious: dict[int, list[float]]) -> list[str]:
+def class_mious(ious: dict[int, list[float]]) -> dict[int, float]:
+    """The mean of each reported class set's IoUs (``class_ious``), in the order reported."""
+    return {k: nanmean(values) for k, values in ious.items()}
+
+
+def miou_lines(mious: dict[int, float]) -> list[str]:
     """``mIoU: NN.NN`` (19 classes), ``mIoU16: NN.NN``, ... in the order reported."""
-    return [f"{miou_name(k)}: {100 * nanmean(values):.2f}" for k, values in ious.items()]
+    return [f"{miou_name(k)}: {100 * miou:.2f}" for k, miou in mious.items()]
 
 
 @torch.no_grad()
