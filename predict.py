@@ -52,6 +52,7 @@ from utils.evaluation import (
     checkpoint_overrides,
     eval_config,
     predict_scores,
+    predicted_train_ids,
     prediction_paths,
     refuse_overwrite,
     save_prediction,
@@ -188,7 +189,7 @@ def segment(
     x, _ = transform(torch.from_numpy(image).permute(2, 0, 1), None, torch.Generator())
     space = "prob" if flip else "logit"  # without flip: the argmax of the logits, as evaluate
     scores = predict_scores(model, x[None].to(device), image.shape[:2], flip=flip, space=space)
-    return scores[0].argmax(0).to(torch.uint8).cpu().numpy()
+    return predicted_train_ids(scores)[0].to(torch.uint8).cpu().numpy()  # 16/13 outputs mapped
 
 
 if __name__ == "__main__":

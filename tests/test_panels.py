@@ -222,3 +222,21 @@ def test_ensemble_panels_and_bad_flags(tmp_path, val, capsys):
         with pytest.raises(SystemExit):
             evaluate_cityscapes.main(bad)
         assert message in capsys.readouterr().err
+
+
+def test_a_16_output_model_is_shown_in_trainid_colours():
+    """Output k of a SYNTHIA 16-class model is trainId CLASS_SUBSETS[16][k] (index 9 is sky,
+    trainId 10), in the panel and in predict.py's labels alike."""
+    from dataset.labels import CLASS_SUBSETS, colorize
+    from utils.panels import predicted_labels, prediction_panel
+
+    probs = torch.zeros(16, 8, 8)
+    probs[9] = 1.0
+    assert CLASS_SUBSETS[16][9] == 10
+    label = np.full((8, 8), 10, dtype=np.uint8)
+    panel = prediction_panel(np.zeros((8, 8, 3), np.uint8), label, probs)
+    sky = colorize(np.array([[10]], dtype=np.uint8))[0, 0]
+    assert (panel == sky).all(axis=-1).sum() >= 2 * 64  # the label tile and the prediction tile
+    dataset = [type("S", (), {"image": torch.zeros(3, 8, 8), "label": torch.zeros(8, 8)})()]
+    preds = predicted_labels(dataset, [0], lambda image, size: probs[None])
+    assert (preds[0] == 10).all()

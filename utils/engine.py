@@ -67,6 +67,7 @@ from utils.evaluation import (
     class_views,
     evaluate_views,
     miou_lines,
+    predicted_train_ids,
 )
 from utils.graphs import CudaGraphBackend, GraphedStep
 from utils.logger import MetricWriter, setup_logging, write_json
@@ -383,7 +384,8 @@ def _picture(
         label = batch.label[:1, None].float()
         label = torch.nn.functional.interpolate(label, size=size, mode="nearest")[0, 0].long()
         tiles.append(torch.from_numpy(colorize(label.numpy())).permute(2, 0, 1))
-    tiles.append(torch.from_numpy(colorize(probs.argmax(0).numpy())).permute(2, 0, 1))
+    pred = predicted_train_ids(probs[None])[0].numpy()
+    tiles.append(torch.from_numpy(colorize(pred)).permute(2, 0, 1))
     entropy = heat_colours(entropy_map(probs).numpy())
     tiles.append(torch.from_numpy(entropy).permute(2, 0, 1))
     grid = make_grid(torch.stack(tiles), nrow=len(tiles), padding=2)

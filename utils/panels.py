@@ -33,7 +33,7 @@ from dataset.transforms import denormalize
 from model.deeplabv2 import DeepLabV2
 from utils.config import split_overrides
 from utils.errors import UsageError
-from utils.evaluation import predict_scores
+from utils.evaluation import predict_scores, predicted_train_ids
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,10 @@ def prediction_panel(image: np.ndarray, label: np.ndarray, probs: torch.Tensor) 
     """image | ground truth | prediction | error map | entropy map, with a title row.
 
     ``image``: (h, w, 3) uint8, the input as the model saw it; ``label``: (H, W) trainIds
-    (255 ignored); ``probs``: (K, H, W) softmax probabilities at the label's size."""
+    (255 ignored); ``probs``: (K, H, W) softmax probabilities at the label's size (K = 19, or
+    16 / 13 for a SYNTHIA model, whose outputs are mapped to their trainIds)."""
     size = image.shape[:2]
-    pred = probs.argmax(0).to(torch.uint8).cpu().numpy()
+    pred = predicted_train_ids(probs[None])[0].to(torch.uint8).cpu().numpy()
     label, pred = _fit(label.astype(np.uint8), size), _fit(pred, size)
     entropy = _fit(entropy_map(probs).cpu().numpy(), size)
     tiles = [image, colorize(label), colorize(pred), error_map(pred, label), heat_colours(entropy)]
@@ -243,7 +244,7 @@ def predicted_labels(
     for i in indices:
         sample = dataset[i]
         probs = probs_of(sample.image[None], tuple(sample.label.shape))
-        preds.append(probs[0].argmax(0).to(torch.uint8).cpu().numpy())
+        preds.append(predicted_train_ids(probs)[0].to(torch.uint8).cpu().numpy())
     return preds
 
 
