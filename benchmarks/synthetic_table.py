@@ -132,7 +132,7 @@ def markdown(data: dict[str, Any]) -> str:
     runs = ", ".join(commits(data))
     return (
         f"{markdown_table(data['rows'], data.get('classes', NUM_CLASSES))}\n\n"
-        f"<sub>Runs made at commit {runs}.</sub> "
+        f"<sub>Runs made at commit {runs}{' (not recorded)' if runs == 'unknown' else ''}.</sub> "
         f"{footer(data['provenance'])}"
     )
 

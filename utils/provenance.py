@@ -136,7 +136,9 @@ def stale(p: dict[str, Any], paths: Sequence[str] = CODE_PATHS) -> str | None:
     if p.get("dirty"):
         reasons.append("made with uncommitted changes")
     changes = changes_since(p.get("commit"), paths)
-    if changes is None:
+    if not p.get("commit"):
+        reasons.append("no commit recorded (made before provenance was stamped, or outside git)")
+    elif changes is None:
         reasons.append(f"its commit {p.get('commit')} is unknown here")
     elif changes:
         reasons.append(f"the code changed since in {len(changes)} commit(s): {', '.join(changes)}")
