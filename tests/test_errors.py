@@ -131,3 +131,13 @@ def test_an_existing_run_folder_says_how_to_go_on(tmp_path):
     torch.save({}, tmp_path / "r" / "checkpoints" / "last.pth")
     with pytest.raises(OutputExistsError, match=f"continue it with --resume {tmp_path / 'r'}"):
         _new_run_dir(cfg, "x.yaml")
+
+
+def test_training_a_model_of_other_than_19_outputs_is_refused(tmp_path):
+    import train_norm_only
+    from utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.num_classes=16: training labels are the 19"):
+        train_norm_only.main(["--config", "configs/demo/norm_only.yaml", "model.num_classes=16",
+                              f"train.out_dir={tmp_path}"])  # fmt: skip
+    assert not any(tmp_path.iterdir())  # refused before the run folder was made

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from dataset.build import build_dataset, ensure_data
 from dataset.datasets import Batch, DatasetError, eval_loader, infinite_loader
-from dataset.labels import colorize
+from dataset.labels import NUM_CLASSES, colorize
 from dataset.transforms import denormalize
 from model.build import build_model
 from model.deeplabv2 import DeepLabV2
@@ -708,6 +708,12 @@ def main(
         run_dir = path.parent.parent
     else:
         cfg = load_config(args.config, args.overrides)
+    if cfg.model.num_classes != NUM_CLASSES:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes}: training labels are the "
+            f"{NUM_CLASSES} Cityscapes trainIds (SYNTHIA's too, as CLAN trains them), so G "
+            f"needs {NUM_CLASSES} outputs; 16- and 13-output models can be evaluated, not trained"
+        )
     if check is not None:
         check(cfg)
     info, device = init_distributed(cfg.train.device)
