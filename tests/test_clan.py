@@ -15,7 +15,7 @@ import train_clan_norm
 from dataset.datasets import Batch
 from model.discriminator import FCDiscriminator
 from utils.checkpoint import CheckpointError, load_checkpoint
-from utils.config import load_config
+from utils.config import ConfigError, load_config
 from utils.losses import discrepancy_map, weight_discrepancy_loss, weighted_bce_with_logits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,8 +245,11 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, synthetic):
         assert all(
             torch.equal(ca["models"][name][k], cb["models"][name][k]) for k in ca["models"][name]
         )
-    # resuming with another class count is refused with the mismatching keys
+    # resuming with another D width is refused with the mismatching keys; another class count
+    # before any work (training needs the 19 trainIds)
     with pytest.raises(CheckpointError, match="shape mismatches"):
+        train_clan_norm.main(["--resume", str(part), "model.d_width=4", "train.max_steps=6"])
+    with pytest.raises(ConfigError, match="model.num_classes=7"):
         train_clan_norm.main(["--resume", str(part), "model.num_classes=7", "train.max_steps=6"])
 
 
