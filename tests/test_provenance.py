@@ -135,7 +135,9 @@ def test_synthetic_table_footer_names_the_runs_commits_and_flags_stale_runs(repo
     assert block.endswith("**Stale:** made with uncommitted changes (B).\n<!-- /t -->")
 
 
-@pytest.mark.parametrize("name", ["synthetic-table", "synthetic-table-released"])
+@pytest.mark.parametrize(
+    "name", ["synthetic-table", "synthetic-table-released", "synthetic-table-synthia"]
+)
 def test_the_readme_tables_are_generated_from_their_result_files(name):
     """The README's result tables are what ``--from-json --readme`` makes of the committed JSON
     (a stale-run warning, computed when it was generated, may follow the table)."""
