@@ -382,9 +382,9 @@ def test_cuda_graph_run_resumes_and_matches_eager(tmp_path, tiny_run, no_tf32):
     config, graph = "configs/demo/clan_norm.yaml", ["train.device=cuda", "train.cuda_graph=true"]
     full = _train(train_clan_norm, config, tmp_path, tiny_run, "g_full", *graph,
                   "train.max_steps=6")  # fmt: skip
-    assert "captured the training step as a CUDA graph at step 3" in (
-        full / "train.log"
-    ).read_text()
+    assert (
+        "captured the training step as a CUDA graph at step 3" in (full / "train.log").read_text()
+    )
     part = _train(train_clan_norm, config, tmp_path, tiny_run, "g_part", *graph,
                   "train.max_steps=4")  # fmt: skip
     assert train_clan_norm.main(["--resume", str(part), "train.max_steps=6"]) == 0
