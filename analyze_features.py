@@ -51,7 +51,7 @@ from dataset.datasets import SegmentationDataset
 from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
 from model.deeplabv2 import DeepLabV2
-from model.weights import PRESETS, read_weights
+from model.weights import read_weights
 from utils import plots
 from utils.analysis import (
     DOMAINS,
@@ -65,7 +65,7 @@ from utils.analysis import (
     proxy_a_distance,
 )
 from utils.checkpoint import CheckpointError
-from utils.config import DomainConfig, split_overrides, to_dict
+from utils.config import PRESETS, DomainConfig, split_overrides, to_dict
 from utils.distributed import select_device
 from utils.errors import OutputExistsError, UsageError, add_debug_flag, run
 from utils.evaluation import eval_config, short_names

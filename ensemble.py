@@ -45,8 +45,8 @@ from dataset.build import build_dataset, ensure_data
 from dataset.datasets import eval_loader
 from model.build import Restored, preset_name, restore_model
 from model.deeplabv2 import DeepLabV2
-from model.weights import PRESETS, Weights, read_weights
-from utils.config import Config, split_overrides, to_dict
+from model.weights import Weights, read_weights
+from utils.config import PRESETS, Config, split_overrides, to_dict
 from utils.distributed import select_device
 from utils.errors import UsageError, add_debug_flag, run
 from utils.evaluation import (

@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from dataset.datasets import Batch
-from model.build import apply_preset
 from model.discriminator import FCDiscriminator
-from utils.config import Config, ConfigError
+from utils.config import Config, ConfigError, apply_preset
 from utils.engine import TrainState, build_generator
 from utils.engine import main as engine_main
 from utils.errors import run
@@ -31,7 +30,7 @@ from utils.losses import (
     discrepancy_map,
     feature_norm,
     segmentation_loss,
-    stepwise_norm_loss_from_norms,
+    stepwise_norm_loss,
     upsample_to,
     weight_discrepancy_loss,
     weighted_bce_with_logits,
@@ -100,11 +99,11 @@ def train_step(
         out_s = g(state.to_device(source.image))
         p_s1, p_s2 = upsample_to(out_s.p1, y_s.shape[-2:]), upsample_to(out_s.p2, y_s.shape[-2:])
     loss_seg = segmentation_loss(p_s1, p_s2, y_s, lo.seg, lo.focal_gamma)
-    # One norm computation per pass serves the loss and the log. With lambda_norm 0 (CLAN) the
-    # features are detached, so the zero-weighted term costs no backward.
+    # With lambda_norm 0 (CLAN) the features are detached: the zero-weighted term costs no
+    # backward.
     norm_grad = lo.lambda_norm > 0
-    norms_s = feature_norm(out_s.features if norm_grad else out_s.features.detach())
-    loss_norm_s = stepwise_norm_loss_from_norms(norms_s, lo.delta_r)
+    loss_norm_s = stepwise_norm_loss(out_s.features if norm_grad else out_s.features.detach(),
+                                     lo.delta_r)  # fmt: skip
     loss_source = (
         loss_seg
         + lo.lambda_norm * d_norm * loss_norm_s
@@ -122,8 +121,8 @@ def train_step(
     loss_adv = weighted_bce_with_logits(  # fool D: target predictions labelled source
         d_out, SOURCE, weight_map, lo.lambda_local, lo.eps, use_map=v["map_adv"]
     )
-    norms_t = feature_norm(out_t.features if norm_grad else out_t.features.detach())
-    loss_norm_t = stepwise_norm_loss_from_norms(norms_t, lo.delta_r)
+    loss_norm_t = stepwise_norm_loss(out_t.features if norm_grad else out_t.features.detach(),
+                                     lo.delta_r)  # fmt: skip
     loss_weight = weight_discrepancy_loss(*state.model.classifier_weights())
     loss_target = (
         lo.lambda_norm * d_norm * loss_norm_t
@@ -156,8 +155,8 @@ def train_step(
         "loss_d_t": loss_d_t.detach(),
         "d_acc_s": (d_out_s.detach() < 0).float().mean(),
         "d_acc_t": (d_out_t.detach() > 0).float().mean(),
-        "feat_norm_s": norms_s.detach().mean(),
-        "feat_norm_t": norms_t.detach().mean(),
+        "feat_norm_s": feature_norm(out_s.features.detach()).mean(),
+        "feat_norm_t": feature_norm(out_t.features.detach()).mean(),
         "weight_map_mean": weight_map.detach().mean(),
         "damping": d,  # the loop logs numbers and tensors on the device alike
         "damping_norm": d_norm,

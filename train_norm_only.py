@@ -22,7 +22,7 @@ from utils.config import Config
 from utils.engine import TrainState, build_generator
 from utils.engine import main as engine_main
 from utils.errors import run
-from utils.losses import feature_norm, segmentation_loss, stepwise_norm_loss_from_norms
+from utils.losses import feature_norm, segmentation_loss, stepwise_norm_loss
 from utils.schedules import norm_damping
 
 SETUP = "norm_only"
@@ -63,10 +63,10 @@ def train_step(
     with state.autocast():
         out_s = g(state.to_device(source.image))
     loss_seg = segmentation_loss(out_s.p1, out_s.p2, label, cfg.loss.seg, cfg.loss.focal_gamma)
-    # One norm computation per pass serves the loss and the log. With lambda_norm 0 (Source
-    # only) the features are detached, so the zero-weighted term costs no backward.
-    norms_s = feature_norm(out_s.features if lambda_norm > 0 else out_s.features.detach())
-    loss_norm_s = stepwise_norm_loss_from_norms(norms_s, cfg.loss.delta_r)
+    # With lambda_norm 0 (Source only) the features are detached: the zero-weighted term costs
+    # no backward.
+    features_s = out_s.features if lambda_norm > 0 else out_s.features.detach()
+    loss_norm_s = stepwise_norm_loss(features_s, cfg.loss.delta_r)
     loss_source = (
         loss_seg
         + lambda_norm * d_norm * loss_norm_s
@@ -75,19 +75,18 @@ def train_step(
     terms: dict[str, torch.Tensor | float] = {
         "loss_seg": loss_seg.detach(),
         "loss_norm_s": loss_norm_s.detach(),
-        "feat_norm_s": norms_s.detach().mean(),
+        "feat_norm_s": feature_norm(out_s.features.detach()).mean(),
         "damping_norm": d_norm,
     }
 
     if target is not None:
         with state.autocast():
             out_t = g(state.to_device(target.image), heads=False)
-        norms_t = feature_norm(out_t.features)
-        loss_norm_t = stepwise_norm_loss_from_norms(norms_t, cfg.loss.delta_r)
+        loss_norm_t = stepwise_norm_loss(out_t.features, cfg.loss.delta_r)
         loss_target = lambda_norm * d_norm * loss_norm_t
         state.backward(loss_target)
         terms["loss_norm_t"] = loss_norm_t.detach()
-        terms["feat_norm_t"] = norms_t.detach().mean()
+        terms["feat_norm_t"] = feature_norm(out_t.features.detach()).mean()
 
     state.step_optimizers()
     return terms

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from model.deeplabv2 import DeepLabV2
-from model.weights import PRESETS, LoadReport, Weights, load_weights, preset_for, read_weights
-from utils.config import ConfigError, ModelConfig
+from model.weights import LoadReport, Weights, load_weights, preset_for, read_weights
+from utils.config import PRESETS, ModelConfig, apply_preset
 
 log = logging.getLogger(__name__)
 
@@ -20,21 +20,6 @@ class Restored(NamedTuple):
     model: DeepLabV2
     config: ModelConfig
     report: LoadReport
-
-
-def apply_preset(cfg: ModelConfig) -> ModelConfig:
-    """``cfg`` with ``model.preset`` (when set) overriding multi_level, aspp_branches and
-    predict_with."""
-    if not cfg.preset:
-        return cfg
-    if cfg.preset not in PRESETS:
-        raise ConfigError(
-            f"model.preset={cfg.preset!r}: unknown preset (valid: {', '.join(PRESETS)})"
-        )
-    p = PRESETS[cfg.preset]
-    return replace(
-        cfg, multi_level=p.multi_level, aspp_branches=p.aspp_branches, predict_with=p.predict_with
-    )
 
 
 def preset_name(cfg: ModelConfig) -> str:

@@ -13,8 +13,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from utils.config import PREDICT_WITH
+
 ASPP_DILATIONS = (6, 12, 18, 24)
-PREDICT_WITH = ("sum", "c2")
 CLASSIFIER_LR_MULT = 10.0
 
 
@@ -141,11 +142,6 @@ class DeepLabV2(nn.Module):
         self.layer6 = ASPPClassifier(c4, num_classes, aspp_branches)
         self.train()
 
-    @property
-    def feature_channels(self) -> int:
-        """Channels C of the layer4 features F."""
-        return self.layer4[-1].conv3.out_channels
-
     def train(self, mode: bool = True) -> DeepLabV2:
         """Set train/eval mode; with `freeze_bn_stats` every BN stays in eval mode."""
         super().train(mode)
@@ -229,10 +225,3 @@ def _check_args(
 
 def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def deeplabv2_resnet101(
-    num_classes: int = 19, multi_level: bool = False, **kwargs: Any
-) -> DeepLabV2:
-    """DeepLab-v2 on a full ResNet-101 (blocks 3, 4, 23, 3; width 64)."""
-    return DeepLabV2(num_classes, layers=(3, 4, 23, 3), multi_level=multi_level, **kwargs)

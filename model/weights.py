@@ -59,21 +59,6 @@ log = logging.getLogger(__name__)
 Purpose = Literal["init", "restore"]
 
 
-class Preset(NamedTuple):
-    """The three switches of ``model.*`` that tell the public DeepLab-v2 layouts apart."""
-
-    multi_level: bool  # C1 reads layer3
-    aspp_branches: int  # ASPP convs the forward uses
-    predict_with: str  # "sum" (p1 + p2) or "c2"
-
-
-PRESETS: dict[str, Preset] = {
-    "clan": Preset(False, 4, "sum"),  # CLAN, FeatureToAdapt, this repository's default
-    "adaptsegnet": Preset(True, 2, "c2"),  # released forward used 2 of the 4 stored branches
-    "maxsquare": Preset(True, 2, "c2"),  # same network as AdaptSegNet's multi-level model
-    "advent": Preset(True, 4, "c2"),  # ADVENT's multi-level model uses all four
-}
-
 LAYOUTS: dict[str, str] = {
     "checkpoint": "this repository's checkpoint (models.G)",
     "maxsquare": "MaxSquare checkpoint ({'state_dict': ...})",

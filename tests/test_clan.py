@@ -133,7 +133,7 @@ def test_each_term_enters_the_total_with_its_weight(monkeypatch):
         ["loss.lambda_norm=0.5", "loss.lambda_adv=0.25", "loss.lambda_weight=0.125"]
     )
     seen = _spy_terms(monkeypatch, train_clan_norm, [
-        "segmentation_loss", "stepwise_norm_loss_from_norms", "weighted_bce_with_logits",
+        "segmentation_loss", "stepwise_norm_loss", "weighted_bce_with_logits",
         "weight_discrepancy_loss"])  # fmt: skip
     step = 5
     train_clan_norm.train_step(state, source, target, step)
@@ -141,9 +141,9 @@ def test_each_term_enters_the_total_with_its_weight(monkeypatch):
     d_norm = 1 - 1.5 * step / state.cfg.optim.schedule_steps
     expected = [
         ("segmentation_loss", 1.0),
-        ("stepwise_norm_loss_from_norms", 0.5 * d_norm),  # source
+        ("stepwise_norm_loss", 0.5 * d_norm),  # source
         ("weighted_bce_with_logits", 0.25 * d),  # adversarial (G step)
-        ("stepwise_norm_loss_from_norms", 0.5 * d_norm),  # target
+        ("stepwise_norm_loss", 0.5 * d_norm),  # target
         ("weight_discrepancy_loss", 0.125 * d),
         ("weighted_bce_with_logits", 1.0),  # D: source
         ("weighted_bce_with_logits", 1.0),  # D: target
@@ -160,13 +160,13 @@ def test_norm_only_terms_enter_the_total_with_their_weight(monkeypatch, small_mo
     cfg = load_config(None, [*small_model, "loss.lambda_norm=0.5"])
     state = train_norm_only.build(cfg, torch.device("cpu"))
     seen = _spy_terms(monkeypatch, train_norm_only,
-                      ["segmentation_loss", "stepwise_norm_loss_from_norms"])  # fmt: skip
+                      ["segmentation_loss", "stepwise_norm_loss"])  # fmt: skip
     train_norm_only.train_step(state, *small_batches, 5)
     d_norm = 1 - 1.5 * 5 / cfg.optim.schedule_steps
     assert [(r["name"], r["grad"]) for r in seen] == [
         ("segmentation_loss", 1.0),
-        ("stepwise_norm_loss_from_norms", pytest.approx(0.5 * d_norm)),
-        ("stepwise_norm_loss_from_norms", pytest.approx(0.5 * d_norm)),
+        ("stepwise_norm_loss", pytest.approx(0.5 * d_norm)),
+        ("stepwise_norm_loss", pytest.approx(0.5 * d_norm)),
     ]
 
 

@@ -12,11 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dataset import (
+from dataset.datasets import (
     GTA5,
-    IGNORE_INDEX,
-    IMG_MEAN_BGR,
-    PALETTE,
     SYNTHIA,
     Batch,
     Cityscapes,
@@ -25,24 +22,23 @@ from dataset import (
     InfiniteSampler,
     LabelFormatError,
     MissingFileError,
-    PairedTransform,
     Sample,
     SizeMismatchError,
-    TransformSpec,
     collate,
-    denormalize,
     eval_loader,
     infinite_loader,
-    normalize,
     read_synthia_label,
 )
 from dataset.labels import (
     CLASS_NAMES,
     ID_TO_TRAIN_ID,
+    IGNORE_INDEX,
     LABEL_IDS,
+    PALETTE,
     SYNTHIA_16,
     SYNTHIA_ID_TO_TRAIN_ID,
 )
+from dataset.transforms import IMG_MEAN_BGR, PairedTransform, TransformSpec, denormalize, normalize
 
 BLOCK = 16  # pixels per label block
 ROWS, COLS = 4, 5  # blocks per image: images are 80x64 (W x H)

@@ -122,3 +122,37 @@ def test_the_loop_sets_each_groups_learning_rate(scaling, factor, small_model):
     backbone, heads = state.optimizers["G"].param_groups
     assert backbone["lr"] == pytest.approx(g) and heads["lr"] == pytest.approx(10 * g)  # x10
     assert state.optimizers["D"].param_groups[0]["lr"] == pytest.approx(d)
+
+
+def test_the_norm_loss_and_its_damping_lift_out_of_the_repository(tmp_path):
+    """utils/losses.py and utils/schedules.py copied alone into a folder import with torch as
+    their only dependency: the norm loss and its damping work without the repository."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    utils = Path(__file__).resolve().parent.parent / "utils"
+    for name in ("losses.py", "schedules.py"):
+        shutil.copy(utils / name, tmp_path / name)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import torch, losses, schedules\n"
+        "f = torch.tensor([[[[3.0]], [[4.0]]]], requires_grad=True)\n"
+        "loss = schedules.norm_damping(50, 150) * losses.stepwise_norm_loss(f, 0.12)\n"
+        "loss.backward()\n"
+        "repo = [m for m in sys.modules if m.split('.')[0] in ('utils', 'dataset', 'model')]\n"
+        "print(round(loss.item(), 6), [round(g, 4) for g in f.grad.flatten().tolist()], repo)\n"
+    )
+    # -I: no PYTHONPATH, no current folder on sys.path (only the copies' folder is added)
+    out = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path)], cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    # 0.5 * dr^2; the gradient 0.5 * -2 dr F/n over one pixel: F/n = (0.6, 0.8)
+    assert out.split() == ["0.0072", "[-0.072,", "-0.096]", "[]"]
+
+
+def test_the_losses_ignore_the_datasets_ignore_label():
+    from dataset.labels import IGNORE_INDEX
+    from utils.losses import IGNORE_INDEX as LOSSES_IGNORE_INDEX
+
+    assert LOSSES_IGNORE_INDEX == IGNORE_INDEX

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import DeepLabV2, SegOutput, deeplabv2_resnet101
+from model.deeplabv2 import DeepLabV2, SegOutput
+
+RESNET101 = (3, 4, 23, 3)  # blocks per stage
 
 FULL_PARAMS = 45_301_976  # ResNet-101 without fc (42,500,160) + 2 x 4 ASPP convs 2048 -> 19
 SMALL = {"num_classes": 5, "layers": (1, 1, 1, 1), "base_width": 16}  # 512 feature channels
@@ -21,13 +23,13 @@ def _seed() -> None:
 
 @pytest.fixture(scope="module")
 def full_model() -> DeepLabV2:
-    return deeplabv2_resnet101().eval()
+    return DeepLabV2(19, layers=RESNET101).eval()
 
 
 def meta_model(**kwargs: object) -> DeepLabV2:
     """A full-size model on the meta device: real structure and shapes, no memory or compute."""
     with torch.device("meta"):
-        return deeplabv2_resnet101(**kwargs)
+        return DeepLabV2(**{"num_classes": 19, "layers": RESNET101, **kwargs})
 
 
 def small_model(**kwargs: object) -> DeepLabV2:
@@ -42,7 +44,7 @@ def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def test_full_parameter_count(full_model: DeepLabV2) -> None:
     assert sum(p.numel() for p in full_model.parameters()) == FULL_PARAMS
-    assert full_model.feature_channels == 2048
+    assert full_model.layer4[-1].conv3.out_channels == 2048  # the channels of F
 
 
 def test_full_state_dict_keys(full_model: DeepLabV2) -> None:
@@ -123,7 +125,6 @@ def test_small_model_output_stride_8(size: tuple[int, int], expected: tuple[int,
     model = small_model().eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, *size))
-    assert model.feature_channels == 512
     assert out.features.shape == (1, 512, *expected)
     assert out.p1.shape == out.p2.shape == (1, 5, *expected)
 

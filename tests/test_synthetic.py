@@ -270,7 +270,8 @@ def test_synthia_layout_and_16_bit_labels(synthia_root: Path) -> None:
 
 
 def test_synthia_labels_are_the_rendered_classes_in_synthia_ids(synthia_root: Path) -> None:
-    from dataset import SYNTHIA, PairedTransform, TransformSpec
+    from dataset.datasets import SYNTHIA
+    from dataset.transforms import PairedTransform, TransformSpec
 
     data = SYNTHIA(synthia_root / "SYNTHIA", PairedTransform(TransformSpec()))
     for index in range(3):

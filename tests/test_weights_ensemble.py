@@ -17,9 +17,9 @@ from dataset.datasets import eval_loader
 from dataset.labels import CLASS_NAMES, CLASS_SUBSETS, SYNTHIA_13, SYNTHIA_16
 from model.build import build_model, preset_name, restore_model
 from model.deeplabv2 import DeepLabV2
-from model.weights import PRESETS, infer_preset, load_weights, read_weights
+from model.weights import infer_preset, load_weights, read_weights
 from utils.checkpoint import CheckpointError
-from utils.config import ConfigError, load_config, to_dict
+from utils.config import PRESETS, ConfigError, load_config, to_dict
 from utils.evaluation import (
     combine_scores,
     evaluate,

@@ -14,12 +14,13 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import torch
 import yaml
 
 from utils.errors import UserError
+from utils.schedules import WARMUP_FORMS
 
 DEFAULTS_PATH = Path(__file__).resolve().parent.parent / "configs" / "defaults.yaml"
 
@@ -43,6 +44,33 @@ class ModelConfig:
     freeze_bn_stats: bool
     init_from: str
     d_width: int
+
+
+class Preset(NamedTuple):
+    """The three switches of ``model.*`` that tell the public DeepLab-v2 layouts apart."""
+
+    multi_level: bool  # C1 reads layer3
+    aspp_branches: int  # ASPP convs the forward uses
+    predict_with: str  # "sum" (p1 + p2) or "c2"
+
+
+PRESETS: dict[str, Preset] = {
+    "clan": Preset(False, 4, "sum"),  # CLAN, FeatureToAdapt, this repository's default
+    "adaptsegnet": Preset(True, 2, "c2"),  # released forward used 2 of the 4 stored branches
+    "maxsquare": Preset(True, 2, "c2"),  # same network as AdaptSegNet's multi-level model
+    "advent": Preset(True, 4, "c2"),  # ADVENT's multi-level model uses all four
+}
+
+
+def apply_preset(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with ``model.preset`` (when set) overriding multi_level, aspp_branches and
+    predict_with (``validate`` has checked the name)."""
+    if not cfg.preset:
+        return cfg
+    p = PRESETS[cfg.preset]
+    return dataclasses.replace(
+        cfg, multi_level=p.multi_level, aspp_branches=p.aspp_branches, predict_with=p.predict_with
+    )
 
 
 @dataclass(frozen=True)
@@ -322,7 +350,6 @@ AMP_CHOICES = ("off", "bf16", "fp16")
 SEG_LOSSES = ("ce", "focal")
 LR_SCALINGS = ("none", "linear")
 BACKBONE_UPDATES = ("once", "released", "released_torch14")
-WARMUP_FORMS = ("scaled", "released")
 PREDICT_WITH = ("sum", "c2")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DATASETS = ("gta5", "synthia", "cityscapes")
@@ -434,8 +461,6 @@ def _graph_problems(cfg: Config) -> list[str]:
 def validate(cfg: Config) -> Config:
     """Check every choice, range and combination of ``cfg``; one ``ConfigError`` lists them all,
     each naming its key, the value and what was expected. Returns ``cfg``."""
-    from model.weights import PRESETS  # (model/ imports this module)
-
     flat = _flat(cfg)
     problems = [
         f"{key}: expected one of {', '.join(choices)}, got {flat[key]!r}"

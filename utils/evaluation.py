@@ -30,8 +30,7 @@ from tqdm import tqdm
 from dataset.datasets import Batch
 from dataset.labels import CLASS_NAMES, CLASS_SUBSETS, NUM_CLASSES, colorize, output_train_ids
 from model.deeplabv2 import DeepLabV2
-from model.weights import PRESETS
-from utils.config import Config, config_from_dict, load_config, split_overrides
+from utils.config import PRESETS, Config, config_from_dict, load_config, split_overrides
 from utils.errors import (
     MissingPredictionError,
     OutputExistsError,

@@ -1,8 +1,10 @@
-"""Loss terms as pure functions of tensors (SPEC.md, "Losses").
+"""Loss terms as pure functions of tensors (docs/method.md, "Losses").
 
 Shapes: logits ``B x K x h x w``, labels ``B x H x W`` (trainIds, ``ignore_index`` ignored),
 features ``B x C x h x w``. Log-losses and norms are computed in float32 whatever the input
 dtype, so the same code serves mixed precision.
+
+This module imports torch only: it can be copied into another repository as it is.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dataset.labels import IGNORE_INDEX
+IGNORE_INDEX = 255  # the datasets' label for pixels outside the classes
 
 
 def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -80,16 +82,12 @@ def feature_norm(features: torch.Tensor) -> torch.Tensor:
 def stepwise_norm_loss(features: torch.Tensor, delta_r: float) -> torch.Tensor:
     """Step-wise adaptive feature norm: ``mean((stopgrad(n) + dr - n)^2)``, n = ||F||_2 per pixel.
 
-    ``stopgrad(n)`` is F(x, theta_0), the value of this very forward pass before the update, so
-    the loss always equals ``dr^2`` and its gradient pushes every pixel's norm up by about dr:
-    d/dF = -2 dr * F / (n * B h w). No second forward pass is needed.
+    ``features``: ``B x C x h x w`` backbone features F(x); the mean runs over the N = B h w
+    pixels. ``stopgrad(n)`` is F(x, theta_0), the value of this very forward pass before the
+    update, so the loss always equals ``dr^2`` and its gradient pushes every pixel's norm up by
+    about dr: d/dF = -2 dr * F / (n * N). No second forward pass is needed.
     """
-    return stepwise_norm_loss_from_norms(feature_norm(features), delta_r)
-
-
-def stepwise_norm_loss_from_norms(norms: torch.Tensor, delta_r: float) -> torch.Tensor:
-    """:func:`stepwise_norm_loss` from ``feature_norm(features)``, so that a training step that
-    also logs the norms computes them once."""
+    norms = feature_norm(features)
     return ((norms.detach() + delta_r - norms) ** 2).mean()
 
 

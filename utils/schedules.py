@@ -1,9 +1,12 @@
 """Learning-rate and damping schedules: pure functions of the step, so resumed runs continue
-exactly."""
+exactly.
+
+This module imports nothing: it can be copied into another repository as it is.
+"""
 
 from __future__ import annotations
 
-from utils.config import WARMUP_FORMS
+WARMUP_FORMS = ("scaled", "released")  # optim.warmup_form
 
 
 def poly_lr(
