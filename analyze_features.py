@@ -30,7 +30,7 @@ Written into ``--out`` (refused if it already holds one of these, unless ``--ove
                              per-class MMD^2 of every checkpoint, the images and the sample
 
 and the same numbers are printed as markdown tables. Definitions and formulas (majority vote,
-PAD, unbiased MMD^2 with the median-heuristic Gaussian kernel): ``utils/analysis.py``.
+PAD, unbiased MMD^2 with the median-heuristic Gaussian kernel): ``utils/analysis/features.py``.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ from dataset.labels import CLASS_NAMES
 from model.build import preset_name, restore_model
 from model.deeplabv2 import DeepLabV2
 from model.weights import read_weights
-from utils import plots
-from utils.analysis import (
+from utils.analysis import plots
+from utils.analysis.features import (
     DOMAINS,
     MIN_CLASS_PIXELS,
     DomainFeatures,
@@ -68,9 +68,9 @@ from utils.checkpoint import CheckpointError
 from utils.config import PRESETS, DomainConfig, split_overrides, to_dict
 from utils.distributed import select_device
 from utils.errors import OutputExistsError, UsageError, add_debug_flag, run
-from utils.evaluation import eval_config, short_names
+from utils.evaluation.inference import eval_config, short_names
+from utils.evaluation.metrics import SHORT_NAMES
 from utils.logger import setup_logging, write_json
-from utils.metrics import SHORT_NAMES
 from utils.provenance import command_line, provenance
 
 log = logging.getLogger("analyze")

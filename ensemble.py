@@ -46,10 +46,18 @@ from dataset.datasets import eval_loader
 from model.build import Restored, preset_name, restore_model
 from model.deeplabv2 import DeepLabV2
 from model.weights import Weights, read_weights
+from utils.analysis.panels import (
+    ProbsFn,
+    add_panel_flags,
+    check_panel_flags,
+    panel_indices,
+    panel_path,
+    write_prediction_panels,
+)
 from utils.config import PRESETS, Config, split_overrides, to_dict
 from utils.distributed import select_device
 from utils.errors import UsageError, add_debug_flag, run
-from utils.evaluation import (
+from utils.evaluation.inference import (
     SPACES,
     add_class_flags,
     check_class_flags,
@@ -70,16 +78,8 @@ from utils.evaluation import (
     refuse_overwrite,
     short_names,
 )
+from utils.evaluation.metrics import nanmean
 from utils.logger import setup_logging, write_json
-from utils.metrics import nanmean
-from utils.panels import (
-    ProbsFn,
-    add_panel_flags,
-    check_panel_flags,
-    panel_indices,
-    panel_path,
-    write_prediction_panels,
-)
 from utils.provenance import command_line, provenance
 
 log = logging.getLogger("ensemble")

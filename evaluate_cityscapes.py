@@ -19,8 +19,8 @@ averages the softmax with the mirrored image's, as every number of the paper's T
     python evaluate_cityscapes.py --restore SYNTHIA_run.pth --classes 16 13  # SYNTHIA's tables
 
 ``--panels K`` draws K val images (``--panel-seed``; or those ``--panel-images`` names) as
-image | ground truth | prediction | error map | entropy map, one PNG each (``utils/panels.py``
-says how they read). With several checkpoints it writes one ``comparison.png`` instead: a row
+image | ground truth | prediction | error map | entropy map, one PNG each
+(``utils/analysis/panels.py`` says how they read). With several checkpoints it writes one ``comparison.png`` instead: a row
 per image, image | ground truth | one prediction per checkpoint.
 
 A sweep (several ``--restore`` files) scores every snapshot on the same val images: one row
@@ -54,11 +54,20 @@ from dataset.datasets import eval_loader
 from dataset.labels import NUM_CLASSES
 from model.build import preset_name, restore_model
 from model.weights import read_weights
+from utils.analysis.panels import (
+    add_panel_flags,
+    check_panel_flags,
+    model_probs,
+    panel_indices,
+    predicted_labels,
+    write_comparison_panel,
+    write_prediction_panels,
+)
 from utils.checkpoint import step_in_name
 from utils.config import split_overrides, to_dict
 from utils.distributed import DistInfo, describe, select_device
 from utils.errors import UsageError, add_debug_flag, run
-from utils.evaluation import (
+from utils.evaluation.inference import (
     add_checkpoint_flags,
     add_class_flags,
     check_class_flags,
@@ -76,18 +85,9 @@ from utils.evaluation import (
     score_prediction_dir,
     short_names,
 )
+from utils.evaluation.metrics import miou_name, nanmean
+from utils.evaluation.paper_results import paper_row
 from utils.logger import setup_logging, write_json
-from utils.metrics import miou_name, nanmean
-from utils.panels import (
-    add_panel_flags,
-    check_panel_flags,
-    model_probs,
-    panel_indices,
-    predicted_labels,
-    write_comparison_panel,
-    write_prediction_panels,
-)
-from utils.paper_results import paper_row
 from utils.provenance import command_line, provenance
 
 SCRIPT = "evaluate_cityscapes.py"

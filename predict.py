@@ -45,9 +45,10 @@ from dataset.transforms import PairedTransform, TransformSpec
 from model.build import preset_name, restore_model
 from model.deeplabv2 import DeepLabV2
 from model.weights import read_weights
+from utils.analysis.panels import overlay, save_png
 from utils.distributed import DistInfo, describe, select_device
 from utils.errors import UsageError, add_debug_flag, run
-from utils.evaluation import (
+from utils.evaluation.inference import (
     add_checkpoint_flags,
     checkpoint_overrides,
     eval_config,
@@ -58,7 +59,6 @@ from utils.evaluation import (
     save_prediction,
 )
 from utils.logger import setup_logging
-from utils.panels import overlay, save_png
 
 log = logging.getLogger("predict")
 

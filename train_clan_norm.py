@@ -23,8 +23,6 @@ import torch.nn.functional as F
 from dataset.datasets import Batch
 from model.discriminator import FCDiscriminator
 from utils.config import Config, ConfigError, apply_preset
-from utils.engine import TrainState, build_generator
-from utils.engine import main as engine_main
 from utils.errors import run
 from utils.losses import (
     discrepancy_map,
@@ -36,6 +34,8 @@ from utils.losses import (
     weighted_bce_with_logits,
 )
 from utils.schedules import damping, norm_damping
+from utils.training.loop import TrainState, build_generator
+from utils.training.loop import main as engine_main
 
 SETUP = "clan_norm"
 SOURCE, TARGET = 0.0, 1.0  # domain labels of D

@@ -19,11 +19,11 @@ import torch
 
 from dataset.datasets import Batch
 from utils.config import Config
-from utils.engine import TrainState, build_generator
-from utils.engine import main as engine_main
 from utils.errors import run
 from utils.losses import feature_norm, segmentation_loss, stepwise_norm_loss
 from utils.schedules import norm_damping
+from utils.training.loop import TrainState, build_generator
+from utils.training.loop import main as engine_main
 
 SETUP = "norm_only"
 

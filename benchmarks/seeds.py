@@ -31,8 +31,8 @@ import train_norm_only
 from dataset.labels import CLASS_SUBSETS, NUM_CLASSES
 from utils.config import ConfigError, config_from_dict, load_config, read_yaml, to_dict
 from utils.errors import UsageError, UserError, add_debug_flag, run
+from utils.evaluation.metrics import SHORT_NAMES, miou_name
 from utils.logger import write_json
-from utils.metrics import SHORT_NAMES, miou_name
 from utils.protocols import flatten
 from utils.provenance import command_line, footer, provenance
 

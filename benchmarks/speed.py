@@ -50,10 +50,9 @@ from dataset.datasets import Batch, eval_loader, infinite_loader
 from dataset.synthetic import SyntheticSpec, generate
 from utils.config import load_config
 from utils.distributed import DistInfo, resolve_device
-from utils.engine import TrainState, prepare
 from utils.errors import UsageError, add_debug_flag, run
-from utils.evaluation import evaluate, predict_logits
-from utils.graphs import CudaGraphBackend, GraphedStep
+from utils.evaluation.inference import evaluate, predict_logits
+from utils.evaluation.metrics import ConfusionMatrix
 from utils.losses import (
     discrepancy_map,
     feature_norm,
@@ -63,9 +62,10 @@ from utils.losses import (
     weight_discrepancy_loss,
     weighted_bce_with_logits,
 )
-from utils.metrics import ConfusionMatrix
 from utils.provenance import command_line, footer, provenance
 from utils.schedules import damping, norm_damping
+from utils.training.graphs import CudaGraphBackend, GraphedStep
+from utils.training.loop import TrainState, prepare
 
 # setup -> (script, loss overrides)
 SETUPS = {

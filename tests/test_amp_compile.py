@@ -9,8 +9,8 @@ import torch
 import train_clan_norm
 from utils.config import load_config
 from utils.distributed import DistInfo
-from utils.engine import TrainState, prepare
 from utils.losses import feature_norm
+from utils.training.loop import TrainState, prepare
 
 
 def _state(small_model: list[str], *overrides: str) -> TrainState:

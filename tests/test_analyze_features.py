@@ -1,5 +1,5 @@
-"""Feature-space analysis (analyze_features.py, utils/analysis.py) and the per-class IoU
-comparison (utils/compare_iou.py): label majority vote, the seeded sample shared by every
+"""Feature-space analysis (analyze_features.py, utils/analysis/features.py) and the per-class IoU
+comparison (utils/analysis/compare_iou.py): label majority vote, the seeded sample shared by every
 checkpoint, PAD and MMD against hand-made cases, the figures end to end, bad input."""
 
 import json
@@ -12,8 +12,8 @@ import torch
 import analyze_features
 from dataset.build import ensure_data
 from model.deeplabv2 import DeepLabV2
-from utils import compare_iou
-from utils.analysis import (
+from utils.analysis import compare_iou
+from utils.analysis.features import (
     choose_images,
     class_mmd2,
     extract_domain,

@@ -37,9 +37,9 @@ from model.deeplabv2 import DeepLabV2
 from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError, load_config
 from utils.distributed import DistInfo, resolve_device
-from utils.engine import TrainState, accumulate, prepare, reduce_means
-from utils.evaluation import predict_scores
-from utils.metrics import ConfusionMatrix
+from utils.evaluation.inference import predict_scores
+from utils.evaluation.metrics import ConfusionMatrix
+from utils.training.loop import TrainState, accumulate, prepare, reduce_means
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -292,7 +292,7 @@ def test_torchrun_on_nccl(processes, tmp_path, tiny_run):
 @pytest.mark.parametrize("updates", ["released", "released_torch14"])
 def test_released_sgd_on_cuda_matches_the_cpu(updates):
     """The foreach kernels on CUDA round like the CPU's per-tensor ops up to an ulp per entry."""
-    from utils.optim import build_sgd
+    from utils.training.optim import build_sgd
 
     cfg = load_config(None, [f"optim.backbone_updates={updates}", "optim.lr=0.1"])
     models, opts = [], []
@@ -324,7 +324,7 @@ def _graph_batches(steps: int) -> list[tuple[Batch, Batch]]:
 
 
 def _steps(state: TrainState, step_fn, batches) -> list[dict]:
-    from utils.engine import _set_learning_rates
+    from utils.training.loop import _set_learning_rates
 
     outs = []
     for step, (source, target) in enumerate(batches):
@@ -342,7 +342,7 @@ def test_cuda_graph_step_matches_eager(setup, amp, small_model, no_tf32):
     """7 steps: 3 eager warm-up steps on the side stream, the capture at step 3, replays; D's
     map switches on at step 4, after the capture. Tolerances as for torch.compile (the graph's
     optimizers are the fused ones)."""
-    from utils.graphs import CudaGraphBackend, GraphedStep
+    from utils.training.graphs import CudaGraphBackend, GraphedStep
 
     script, extra = SETUPS[setup]
     overrides = [*small_model, *extra, *GRAPH_SCHEDULE, f"train.amp={amp}"]
@@ -361,7 +361,7 @@ def test_cuda_graph_step_matches_eager(setup, amp, small_model, no_tf32):
 
 @pytest.mark.parametrize("script", [train_clan_norm, train_norm_only])
 def test_a_graphed_step_never_waits_for_the_gpu(script, small_model):
-    from utils.graphs import CudaGraphBackend, GraphedStep
+    from utils.training.graphs import CudaGraphBackend, GraphedStep
 
     state = _state(script, [*small_model, "train.amp=bf16"], CUDA)
     runner = GraphedStep(script.train_step, CudaGraphBackend(CUDA), warmup=2)
@@ -370,7 +370,7 @@ def test_a_graphed_step_never_waits_for_the_gpu(script, small_model):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        from utils.engine import _set_learning_rates
+        from utils.training.loop import _set_learning_rates
 
         _set_learning_rates(state, 4, 1)
         runner(state, *batches[4], 4)

@@ -16,13 +16,13 @@ import torch
 import evaluate_cityscapes
 import train_clan_norm
 import train_norm_only
-import utils.engine as engine
+import utils.training.loop as engine
 from benchmarks.speed import SETUPS
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import ConfigError, load_config
 from utils.distributed import DistInfo, init_distributed, resolve_device
-from utils.engine import TrainState, accumulate, prepare, reduce_means, stack_means
-from utils.metrics import ConfusionMatrix
+from utils.evaluation.metrics import ConfusionMatrix
+from utils.training.loop import TrainState, accumulate, prepare, reduce_means, stack_means
 
 
 def _state(script, overrides: list[str]) -> TrainState:

@@ -10,8 +10,8 @@ import torch
 
 import train_norm_only
 from utils.config import AMP_CHOICES, ConfigError, load_config
-from utils.engine import AMP_DTYPES, _bar_keys, _Checkpointer
 from utils.errors import UserError, run
+from utils.training.loop import AMP_DTYPES, _bar_keys, _Checkpointer
 
 
 def test_a_user_error_is_one_line_and_exit_2(capsys):
@@ -121,8 +121,8 @@ def test_the_progress_bar_shows_what_moves():
 
 
 def test_an_existing_run_folder_says_how_to_go_on(tmp_path):
-    from utils.engine import _new_run_dir
     from utils.errors import OutputExistsError
+    from utils.training.loop import _new_run_dir
 
     cfg = load_config(None, [f"train.out_dir={tmp_path}", "train.run_name=r"])
     (tmp_path / "r" / "checkpoints").mkdir(parents=True)

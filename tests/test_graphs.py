@@ -25,7 +25,8 @@ import train_norm_only
 from dataset.datasets import Batch
 from utils.config import ConfigError, load_config
 from utils.distributed import DistInfo
-from utils.engine import (
+from utils.training.graphs import GraphedStep, GraphShapeError, make_capturable
+from utils.training.loop import (
     TrainState,
     _restore,
     _set_learning_rates,
@@ -34,8 +35,7 @@ from utils.engine import (
     checkpoint_dict,
     prepare,
 )
-from utils.graphs import GraphedStep, GraphShapeError, make_capturable
-from utils.optim import ReleasedSGD
+from utils.training.optim import ReleasedSGD
 
 SETUPS = {
     "source_only": (train_norm_only, ["loss.lambda_norm=0"]),
@@ -288,7 +288,7 @@ def test_cuda_graph_off_cuda_falls_back_to_eager_with_a_warning(small_model, cap
 def test_logging_steps_are_read_after_the_next_step_is_queued(tmp_path, tiny_run, monkeypatch):
     """A logging step's values are copied out without waiting; the loop reads them after it has
     queued the next step, and at once where a checkpoint or the run's end follows."""
-    from utils import engine
+    from utils.training import loop as engine
 
     events = []
     real_step, real_read = train_norm_only.train_step, engine._LogStep.read

@@ -20,8 +20,8 @@ from dataset.labels import (
     SYNTHIA_16,
     colorize,
 )
-from utils.evaluation import predicted_train_ids
-from utils.metrics import ConfusionMatrix, format_iou_table
+from utils.evaluation.inference import predicted_train_ids
+from utils.evaluation.metrics import ConfusionMatrix, format_iou_table
 
 CS_NAMES = {"light": "traffic light", "sign": "traffic sign"}
 

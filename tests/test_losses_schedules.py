@@ -110,7 +110,7 @@ def test_damping_by_hand():
 def test_the_loop_sets_each_groups_learning_rate(scaling, factor, small_model):
     import train_clan_norm
     from utils.config import load_config
-    from utils.engine import _set_learning_rates
+    from utils.training.loop import _set_learning_rates
 
     cfg = load_config(None, [*small_model, "optim.lr=0.01", "optim.lr_d=0.001",
                              f"optim.lr_scaling={scaling}"])  # fmt: skip

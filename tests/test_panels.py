@@ -13,9 +13,7 @@ import evaluate_cityscapes
 from dataset.build import ensure_data
 from dataset.labels import colorize
 from model.deeplabv2 import DeepLabV2
-from utils.config import load_config, to_dict
-from utils.errors import OutputExistsError, UsageError
-from utils.panels import (
+from utils.analysis.panels import (
     CORRECT_RGB,
     IGNORED_RGB,
     WRONG_RGB,
@@ -27,6 +25,8 @@ from utils.panels import (
     prediction_panel,
     stack_rows,
 )
+from utils.config import load_config, to_dict
+from utils.errors import OutputExistsError, UsageError
 
 TINY = ["model.layers=[1,1,1,1]", "model.base_width=8", "data.val.resize=[128,64]",
         "eval.num_workers=0", "data.num_workers=0", "train.device=cpu"]  # fmt: skip
@@ -228,7 +228,7 @@ def test_a_16_output_model_is_shown_in_trainid_colours():
     """Output k of a SYNTHIA 16-class model is trainId CLASS_SUBSETS[16][k] (index 9 is sky,
     trainId 10), in the panel and in predict.py's labels alike."""
     from dataset.labels import CLASS_SUBSETS, colorize
-    from utils.panels import predicted_labels, prediction_panel
+    from utils.analysis.panels import predicted_labels, prediction_panel
 
     probs = torch.zeros(16, 8, 8)
     probs[9] = 1.0

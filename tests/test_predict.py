@@ -13,7 +13,7 @@ from dataset.transforms import normalize
 from model.deeplabv2 import DeepLabV2
 from utils.config import load_config, to_dict
 from utils.errors import OutputExistsError, UsageError
-from utils.evaluation import predict_scores
+from utils.evaluation.inference import predict_scores
 
 TINY = ["model.layers=[1,1,1,1]", "model.base_width=8", "data.val.resize=[64,32]",
         "train.device=cpu"]  # fmt: skip

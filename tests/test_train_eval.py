@@ -164,8 +164,8 @@ def test_help(module, capsys):
 def test_picture_shows_label_at_image_size_entropy_and_feature_norms():
     from dataset.datasets import Batch
     from model.deeplabv2 import DeepLabV2
-    from utils.engine import _picture
-    from utils.panels import entropy_map, heat_colours
+    from utils.analysis.panels import entropy_map, heat_colours
+    from utils.training.loop import _picture
 
     torch.manual_seed(0)
     model = DeepLabV2(layers=(1, 1, 1, 1), base_width=8)

@@ -20,15 +20,15 @@ from model.deeplabv2 import DeepLabV2
 from model.weights import infer_preset, load_weights, read_weights
 from utils.checkpoint import CheckpointError
 from utils.config import PRESETS, ConfigError, load_config, to_dict
-from utils.evaluation import (
+from utils.evaluation.inference import (
     combine_scores,
     evaluate,
     normalise_weights,
     predict_logits,
     predict_scores,
 )
-from utils.metrics import ConfusionMatrix
-from utils.paper_results import TABLE1, paper_row
+from utils.evaluation.metrics import ConfusionMatrix
+from utils.evaluation.paper_results import TABLE1, paper_row
 
 TINY = ["model.layers=[1,1,1,1]", "model.base_width=8", "data.val.resize=[128,64]",
         "eval.num_workers=0", "data.num_workers=0", "train.device=cpu"]  # fmt: skip

@@ -70,7 +70,7 @@ def make_capturable(optimizers: dict[str, torch.optim.Optimizer], device: torch.
     ``torch.optim.SGD`` fused, ``torch.optim.Adam`` fused and capturable (its step count on the
     device); ``ReleasedSGD`` takes tensor rates as it is. Applied again after a checkpoint's
     groups (plain numbers) are loaded."""
-    from utils.optim import ReleasedSGD  # (utils.optim imports nothing from here)
+    from utils.training.optim import ReleasedSGD  # (utils.training.optim imports nothing from here)
 
     for name, opt in optimizers.items():
         if not isinstance(opt, (torch.optim.SGD, torch.optim.Adam, ReleasedSGD)):

@@ -33,7 +33,7 @@ from dataset.transforms import denormalize
 from model.deeplabv2 import DeepLabV2
 from utils.config import split_overrides
 from utils.errors import UsageError
-from utils.evaluation import predict_scores, predicted_train_ids
+from utils.evaluation.inference import predict_scores, predicted_train_ids
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 r"""Per-class IoU of several results files, and their differences against a baseline (the
 paper's Fig. 6): a plot and a table.
 
-    python -m utils.compare_iou --results runs/source_only/results.json \
+    python -m utils.analysis.compare_iou --results runs/source_only/results.json \
         runs/norm_only/results.json runs/clan_norm/results.json --out iou.png
-    python -m utils.compare_iou --results runs/a/results.json runs/b/results.json \
+    python -m utils.analysis.compare_iou --results runs/a/results.json runs/b/results.json \
         --labels "Norm only" "CLAN + Norm" --baseline "Norm only" --out iou.png
-    python -m utils.compare_iou --results last.pth.results.json --baseline paper:"Only Norm" \
-        --out iou.png
+    python -m utils.analysis.compare_iou --results last.pth.results.json \
+        --baseline paper:"Only Norm" --out iou.png
 
 Every results JSON of the repository reads: a training run's ``results.json`` and
 ``evaluate_cityscapes.py``'s (``iou`` per class), an ``ensemble.py`` file (the ensemble's
@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from dataset.labels import CLASS_NAMES
+from utils.analysis.plots import iou_comparison
 from utils.errors import OutputExistsError, UsageError, UserError, add_debug_flag, run
-from utils.evaluation import short_names
-from utils.metrics import format_iou_table
-from utils.paper_results import paper_row
-from utils.plots import iou_comparison
+from utils.evaluation.inference import short_names
+from utils.evaluation.metrics import format_iou_table
+from utils.evaluation.paper_results import paper_row
 
 PAPER_PREFIX = "paper:"
 
@@ -143,7 +143,7 @@ def comparison_table(rows: dict[str, list[float]], baseline: str) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m utils.compare_iou",
+        prog="python -m utils.analysis.compare_iou",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -37,8 +37,8 @@ from utils.errors import (
     PredictionError,
     UsageError,
 )
+from utils.evaluation.metrics import ConfusionMatrix, format_iou_table, miou_name, nanmean
 from utils.losses import upsample_to
-from utils.metrics import ConfusionMatrix, format_iou_table, miou_name, nanmean
 
 log = logging.getLogger(__name__)
 

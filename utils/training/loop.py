@@ -59,7 +59,7 @@ from utils.distributed import (
     resolve_device,
 )
 from utils.errors import OutputExistsError, UserError, add_debug_flag
-from utils.evaluation import (
+from utils.evaluation.inference import (
     class_ious,
     class_mious,
     class_results,
@@ -69,12 +69,12 @@ from utils.evaluation import (
     miou_lines,
     predicted_train_ids,
 )
-from utils.graphs import CudaGraphBackend, GraphedStep
 from utils.logger import MetricWriter, setup_logging, write_json
 from utils.losses import feature_norm, upsample_to
-from utils.optim import build_sgd
 from utils.provenance import command_line, provenance
 from utils.schedules import poly_lr
+from utils.training.graphs import CudaGraphBackend, GraphedStep
+from utils.training.optim import build_sgd
 
 log = logging.getLogger("train")
 
@@ -371,7 +371,7 @@ def _picture(
     resized to the image, nearest), and the per-pixel norms of its backbone features (h x w)."""
     from torchvision.utils import make_grid  # (a slow import: on first use only)
 
-    from utils.panels import entropy_map, heat_colours
+    from utils.analysis.panels import entropy_map, heat_colours
 
     image = batch.image[:1].to(device)
     size = tuple(image.shape[-2:])

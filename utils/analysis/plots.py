@@ -1,5 +1,5 @@
 """Figures of the feature-space analysis (``analyze_features.py``) and of per-class IoU
-comparisons (``python -m utils.compare_iou``).
+comparisons (``python -m utils.analysis.compare_iou``).
 
 Each function builds a ``matplotlib.figure.Figure`` (no pyplot, so no global figure state or
 interactive backend) and writes it to ``path``; PNGs render through Agg.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dataset.labels import CLASS_NAMES, PALETTE
-from utils.metrics import SHORT_NAMES, nanmean
+from utils.evaluation.metrics import SHORT_NAMES, nanmean
 
 DOMAIN_COLOURS = {"source": "tab:orange", "target": "tab:blue"}
 DOMAIN_MARKERS = {"source": "o", "target": "x"}

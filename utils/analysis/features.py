@@ -1,6 +1,7 @@
 r"""Feature-space analysis of G's backbone features (``analyze_features.py``): extraction on
 labelled images, a seeded pixel sample that is the same for every checkpoint, and the numbers
-reported for it. Pure functions of models and arrays; the figures are in ``utils/plots.py``.
+reported for it. Pure functions of models and arrays; the figures are in
+``utils/analysis/plots.py``.
 
 Features are G's layer4 output F (``SegOutput.features``, stride 8), computed in eval mode
 without gradients. Each image's label map is brought to F's grid by **majority vote**: label
