@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import dataset.synthetic as synthetic
+import dataset.synthetic.objects as generation
 from dataset.labels import CLASS_NAMES, ID_TO_TRAIN_ID, LABEL_IDS, NUM_CLASSES, PALETTE
 from dataset.synthetic import SyntheticSpec, ensure_synthetic, generate, main, render
 
@@ -178,7 +179,7 @@ def test_interrupted_generation_leaves_nothing(
             raise KeyboardInterrupt
         return render(*args)
 
-    monkeypatch.setattr(synthetic, "render", failing_render)
+    monkeypatch.setattr(generation, "render", failing_render)  # where generate looks it up
     with pytest.raises(KeyboardInterrupt):
         generate(tmp_path / "data", SPEC, progress=False)
     assert list(tmp_path.iterdir()) == []
