@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import dataset.synthetic as synthetic
-import dataset.synthetic.objects as generation
+import dataset.synthetic.writer as writer
 from dataset.labels import CLASS_NAMES, ID_TO_TRAIN_ID, LABEL_IDS, NUM_CLASSES, PALETTE
 from dataset.synthetic import SyntheticSpec, ensure_synthetic, generate, main, render
 
@@ -179,7 +179,7 @@ def test_interrupted_generation_leaves_nothing(
             raise KeyboardInterrupt
         return render(*args)
 
-    monkeypatch.setattr(generation, "render", failing_render)  # where generate looks it up
+    monkeypatch.setattr(writer, "render", failing_render)  # where generate looks it up
     with pytest.raises(KeyboardInterrupt):
         generate(tmp_path / "data", SPEC, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -240,7 +240,7 @@ def test_domains_share_layout_but_not_appearance() -> None:
 SYNTHIA_SPEC = dataclasses.replace(
     SPEC, num_source=0, num_train=1, num_val=1, num_synthia=3, synthia_size=(120, 72)
 )
-SYNTHIA_IDS = {3, 4, 2, 21, 5, 7, 15, 9, 6, 1, 10, 17, 8, 19, 12, 11}  # DATA.md's table
+SYNTHIA_IDS = {3, 4, 2, 21, 5, 7, 15, 9, 6, 1, 10, 17, 8, 19, 12, 11}  # its 16 classes' ids
 ABSENT = [CLASS_NAMES.index(n) for n in ("terrain", "truck", "train")]
 
 

@@ -1,20 +1,73 @@
-"""The built-in synthetic benchmark, as a package (first step of the split: the whole former
-module ``dataset/synthetic.py`` is still in ``objects.py``)."""
+"""Procedural street scenes: the repository's built-in GTA5 (or SYNTHIA) -> Cityscapes benchmark.
 
-from dataset.synthetic.objects import (
+Every image is a street seen from a car: a random layout (camera pitch and height, lanes,
+sidewalks, grass strips, facades with windows, walls, fences, poles carrying traffic lights
+and signs, trees, pedestrians, riders on bicycles and motorcycles, cars, trucks, buses and
+sometimes a tram) is projected through a pinhole camera and painted back to front, with the
+label map drawn from the very same polygons. Both domains sample layouts the same way; only
+the appearance differs, the way game frames differ from camera frames:
+
+- source (GTA5 layout): saturated game palette, flat colours, hard edges, bright even light,
+  clear air, no noise;
+- target (Cityscapes layout): greyer, shifted class colours (paler sky, mauve road, olive
+  vegetation, grey-blue cars...), more haze, texture noise, a lighting gradient with
+  vignetting, a slight blur, sensor noise and a random brightness, contrast and white balance
+  per image;
+- a second source (SYNTHIA-RAND-CITYSCAPES layout, ``num_synthia`` images, none by default):
+  another viewpoint (a higher camera, a wider lens, the horizon higher in the frame, no
+  bonnet), a pale, low-contrast palette (the target's hues washed towards a cool white) with
+  hard side shading and little haze, and a world without terrain, trucks and trains, as
+  SYNTHIA's.
+
+Each image draws from its own ``numpy.random.Generator`` seeded with (seed, domain, split,
+index): a file's bytes depend on those alone, never on the counts or the order.
+
+    python -m dataset.synthetic --out data/synthetic --seed 0 --num-train 200 --num-val 60
+
+writes ``<out>/GTA5/{images,labels}/00001.png ...`` (labels: palettised PNGs of Cityscapes
+label ids), ``<out>/Cityscapes/leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png``
+with grey ``gtFine/.../*_gtFine_labelIds.png`` beside, and last ``<out>/synthetic.json`` with
+the generation parameters, whose presence marks a complete dataset. ``--num-synthia N`` adds
+``<out>/SYNTHIA/RGB/0000000.png ...`` with ``GT/LABELS/<same>.png``: 16-bit 3-channel PNGs
+with SYNTHIA's class ids in the first channel (RGB order), written by OpenCV.
+
+The modules, by role: ``domains`` (class colours and each domain's look), ``geometry`` (the
+camera, world rectangles and the street's layout), ``painter`` (one drawing into the image and
+the label map), ``background`` (ground, skyline, facades, walls, fences), ``objects`` (trees,
+poles, lights, signs, people, two-wheelers, vehicles), ``scene`` (the objects' placement, the
+drawing order and ``render``), ``effects`` (the target's photo effects) and ``writer`` (the
+files, the manifest, ``generate`` and ``ensure_synthetic``); the command line is ``main``, here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dataset.synthetic.scene import render
+from dataset.synthetic.writer import (
+    CITYSCAPES_FRAME,
+    CITYSCAPES_TO_SYNTHIA_ID,
     FORMAT_VERSION,
+    MANIFEST,
     SYNTHIA_FORMAT_VERSION,
     TRAIN_CITIES,
     VAL_CITIES,
     SyntheticSpec,
     ensure_synthetic,
     generate,
-    main,
-    render,
+    write_synthia_label,
 )
+from utils.errors import add_debug_flag
 
 __all__ = [
+    "CITYSCAPES_FRAME",
+    "CITYSCAPES_TO_SYNTHIA_ID",
     "FORMAT_VERSION",
+    "MANIFEST",
     "SYNTHIA_FORMAT_VERSION",
     "TRAIN_CITIES",
     "VAL_CITIES",
@@ -23,4 +76,54 @@ __all__ = [
     "generate",
     "main",
     "render",
+    "write_synthia_label",
 ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: generate a synthetic dataset (see the module docstring)."""
+    defaults = SyntheticSpec()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="dataset root to create")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--num-source", type=int, default=defaults.num_source, help="GTA5-layout images"
+    )
+    parser.add_argument(
+        "--num-train", type=int, default=defaults.num_train, help="Cityscapes train images"
+    )
+    parser.add_argument(
+        "--num-val", type=int, default=defaults.num_val, help="Cityscapes val images"
+    )
+    parser.add_argument(
+        "--source-size", type=int, nargs=2, default=defaults.source_size, metavar=("W", "H")
+    )
+    parser.add_argument(
+        "--target-size", type=int, nargs=2, default=defaults.target_size, metavar=("W", "H")
+    )
+    parser.add_argument(
+        "--num-synthia", type=int, default=defaults.num_synthia,
+        help="SYNTHIA-layout source images (a second source)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--synthia-size", type=int, nargs=2, default=defaults.synthia_size, metavar=("W", "H")
+    )
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    spec = SyntheticSpec(
+        seed=args.seed,
+        num_source=args.num_source,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        source_size=tuple(args.source_size),
+        target_size=tuple(args.target_size),
+        num_synthia=args.num_synthia,
+        synthia_size=tuple(args.synthia_size),
+    )
+    start = time.perf_counter()
+    out = generate(args.out, spec)
+    print(f"synthetic dataset at {out} ({time.perf_counter() - start:.1f} s)")
+    return 0

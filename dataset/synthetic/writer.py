@@ -1,0 +1,248 @@
+"""The dataset on disk: what to generate (``SyntheticSpec``), the files of every image (GTA5,
+SYNTHIA and Cityscapes layouts), the manifest ``synthetic.json``, ``generate`` (atomic) and
+``ensure_synthetic`` (reuse or generate)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from dataset.labels import LABEL_IDS, PALETTE, SYNTHIA_TO_TRAIN_ID
+from dataset.synthetic.scene import render
+
+try:
+    from tqdm import tqdm
+except ImportError:  # the progress bar is optional
+    tqdm = None
+
+logger = logging.getLogger("dataset.synthetic")  # the package's name, as before the split
+
+FORMAT_VERSION = 2  # bump whenever the pictures change, so stale datasets are not reused
+SYNTHIA_FORMAT_VERSION = 1  # the same for the SYNTHIA-layout pictures alone
+MANIFEST = "synthetic.json"
+TRAIN_CITIES = ("aachen", "bochum")
+VAL_CITIES = ("frankfurt", "lindau", "munster")
+CITYSCAPES_FRAME = 19  # the annotated frame of every Cityscapes snippet
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What to generate; sizes are (W, H)."""
+
+    seed: int = 0
+    num_source: int = 200  # GTA5-layout images
+    num_train: int = 200  # Cityscapes train images (labels written too: the oracle uses them)
+    num_val: int = 60
+    source_size: tuple[int, int] = (480, 264)
+    target_size: tuple[int, int] = (512, 256)
+    num_synthia: int = 0  # SYNTHIA-layout images (a second source)
+    synthia_size: tuple[int, int] = (480, 285)  # 1280x760's aspect
+
+    def __post_init__(self) -> None:
+        for name in ("seed", "num_source", "num_train", "num_val", "num_synthia"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SyntheticSpec.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("source_size", "target_size", "synthia_size"):
+            size = getattr(self, name)
+            if len(size) != 2 or min(size) < 32:
+                raise ValueError(f"SyntheticSpec.{name} must be (W, H), both >= 32, got {size}")
+
+
+class _Job(NamedTuple):
+    domain: str
+    split: str
+    index: int
+    size: tuple[int, int]
+    image: str  # relative paths
+    label: str
+
+
+def _gta5_palette() -> list[int]:
+    palette = [0] * 768
+    for label_id, rgb in zip(LABEL_IDS, PALETTE):
+        palette[3 * label_id : 3 * label_id + 3] = rgb
+    return palette
+
+
+def _synthia_ids() -> np.ndarray:
+    """256-entry table: Cityscapes label id -> SYNTHIA class id (0, void, for the rest)."""
+    table = np.zeros(256, dtype=np.uint16)
+    for synthia_id, train_id in SYNTHIA_TO_TRAIN_ID.items():
+        table[LABEL_IDS[train_id]] = synthia_id
+    return table
+
+
+CITYSCAPES_TO_SYNTHIA_ID = _synthia_ids()
+
+
+def write_synthia_label(path: Path, ids: np.ndarray) -> None:
+    """Write (H, W) SYNTHIA class ids as SYNTHIA does: a 16-bit 3-channel PNG, the class id in
+    the first channel in RGB order. The second holds a stand-in for SYNTHIA's instance ids
+    (1000 + the class id, 0 on void), the third zeros, so a reader that takes another channel
+    than the first gets other numbers."""
+    import cv2  # (on first use: only the SYNTHIA layout needs it)
+
+    classes = ids.astype(np.uint16)
+    instances = np.where(classes > 0, 1000 + classes, 0).astype(np.uint16)
+    bgr = np.stack([np.zeros_like(classes), instances, classes], axis=-1)  # OpenCV: B, G, R
+    if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+        raise OSError(f"OpenCV could not write {path}")
+
+
+def _jobs(spec: SyntheticSpec) -> list[_Job]:
+    jobs = [
+        _Job(
+            "source",
+            "all",
+            i,
+            spec.source_size,
+            f"GTA5/images/{i + 1:05d}.png",
+            f"GTA5/labels/{i + 1:05d}.png",
+        )
+        for i in range(spec.num_source)
+    ]
+    jobs += [
+        _Job(
+            "synthia",
+            "all",
+            i,
+            spec.synthia_size,
+            f"SYNTHIA/RGB/{i:07d}.png",
+            f"SYNTHIA/GT/LABELS/{i:07d}.png",
+        )
+        for i in range(spec.num_synthia)
+    ]
+    for split, count, cities in (
+        ("train", spec.num_train, TRAIN_CITIES),
+        ("val", spec.num_val, VAL_CITIES),
+    ):
+        for i in range(count):
+            city = cities[i % len(cities)]
+            stem = f"{city}/{city}_{i // len(cities):06d}_{CITYSCAPES_FRAME:06d}"
+            jobs.append(
+                _Job(
+                    "target",
+                    split,
+                    i,
+                    spec.target_size,
+                    f"Cityscapes/leftImg8bit/{split}/{stem}_leftImg8bit.png",
+                    f"Cityscapes/gtFine/{split}/{stem}_gtFine_labelIds.png",
+                )
+            )
+    return jobs
+
+
+def _write(root: Path, job: _Job, seed: int, palette: list[int]) -> None:
+    rgb, ids = render(seed, job.domain, job.split, job.index, job.size)
+    image_path, label_path = root / job.image, root / job.label
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    label_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(image_path, compress_level=1)
+    if job.domain == "synthia":
+        write_synthia_label(label_path, CITYSCAPES_TO_SYNTHIA_ID[ids])
+        return
+    label = Image.fromarray(ids)  # mode "L": Cityscapes labelIds
+    if job.domain == "source":
+        label.putpalette(palette)  # mode "P" whose indices are label ids: GTA5
+    label.save(label_path)
+
+
+def _manifest(spec: SyntheticSpec) -> dict:
+    """The generation parameters; without a SYNTHIA source, its fields are left out, so that
+    datasets written before it existed still match."""
+    record = {"format_version": FORMAT_VERSION}
+    for key, value in dataclasses.asdict(spec).items():
+        if spec.num_synthia == 0 and key in ("num_synthia", "synthia_size"):
+            continue
+        record[key] = list(value) if isinstance(value, tuple) else value
+    if spec.num_synthia:
+        record["synthia_format_version"] = SYNTHIA_FORMAT_VERSION
+    return record
+
+
+def _existing_matches(out: Path, spec: SyntheticSpec) -> bool:
+    """True if ``out`` holds a complete dataset of ``spec``, False if it does not exist.
+
+    Raises FileExistsError when ``out`` exists with anything else in it.
+    """
+    if not out.exists():
+        return False
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        raise FileExistsError(
+            f"{out} exists but is not a complete synthetic dataset (no {MANIFEST}); "
+            "remove it or choose another path"
+        )
+    try:
+        found = json.loads(manifest.read_text())
+    except json.JSONDecodeError as err:
+        raise FileExistsError(f"{manifest} is not valid JSON ({err}); remove {out}") from err
+    expected = _manifest(spec)
+    differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+    if differ:
+        details = "; ".join(
+            f"{k}: {found.get(k)!r} on disk, {expected.get(k)!r} requested" for k in differ
+        )
+        raise FileExistsError(
+            f"{manifest} describes another synthetic dataset ({details}); "
+            f"remove {out} or choose another path"
+        )
+    return True
+
+
+def generate(out: str | Path, spec: SyntheticSpec, progress: bool = True) -> Path:
+    """Write the dataset of ``spec`` to ``out`` atomically; returns ``out``.
+
+    Files go to a temporary sibling folder that is renamed to ``out`` once ``synthetic.json``
+    is written, so an interrupted run leaves no partial dataset. An existing complete dataset
+    of the same spec is returned as is; anything else at ``out`` raises FileExistsError.
+    """
+    out = Path(out)
+    if _existing_matches(out, spec):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        tmp.chmod(0o755)
+        jobs = _jobs(spec)
+        palette = _gta5_palette()
+        bar = tqdm(jobs, desc="synthetic", unit="img") if progress and tqdm is not None else jobs
+        for job in bar:
+            _write(tmp, job, spec.seed, palette)
+        (tmp / MANIFEST).write_text(json.dumps(_manifest(spec), indent=2) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def ensure_synthetic(out: str | Path, spec: SyntheticSpec) -> Path:
+    """Return ``out`` if it holds the dataset of ``spec``, generating it if ``out`` is absent.
+
+    Raises FileExistsError (naming ``synthetic.json`` and the differing fields) if ``out``
+    holds another dataset.
+    """
+    out = Path(out)
+    if _existing_matches(out, spec):
+        logger.info("using the synthetic dataset at %s", out)
+        return out
+    total = spec.num_source + spec.num_train + spec.num_val + spec.num_synthia
+    logger.info(
+        "generating the synthetic dataset (%d images, seed %d) at %s", total, spec.seed, out
+    )
+    start = time.perf_counter()
+    generate(out, spec, progress=False)
+    logger.info("synthetic dataset written in %.1f s", time.perf_counter() - start)
+    return out
