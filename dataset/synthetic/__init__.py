@@ -49,25 +49,18 @@ from pathlib import Path
 
 from dataset.synthetic.scene import render
 from dataset.synthetic.writer import (
-    CITYSCAPES_FRAME,
-    CITYSCAPES_TO_SYNTHIA_ID,
     FORMAT_VERSION,
-    MANIFEST,
     SYNTHIA_FORMAT_VERSION,
     TRAIN_CITIES,
     VAL_CITIES,
     SyntheticSpec,
     ensure_synthetic,
     generate,
-    write_synthia_label,
 )
 from utils.errors import add_debug_flag
 
-__all__ = [
-    "CITYSCAPES_FRAME",
-    "CITYSCAPES_TO_SYNTHIA_ID",
+__all__ = [  # what the loaders, the benchmarks and the tests use
     "FORMAT_VERSION",
-    "MANIFEST",
     "SYNTHIA_FORMAT_VERSION",
     "TRAIN_CITIES",
     "VAL_CITIES",
@@ -76,14 +69,15 @@ __all__ = [
     "generate",
     "main",
     "render",
-    "write_synthia_label",
 ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: generate a synthetic dataset (see the module docstring)."""
     defaults = SyntheticSpec()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dataset.synthetic", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="dataset root to create")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
