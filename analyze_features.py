@@ -46,12 +46,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from dataset.build import build_dataset, ensure_data
+from dataset.build import build_dataset
 from dataset.datasets import SegmentationDataset
 from dataset.labels import CLASS_NAMES
-from model.build import preset_name, restore_model
+from model.build import preset_name
 from model.deeplabv2 import DeepLabV2
-from model.weights import read_weights
 from utils.analysis import plots
 from utils.analysis.features import (
     DOMAINS,
@@ -64,14 +63,13 @@ from utils.analysis.features import (
     mean_norms,
     proxy_a_distance,
 )
-from utils.checkpoint import CheckpointError
 from utils.config import PRESETS, DomainConfig, split_overrides, to_dict
-from utils.distributed import select_device
 from utils.errors import OutputExistsError, UsageError, add_debug_flag, run
-from utils.evaluation.inference import eval_config, short_names
 from utils.evaluation.metrics import SHORT_NAMES
-from utils.logger import setup_logging, write_json
-from utils.provenance import command_line, provenance
+from utils.evaluation.prepare import prepare_eval
+from utils.evaluation.reports import short_names
+from utils.logger import setup_logging
+from utils.provenance import command_line, write_results
 
 log = logging.getLogger("analyze")
 
@@ -144,36 +142,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     out = Path(args.out)
     check_outputs(out, args.overwrite)
-    for path in args.restore:
-        if not Path(path).is_file():
-            raise CheckpointError(f"--restore {path}: not a file")
     overrides = [*args.overrides, *([f"model.preset={args.preset}"] if args.preset else [])]
-    first = read_weights(args.restore[0])
-    cfg = eval_config(args.config, first.config, overrides)
-    ensure_data(cfg.data)
+    ev = prepare_eval(args.restore, args.config, overrides, val=False)  # its own datasets below
+    cfg, device = ev.cfg, ev.device
     datasets = {
         "source": analysis_dataset(cfg.data.source),
         "target": analysis_dataset(cfg.data.val),
     }
     indices = {d: choose(datasets[d], d, args.images, args.seed) for d in DOMAINS}
-    device = select_device(cfg.train.device)
-    log.info(
-        "%d checkpoints, %d images and %d sampled pixels per domain, on %s",
-        len(args.restore),
-        args.images,
-        args.pixels_per_domain,
-        device,
-    )
+    log.info("%d checkpoints, %d images and %d sampled pixels per domain, on %s",
+             len(args.restore), args.images, args.pixels_per_domain, device)  # fmt: skip
 
     names = short_names(args.restore)
     checkpoints, norms, pca, tsne = [], [], [], []
-    for path, name in zip(args.restore, names):
-        weights = first if path == args.restore[0] else read_weights(path)
-        own = eval_config(args.config, weights.config, overrides)
-        model, model_cfg, _ = restore_model(own.model, weights)
+    for index, (path, name) in enumerate(zip(args.restore, names)):
+        model, model_cfg, _ = ev.restore(index)
         feats = features(model.to(device), datasets, indices, args.pixels_per_domain, args.seed,
                          device, name)  # fmt: skip
-        del model, weights
+        del model
         checkpoints.append({"restore": path, "name": name, "preset": preset_name(model_cfg),
                             **summarise(feats, args.seed)})  # fmt: skip
         norms.append({d: f.norms for d, f in feats.items()})
@@ -184,20 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     write_figures(out, names, shared, norms, pca, tsne)
-    write_json(
-        out / "analysis.json",
-        {
-            "checkpoints": checkpoints,
-            "images": {d: [datasets[d].items[i][2] for i in indices[d]] for d in DOMAINS},
-            "sampled_pixels": {d: sample_counts(shared[d]) for d in DOMAINS},
-            "seed": args.seed,
-            "definitions": DEFINITIONS,
-            "config": to_dict(cfg),
-            "provenance": provenance(
-                command_line("analyze_features.py", argv), to_dict(cfg), device
-            ),
-        },
-    )
+    fields = {
+        "checkpoints": checkpoints,
+        "images": {d: [datasets[d].items[i][2] for i in indices[d]] for d in DOMAINS},
+        "sampled_pixels": {d: sample_counts(shared[d]) for d in DOMAINS},
+        "seed": args.seed,
+        "definitions": DEFINITIONS,
+    }
+    command = command_line("analyze_features.py", argv)
+    write_results(out / "analysis.json", fields, command, to_dict(cfg), device)
     print(format_tables(checkpoints))
     log.info("figures and analysis.json written to %s", out)
     return 0

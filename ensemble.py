@@ -41,11 +41,8 @@ from pathlib import Path
 
 import torch
 
-from dataset.build import build_dataset, ensure_data
-from dataset.datasets import eval_loader
-from model.build import Restored, preset_name, restore_model
+from model.build import Restored, preset_name
 from model.deeplabv2 import DeepLabV2
-from model.weights import Weights, read_weights
 from utils.analysis.panels import (
     ProbsFn,
     add_panel_flags,
@@ -54,33 +51,36 @@ from utils.analysis.panels import (
     panel_path,
     write_prediction_panels,
 )
-from utils.config import PRESETS, Config, split_overrides, to_dict
-from utils.distributed import select_device
-from utils.errors import UsageError, add_debug_flag, run
+from utils.config import PRESETS, split_overrides, to_dict
+from utils.errors import UsageError, add_debug_flag, refuse_overwrite, run
 from utils.evaluation.inference import (
     SPACES,
+    combine_scores,
+    evaluate_ensemble,
+    member_scores,
+    normalise_weights,
+)
+from utils.evaluation.metrics import nanmean
+from utils.evaluation.predictions import prediction_paths
+from utils.evaluation.prepare import (
+    Evaluation,
     add_class_flags,
     check_class_flags,
+    class_overrides,
+    prepare_eval,
+)
+from utils.evaluation.reports import (
     class_ious,
     class_mious,
-    class_overrides,
     class_results,
     class_tables,
     class_views,
-    combine_scores,
-    eval_config,
-    evaluate_ensemble,
     mask_note,
-    member_scores,
     miou_lines,
-    normalise_weights,
-    prediction_paths,
-    refuse_overwrite,
     short_names,
 )
-from utils.evaluation.metrics import nanmean
-from utils.logger import setup_logging, write_json
-from utils.provenance import command_line, provenance
+from utils.logger import setup_logging
+from utils.provenance import command_line, write_results
 
 log = logging.getLogger("ensemble")
 
@@ -138,22 +138,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     weights = normalise_weights(args.weights, len(args.restore))
-    files = [read_weights(path) for path in args.restore]
-    configs = _member_configs(args, files)
-    cfg = configs[0]
-    ensure_data(cfg.data)
-    val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
-    log.info("val: %d images from %s (split %s)", len(val), cfg.data.val.root, cfg.data.val.split)
+    overrides = [*args.overrides, *(["eval.flip=true"] if args.flip else []),
+                 *class_overrides(args)]  # fmt: skip
+    presets = args.presets or ["auto"] * len(args.restore)
+    ev = prepare_eval(args.restore, args.config, overrides,
+                      member_overrides=[[] if p == "auto" else [f"model.preset={p}"]
+                                        for p in presets])  # fmt: skip
+    cfg, val = ev.cfg, ev.val
     save_dir = Path(args.save_dir) if args.save_dir else None
     first = Path(args.restore[0])
-    results = Path(
-        args.results
-        or (
-            save_dir / "results.json"
-            if save_dir
-            else first.with_name(first.name + ".ensemble.json")
-        )
+    beside = (
+        save_dir / "results.json" if save_dir else first.with_name(first.name + ".ensemble.json")
     )
+    results = Path(args.results or beside)
     chosen = panel_indices(args, val)
     beside = save_dir / "panels" if save_dir else first.with_name(first.name + ".ensemble.panels")
     panels_dir = Path(args.panels_dir) if args.panels_dir else beside
@@ -165,8 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets = [panel_path(panels_dir, val.items[i][2]) for i in chosen]
         refuse_overwrite(panels_dir, "--panels-dir", targets)
 
-    members = [restore_model(c.model, f) for c, f in zip(configs, files)]
-    del files  # the models hold the weights now
+    members = [ev.restore(i) for i in range(len(args.restore))]
     _check_classes(args.restore, members)
     presets = [preset_name(m.config) for m in members]
     labels = [
@@ -179,27 +175,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         len(members), [round(w, 4) for w in weights], args.combine, "on" if flip else "off",
         ", offloaded to the CPU between passes" if args.offload else "",
     )  # fmt: skip
-    device = select_device(cfg.train.device)
-    loader = eval_loader(
-        val, cfg.eval.batch_size, cfg.eval.num_workers, pin_memory=device.type == "cuda"
-    )
-    classes, mask = cfg.eval.classes, cfg.eval.mask_absent
+    classes, mask, device = cfg.eval.classes, cfg.eval.mask_absent, ev.device
+    models = [m.model for m in members]
     member_cms, ensemble_cms = evaluate_ensemble(
-        [m.model for m in members], weights, labels, loader, device, flip=flip,
-        combine=args.combine, offload=args.offload, save_dir=save_dir,
-        views=class_views(classes, mask),
+        models, weights, labels, ev.loader, device, flip=flip, combine=args.combine,
+        offload=args.offload, save_dir=save_dir, views=class_views(classes, mask),
     )  # fmt: skip
-
     if chosen:
-        probs_of = _ensemble_probs([m.model for m in members], weights, labels, device, flip,
-                                   args.combine, args.offload)  # fmt: skip
+        probs_of = _ensemble_probs(models, weights, labels, device, flip, args.combine,
+                                   args.offload)  # fmt: skip
         written = write_prediction_panels(val, chosen, probs_of, panels_dir)
         log.info("%d prediction panels written to %s", len(written), panels_dir)
+    _report(args, argv, ev, presets, weights, labels, member_cms, ensemble_cms, results)
+    return 0
 
+
+def _report(
+    args: argparse.Namespace, argv: Sequence[str] | None, ev: Evaluation, presets: list[str],
+    weights: list[float], labels: list[str], member_cms: list, ensemble_cms: list, results: Path,
+) -> None:  # fmt: skip
+    """The table (a row per member, the ensemble, the ensemble minus its best member), the
+    results JSON and the final ``mIoU:`` lines."""
+    cfg, flip = ev.cfg, ev.cfg.eval.flip
+    classes, mask = cfg.eval.classes, cfg.eval.mask_absent
     member_ious = [class_ious(cms, classes, mask) for cms in member_cms]
     ious = class_ious(ensemble_cms, classes, mask)
     first_set = classes[0]  # the best member is the best on the first class set
-    best = max(range(len(members)), key=lambda i: nanmean(member_ious[i][first_set]))
+    best = max(range(len(member_ious)), key=lambda i: nanmean(member_ious[i][first_set]))
     rows = dict(zip(labels, member_ious))
     notes = [args.combine, f"flip {'on' if flip else 'off'}", *mask_note(classes, mask)]
     rows[f"ensemble ({', '.join(notes)})"] = ious
@@ -207,44 +209,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         k: [a - b for a, b in zip(ious[k], member_ious[best][k])] for k in classes
     }
     print(class_tables(rows, classes, mask))
-    results.parent.mkdir(parents=True, exist_ok=True)
-    write_json(
-        results,
-        {
-            "members": [
-                {"restore": path, "preset": preset, "weight": w,
-                 **class_results(member_iou, cms, mask)}
-                for path, preset, w, member_iou, cms in zip(
-                    args.restore, presets, weights, member_ious, member_cms
-                )
-            ],
-            "combine": args.combine,
-            "flip": flip,
-            "val_root": cfg.data.val.root,
-            "num_images": len(val),
-            **class_results(ious, ensemble_cms, mask),
-            "best_member": best + 1,
-            "config": to_dict(cfg),
-            "provenance": provenance(command_line("ensemble.py", argv), to_dict(cfg), device),
-        },
-    )  # fmt: skip
+    fields = {
+        "members": [
+            {"restore": path, "preset": preset, "weight": w,
+             **class_results(member_iou, cms, mask)}
+            for path, preset, w, member_iou, cms in zip(
+                args.restore, presets, weights, member_ious, member_cms
+            )
+        ],
+        "combine": args.combine,
+        "flip": flip,
+        "val_root": cfg.data.val.root,
+        "num_images": len(ev.val),
+        **class_results(ious, ensemble_cms, mask),
+        "best_member": best + 1,
+    }  # fmt: skip
+    write_results(results, fields, command_line("ensemble.py", argv), to_dict(cfg), ev.device)
     log.info("results written to %s", results)
     print("\n".join(miou_lines(class_mious(ious))))
-    return 0
-
-
-def _member_configs(args: argparse.Namespace, files: list[Weights]) -> list[Config]:
-    """Each member's config (``--config``, else its stored one, else the defaults) with the
-    overrides, ``--flip``, ``--classes``, ``--mask-absent`` and its ``--presets`` entry."""
-    presets = args.presets or ["auto"] * len(files)
-    configs = []
-    for file, preset in zip(files, presets):
-        overrides = [*args.overrides, *(["eval.flip=true"] if args.flip else [])]
-        overrides += class_overrides(args)
-        if preset != "auto":
-            overrides.append(f"model.preset={preset}")
-        configs.append(eval_config(args.config, file.config, overrides))
-    return configs
 
 
 def _check_classes(paths: Sequence[str], members: Sequence[Restored]) -> None:

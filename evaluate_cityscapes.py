@@ -20,8 +20,9 @@ averages the softmax with the mirrored image's, as every number of the paper's T
 
 ``--panels K`` draws K val images (``--panel-seed``; or those ``--panel-images`` names) as
 image | ground truth | prediction | error map | entropy map, one PNG each
-(``utils/analysis/panels.py`` says how they read). With several checkpoints it writes one ``comparison.png`` instead: a row
-per image, image | ground truth | one prediction per checkpoint.
+(``utils/analysis/panels.py`` says how they read). With several checkpoints it writes one
+``comparison.png`` instead: a row per image, image | ground truth | one prediction per
+checkpoint.
 
 A sweep (several ``--restore`` files) scores every snapshot on the same val images: one row
 each, the final snapshot reported (the last step), the best marked "selected on val": a number
@@ -46,14 +47,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from dataset.build import build_dataset, ensure_data
-from dataset.datasets import eval_loader
 from dataset.labels import NUM_CLASSES
-from model.build import preset_name, restore_model
-from model.weights import read_weights
+from model.build import preset_name
 from utils.analysis.panels import (
     add_panel_flags,
     check_panel_flags,
@@ -64,31 +63,34 @@ from utils.analysis.panels import (
     write_prediction_panels,
 )
 from utils.checkpoint import step_in_name
-from utils.config import split_overrides, to_dict
-from utils.distributed import DistInfo, describe, select_device
+from utils.config import Config, split_overrides, to_dict
+from utils.distributed import DistInfo, describe
 from utils.errors import UsageError, add_debug_flag, run
-from utils.evaluation.inference import (
+from utils.evaluation.inference import evaluate_views
+from utils.evaluation.metrics import miou_name, nanmean
+from utils.evaluation.paper_results import paper_row
+from utils.evaluation.predictions import score_prediction_dir
+from utils.evaluation.prepare import (
+    Evaluation,
     add_checkpoint_flags,
     add_class_flags,
     check_class_flags,
     checkpoint_overrides,
+    class_overrides,
+    prepare_eval,
+)
+from utils.evaluation.reports import (
     class_ious,
     class_mious,
-    class_overrides,
     class_results,
     class_tables,
     class_views,
-    eval_config,
-    evaluate_views,
     mask_note,
     miou_lines,
-    score_prediction_dir,
     short_names,
 )
-from utils.evaluation.metrics import miou_name, nanmean
-from utils.evaluation.paper_results import paper_row
-from utils.logger import setup_logging, write_json
-from utils.provenance import command_line, provenance
+from utils.logger import setup_logging
+from utils.provenance import command_line, write_results
 
 SCRIPT = "evaluate_cityscapes.py"
 log = logging.getLogger("evaluate")
@@ -146,39 +148,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    overrides = checkpoint_overrides(args) + class_overrides(args)
-    if args.restore and len(args.restore) > 1:
-        return sweep(args, overrides, argv)
-    weights = read_weights(args.restore[0]) if args.restore else None
-    cfg = eval_config(args.config, weights.config if weights else None, overrides)
+    files = _in_step_order(args.restore) if args.restore else []
+    ev = prepare_eval(files, args.config, checkpoint_overrides(args) + class_overrides(args),
+                      check=lambda cfg: _check_class_options(args, cfg))  # fmt: skip
+    if len(files) > 1:
+        return sweep(args, ev, argv)
+    cfg, val = ev.cfg, ev.val
     classes, mask = cfg.eval.classes, cfg.eval.mask_absent
-    _check_class_options(args, classes, mask)
-    ensure_data(cfg.data)
-    val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
-    log.info("val: %d images from %s (split %s)", len(val), cfg.data.val.root, cfg.data.val.split)
-
-    flip, device = None, None
     chosen = panel_indices(args, val)
-    if weights is None:
+    if not files:
         cms = [score_prediction_dir(args.pred_dir, val)]
         row, default_results = Path(args.pred_dir).name, Path(args.pred_dir) / "results.json"
-        preset = None
+        preset = flip = layout = None
     else:
-        device = select_device(cfg.train.device)
-        model, model_cfg, _ = restore_model(cfg.model, weights)
-        preset, flip = preset_name(model_cfg), cfg.eval.flip
-        pin = device.type == "cuda"
-        loader = eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers, pin_memory=pin)
+        model, model_cfg, report = ev.restore(0)
+        preset, flip, layout = preset_name(model_cfg), cfg.eval.flip, report.layout
         log.info("evaluating with preset %s, flip averaging %s, %d classes, %s", preset,
                  "on" if flip else "off", model_cfg.num_classes,
-                 describe(DistInfo(), device))  # fmt: skip
+                 describe(DistInfo(), ev.device))  # fmt: skip
         views = class_views(classes, mask)
-        cms = evaluate_views(model.to(device), loader, device, views, args.save_dir, flip=flip)
-        ckpt = Path(args.restore[0])
+        cms = evaluate_views(model.to(ev.device), ev.loader, ev.device, views, args.save_dir,
+                             flip=flip)  # fmt: skip
+        ckpt = Path(files[0])
         if chosen:
             beside = Path(args.save_dir) / "panels" if args.save_dir else None
             panels = Path(args.panels_dir or beside or ckpt.with_name(ckpt.name + ".panels"))
-            written = write_prediction_panels(val, chosen, model_probs(model, device, flip), panels)
+            probs = model_probs(model, ev.device, flip)
+            written = write_prediction_panels(val, chosen, probs, panels)
             log.info("%d prediction panels written to %s", len(written), panels)
         notes = [preset, f"flip {'on' if flip else 'off'}", *mask_note(classes, mask)]
         row = f"{ckpt.stem} ({', '.join(notes)})"
@@ -191,29 +187,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.update(_paper_rows(args.compare_with, ious[NUM_CLASSES], flip))
     print(class_tables(rows, classes, mask))
     results = Path(args.results) if args.results else default_results
-    results.parent.mkdir(parents=True, exist_ok=True)
-    write_json(
-        results,
-        {
-            "restore": args.restore[0] if args.restore else None,
-            "pred_dir": args.pred_dir,
-            "layout": weights.layout if weights else None,
-            "preset": preset,
-            "flip": flip,
-            "val_root": cfg.data.val.root,
-            "num_images": len(val),
-            **class_results(ious, cms, mask),
-            "config": to_dict(cfg),
-            "provenance": provenance(command_line(SCRIPT, argv), to_dict(cfg), device),
-        },
-    )
+    fields = {
+        "restore": files[0] if files else None, "pred_dir": args.pred_dir, "layout": layout,
+        "preset": preset, "flip": flip, "val_root": cfg.data.val.root, "num_images": len(val),
+        **class_results(ious, cms, mask),
+    }  # fmt: skip
+    write_results(results, fields, command_line(SCRIPT, argv), to_dict(cfg), ev.device)
     log.info("results written to %s", results)
     print("\n".join(miou_lines(class_mious(ious))))
     return 0
 
 
-def _check_class_options(args: argparse.Namespace, classes: Sequence[int], mask: bool) -> None:
+def _in_step_order(files: list[str]) -> list[str]:
+    """Several snapshots in step order when every name holds a step (else as given)."""
+    steps = [step_in_name(f) for f in files]
+    if len(files) > 1 and all(s is not None for s in steps):
+        return [f for _, f in sorted(zip(steps, files))]
+    return files
+
+
+def _check_class_options(args: argparse.Namespace, cfg: Config) -> None:
     """Refuse class options that the chosen scoring cannot honour."""
+    classes, mask = cfg.eval.classes, cfg.eval.mask_absent
     if args.pred_dir and mask:
         raise UsageError("eval.mask_absent=true needs --restore: predictions on disk are fixed")
     if args.compare_with and NUM_CLASSES not in classes:
@@ -223,48 +218,16 @@ def _check_class_options(args: argparse.Namespace, classes: Sequence[int], mask:
         )
 
 
-def sweep(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | None) -> int:
+def sweep(args: argparse.Namespace, ev: Evaluation, argv: Sequence[str] | None) -> int:
     """Score every ``--restore`` file on the val images of the first one's config: a table row
     per snapshot (in step order when every name holds a step), the last reported as the final
     one, the best marked as selected on val; one JSON with every row."""
-    files = list(args.restore)
-    steps = [step_in_name(f) for f in files]
-    if all(s is not None for s in steps):
-        files = [f for _, f in sorted(zip(steps, files))]
-    first = read_weights(files[0])
-    cfg = eval_config(args.config, first.config, overrides)
+    files, cfg, val, device = ev.files, ev.cfg, ev.val, ev.device
     classes, mask = cfg.eval.classes, cfg.eval.mask_absent
-    _check_class_options(args, classes, mask)
-    ensure_data(cfg.data)
-    val = build_dataset(cfg.data.val, with_labels=True, evaluation=True)
-    device = select_device(cfg.train.device)
-    loader = eval_loader(val, cfg.eval.batch_size, cfg.eval.num_workers,
-                         pin_memory=device.type == "cuda")  # fmt: skip
     log.info("sweep over %d snapshots; val: %d images from %s; flip averaging %s; %s", len(files),
              len(val), cfg.data.val.root, "on" if cfg.eval.flip else "off",
              describe(DistInfo(), device))  # fmt: skip
-    chosen = panel_indices(args, val)
-    scored, panel_preds = [], []
-    for path in tqdm(files, desc="snapshots", unit="ckpt"):
-        weights = first if path == files[0] else read_weights(path)
-        own = eval_config(args.config, weights.config, overrides)
-        model, model_cfg, _ = restore_model(own.model, weights)
-        cms = evaluate_views(model.to(device), loader, device, class_views(classes, mask),
-                             progress=False, flip=cfg.eval.flip)  # fmt: skip
-        ious = class_ious(cms, classes, mask)
-        scored.append({"restore": path, "step": step_in_name(path), "ious": ious,
-                       "preset": preset_name(model_cfg),
-                       **class_results(ious, cms, mask)})  # fmt: skip
-        if chosen:
-            probs = model_probs(model, device, cfg.eval.flip)
-            panel_preds.append(predicted_labels(val, chosen, probs))
-        del model, weights
-    if chosen:
-        panels = Path(args.panels_dir or Path(files[-1]).parent / "sweep.panels")
-        path = write_comparison_panel(val, chosen, panel_preds, short_names(files),
-                                      panels / "comparison.png")  # fmt: skip
-        log.info("comparison of %d checkpoints on %d images written to %s", len(files),
-                 len(chosen), path)  # fmt: skip
+    scored = _score_snapshots(args, ev)
     final = scored[-1]
     first_set = classes[0]  # the snapshot selected on val is the best on the first class set
     best = max(scored, key=lambda r: nanmean(r["ious"][first_set]))
@@ -283,15 +246,13 @@ def sweep(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | 
         }
     print(class_tables(rows, classes, mask))
     results = Path(args.results) if args.results else Path(files[-1]).parent / "sweep.results.json"
-    results.parent.mkdir(parents=True, exist_ok=True)
     as_json = [{k: v for k, v in r.items() if k != "ious"} for r in scored]
-    write_json(results, {
+    fields = {
         "flip": cfg.eval.flip, "val_root": cfg.data.val.root, "num_images": len(val),
         "snapshots": as_json, "final": final["restore"], "selected_on_val": best["restore"],
         "note": "selected_on_val is chosen on the images it is scored on: an optimistic number",
-        "config": to_dict(cfg),
-        "provenance": provenance(command_line(SCRIPT, argv), to_dict(cfg), device),
-    })  # fmt: skip
+    }  # fmt: skip
+    write_results(results, fields, command_line(SCRIPT, argv), to_dict(cfg), device)
     log.info("results written to %s", results)
     final_miou, best_miou = (nanmean(r["ious"][first_set]) for r in (final, best))
     print(f"final ({Path(final['restore']).name}): {100 * final_miou:.2f}; best "
@@ -299,6 +260,33 @@ def sweep(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | 
           f"({miou_name(first_set)})")  # fmt: skip
     print("\n".join(miou_lines(class_mious(final["ious"]))))
     return 0
+
+
+def _score_snapshots(args: argparse.Namespace, ev: Evaluation) -> list[dict[str, Any]]:
+    """Every snapshot scored in turn (one model in memory at a time): its IoUs per class set
+    and its results fields; with ``--panels``, one comparison panel of them all."""
+    classes, mask, flip = ev.cfg.eval.classes, ev.cfg.eval.mask_absent, ev.cfg.eval.flip
+    chosen = panel_indices(args, ev.val)
+    scored, panel_preds = [], []
+    for index, path in enumerate(tqdm(ev.files, desc="snapshots", unit="ckpt")):
+        model, model_cfg, _ = ev.restore(index)
+        cms = evaluate_views(model.to(ev.device), ev.loader, ev.device, class_views(classes, mask),
+                             progress=False, flip=flip)  # fmt: skip
+        ious = class_ious(cms, classes, mask)
+        scored.append({"restore": path, "step": step_in_name(path), "ious": ious,
+                       "preset": preset_name(model_cfg),
+                       **class_results(ious, cms, mask)})  # fmt: skip
+        if chosen:
+            probs = model_probs(model, ev.device, flip)
+            panel_preds.append(predicted_labels(ev.val, chosen, probs))
+        del model
+    if chosen:
+        panels = Path(args.panels_dir or Path(ev.files[-1]).parent / "sweep.panels")
+        path = write_comparison_panel(ev.val, chosen, panel_preds, short_names(ev.files),
+                                      panels / "comparison.png")  # fmt: skip
+        log.info("comparison of %d checkpoints on %d images written to %s", len(ev.files),
+                 len(chosen), path)  # fmt: skip
+    return scored
 
 
 def _paper_rows(

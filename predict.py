@@ -42,21 +42,17 @@ from tqdm import tqdm
 
 from dataset.datasets import CorruptImageError
 from dataset.transforms import PairedTransform, TransformSpec
-from model.build import preset_name, restore_model
+from model.build import preset_name
 from model.deeplabv2 import DeepLabV2
-from model.weights import read_weights
 from utils.analysis.panels import overlay, save_png
-from utils.distributed import DistInfo, describe, select_device
-from utils.errors import UsageError, add_debug_flag, run
-from utils.evaluation.inference import (
+from utils.distributed import DistInfo, describe
+from utils.errors import UsageError, add_debug_flag, refuse_overwrite, run
+from utils.evaluation.inference import predict_scores, predicted_train_ids
+from utils.evaluation.predictions import prediction_paths, save_prediction
+from utils.evaluation.prepare import (
     add_checkpoint_flags,
     checkpoint_overrides,
-    eval_config,
-    predict_scores,
-    predicted_train_ids,
-    prediction_paths,
-    refuse_overwrite,
-    save_prediction,
+    prepare_eval,
 )
 from utils.logger import setup_logging
 
@@ -99,10 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = checkpoint_overrides(args)
     if args.device:
         overrides.append(f"train.device={args.device}")
-    weights = read_weights(args.restore)
-    cfg = eval_config(args.config, weights.config, overrides)
-    device = select_device(cfg.train.device)
-    model, model_cfg, _ = restore_model(cfg.model, weights)
+    ev = prepare_eval([args.restore], args.config, overrides, data=False)  # the user's images
+    cfg, device = ev.cfg, ev.device
+    model, model_cfg, _ = ev.restore(0)
     model.eval().to(device)
     transform = PairedTransform(TransformSpec(resize=cfg.data.val.resize))
     flip = cfg.eval.flip

@@ -34,8 +34,8 @@ from utils.losses import (
     weighted_bce_with_logits,
 )
 from utils.schedules import damping, norm_damping
-from utils.training.loop import TrainState, build_generator
-from utils.training.loop import main as engine_main
+from utils.training.cli import main as engine_main
+from utils.training.state import TrainState, build_generator
 
 SETUP = "clan_norm"
 SOURCE, TARGET = 0.0, 1.0  # domain labels of D
@@ -133,16 +133,9 @@ def train_step(
 
     # D step: G's predictions detached, so G gets no gradient.
     disc.requires_grad_(True)
-    d_run = state.run("D")
     prob_s = F.softmax(p_s1 + p_s2, dim=1).detach()
-    with state.autocast():
-        d_out_s = upsample_to(d_run(prob_s), y_s.shape[-2:])
-        d_out_t = upsample_to(d_run(prob_t.detach()), size_t)
-    loss_d_s = weighted_bce_with_logits(d_out_s, SOURCE)
-    loss_d_t = weighted_bce_with_logits(
-        d_out_t, TARGET, weight_map.detach(), lo.lambda_local, lo.eps, use_map=v["map_d"]
-    )
-    state.backward(loss_d_s + loss_d_t)
+    d_terms = discriminator_step(state, prob_s, prob_t.detach(), weight_map.detach(),
+                                 y_s.shape[-2:], v["map_d"])  # fmt: skip
 
     state.step_optimizers()
     return {
@@ -151,15 +144,40 @@ def train_step(
         "loss_norm_t": loss_norm_t.detach(),
         "loss_adv": loss_adv.detach(),
         "loss_weight": loss_weight.detach(),
-        "loss_d_s": loss_d_s.detach(),
-        "loss_d_t": loss_d_t.detach(),
-        "d_acc_s": (d_out_s.detach() < 0).float().mean(),
-        "d_acc_t": (d_out_t.detach() > 0).float().mean(),
+        **d_terms,
         "feat_norm_s": feature_norm(out_s.features.detach()).mean(),
         "feat_norm_t": feature_norm(out_t.features.detach()).mean(),
         "weight_map_mean": weight_map.detach().mean(),
         "damping": d,  # the loop logs numbers and tensors on the device alike
         "damping_norm": d_norm,
+    }
+
+
+def discriminator_step(
+    state: TrainState,
+    prob_s: torch.Tensor,
+    prob_t: torch.Tensor,
+    weight_map: torch.Tensor,
+    size_s: tuple[int, int],
+    use_map: float | torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """D's backward on G's source (domain 0) and target (1) probabilities, detached, its
+    target loss weighted by the detached map M once the warm-up is over (``use_map``); returns
+    its logged terms."""
+    lo, d_run = state.cfg.loss, state.run("D")
+    with state.autocast():
+        d_out_s = upsample_to(d_run(prob_s), size_s)
+        d_out_t = upsample_to(d_run(prob_t), prob_t.shape[-2:])
+    loss_d_s = weighted_bce_with_logits(d_out_s, SOURCE)
+    loss_d_t = weighted_bce_with_logits(
+        d_out_t, TARGET, weight_map, lo.lambda_local, lo.eps, use_map=use_map
+    )
+    state.backward(loss_d_s + loss_d_t)
+    return {
+        "loss_d_s": loss_d_s.detach(),
+        "loss_d_t": loss_d_t.detach(),
+        "d_acc_s": (d_out_s.detach() < 0).float().mean(),
+        "d_acc_t": (d_out_t.detach() > 0).float().mean(),
     }
 
 

@@ -22,8 +22,8 @@ from utils.config import Config
 from utils.errors import run
 from utils.losses import feature_norm, segmentation_loss, stepwise_norm_loss
 from utils.schedules import norm_damping
-from utils.training.loop import TrainState, build_generator
-from utils.training.loop import main as engine_main
+from utils.training.cli import main as engine_main
+from utils.training.state import TrainState, build_generator
 
 SETUP = "norm_only"
 

@@ -65,7 +65,7 @@ from utils.losses import (
 from utils.provenance import command_line, footer, provenance
 from utils.schedules import damping, norm_damping
 from utils.training.graphs import CudaGraphBackend, GraphedStep
-from utils.training.loop import TrainState, prepare
+from utils.training.state import TrainState, prepare
 
 # setup -> (script, loss overrides)
 SETUPS = {

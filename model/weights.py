@@ -27,7 +27,7 @@ classes, e.g. MaxSquare's ``--num_classes 16``, whose outputs are the subset's c
 trainId order), and says so; the load report names the count.
 
 Released AdaptSegNet and MaxSquare models store four ASPP convs per classifier, but their
-forward returned after the first two (SPEC.md): loaded into a two-branch model (preset
+forward returned after the first two (docs/method.md): loaded into a two-branch model (preset
 ``adaptsegnet``/``maxsquare``), the stored branches 2 and 3 are dropped and the drop is logged.
 Nothing else is dropped from a trained G: a four-branch model never loses a branch.
 """
@@ -46,7 +46,13 @@ from torch import Tensor
 
 from dataset.labels import CLASS_SUBSETS, NUM_CLASSES
 from model.deeplabv2 import ASPP_DILATIONS, DeepLabV2
-from utils.checkpoint import CheckpointError, load_checkpoint, load_state_strict
+from utils.checkpoint import (
+    CheckpointError,
+    generator_of,
+    is_training_checkpoint,
+    load_checkpoint,
+    load_state_strict,
+)
 from utils.config import ModelConfig
 
 try:  # numpy >= 2
@@ -129,12 +135,10 @@ def read_weights(path: str | Path) -> Weights:
         obj = load_checkpoint(path)
     notes: list[str] = []
     config = None
-    if isinstance(obj, dict) and isinstance(obj.get("models"), dict):
-        if "G" not in obj["models"]:
-            raise CheckpointError(f"{path}: a checkpoint without models.G: {sorted(obj['models'])}")
-        layout, state = "checkpoint", obj["models"]["G"]
-        config = obj.get("config") if isinstance(obj.get("config"), dict) else None
-        notes.append(f"setup {obj.get('setup')!r}, step {obj.get('step')}")
+    if is_training_checkpoint(obj):
+        state, config, note = generator_of(obj, path)
+        layout = "checkpoint"
+        notes.append(note)
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         layout, state = "maxsquare", obj["state_dict"]
         notes.append("unwrapped state_dict")

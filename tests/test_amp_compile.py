@@ -10,7 +10,7 @@ import train_clan_norm
 from utils.config import load_config
 from utils.distributed import DistInfo
 from utils.losses import feature_norm
-from utils.training.loop import TrainState, prepare
+from utils.training.state import TrainState, prepare
 
 
 def _state(small_model: list[str], *overrides: str) -> TrainState:

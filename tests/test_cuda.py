@@ -39,7 +39,8 @@ from utils.config import ConfigError, load_config
 from utils.distributed import DistInfo, resolve_device
 from utils.evaluation.inference import predict_scores
 from utils.evaluation.metrics import ConfusionMatrix
-from utils.training.loop import TrainState, accumulate, prepare, reduce_means
+from utils.training.meters import LogStep, accumulate
+from utils.training.state import TrainState, prepare
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -109,7 +110,7 @@ def test_every_setup_steps_on_cuda(
         for key, value in terms.items():
             assert isinstance(value, float) or value.device == CUDA, key
         accumulate(sums, terms)
-    means = reduce_means(sums, 2, DistInfo(), CUDA)
+    means = LogStep(sums, 2, DistInfo(), CUDA).read()
     assert all(torch.isfinite(torch.tensor(v)) for v in means.values()), means
     assert upsampled_dtypes and set(upsampled_dtypes) == {
         torch.float32

@@ -18,11 +18,12 @@ import train_clan_norm
 import train_norm_only
 import utils.training.loop as engine
 from benchmarks.speed import SETUPS
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.checkpoint import load_checkpoint, match_param_layout, save_checkpoint
 from utils.config import ConfigError, load_config
 from utils.distributed import DistInfo, init_distributed, resolve_device
 from utils.evaluation.metrics import ConfusionMatrix
-from utils.training.loop import TrainState, accumulate, prepare, reduce_means, stack_means
+from utils.training.meters import LogStep, accumulate, stack_means
+from utils.training.state import TrainState, prepare
 
 
 def _state(script, overrides: list[str]) -> TrainState:
@@ -77,7 +78,7 @@ def test_logged_values_are_averaged_whatever_they_are():
         sums, {"a": torch.tensor(3.0), "b": 1.5, "c": torch.tensor(4.0, dtype=torch.bfloat16)}
     )
     assert isinstance(sums["b"], float) and sums["a"].dtype == torch.float32
-    means = reduce_means(sums, 2, DistInfo(), torch.device("cpu"))
+    means = LogStep(sums, 2, DistInfo(), torch.device("cpu")).read()
     assert means == {"a": 2.0, "b": 1.0, "c": 3.0}
 
 
@@ -184,12 +185,12 @@ def test_grad_scaler_state_is_checkpointed_and_restored(small_model, tmp_path):
     state = _state(train_clan_norm, [*small_model, "train.amp=fp16"])
     state.scaler.scale(torch.ones(()))  # the scale exists from the first scaled loss on
     state.scaler.update(new_scale=torch.tensor(1024.0))
-    save_checkpoint(engine.checkpoint_dict(state, "clan_norm", 7), tmp_path / "a.pth")
+    save_checkpoint(state.checkpoint("clan_norm", 7), tmp_path / "a.pth")
     ckpt = load_checkpoint(tmp_path / "a.pth")  # weights_only: plain numbers
     assert ckpt["scaler"]["scale"] == 1024.0
     fresh = _state(train_clan_norm, [*small_model, "train.amp=fp16"])
     assert fresh.scaler.get_scale() == 2.0**16
-    assert engine._restore(fresh, ckpt, "a.pth") == 7
+    assert fresh.restore(ckpt, "a.pth") == 7
     assert fresh.scaler.get_scale() == 1024.0
     assert fresh.scaler.state_dict() == state.scaler.state_dict()
 
@@ -246,7 +247,7 @@ def test_restored_optimizer_buffers_take_the_parameters_memory_layout(tmp_path):
     fresh.load_state_dict(load_checkpoint(tmp_path / "o.pth")["opt"])
     loaded = fresh.state[conv.weight]["momentum_buffer"]
     assert loaded.stride() != conv.weight.stride()
-    engine._match_param_layout(fresh)
+    match_param_layout(fresh)
     restored = fresh.state[conv.weight]["momentum_buffer"]
     assert restored.stride() == conv.weight.stride() and torch.equal(restored, loaded)
     assert restored.is_contiguous(memory_format=torch.channels_last)

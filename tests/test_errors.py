@@ -11,7 +11,9 @@ import torch
 import train_norm_only
 from utils.config import AMP_CHOICES, ConfigError, load_config
 from utils.errors import UserError, run
-from utils.training.loop import AMP_DTYPES, _bar_keys, _Checkpointer
+from utils.training.loop import _Checkpointer
+from utils.training.meters import bar_keys
+from utils.training.state import AMP_DTYPES
 
 
 def test_a_user_error_is_one_line_and_exit_2(capsys):
@@ -117,12 +119,12 @@ def test_periodic_checkpoints_are_pruned_by_step(tmp_path):
 def test_the_progress_bar_shows_what_moves():
     terms = {"loss_seg": 1, "loss_norm_s": 0.0144, "loss_norm_t": 0.0144, "loss_adv": 0.7,
              "feat_norm_s": 20.0, "feat_norm_t": 21.0, "d_acc_s": 0.5, "damping": 1.0}  # fmt: skip
-    assert _bar_keys(terms) == ["loss_seg", "loss_adv", "feat_norm_s", "feat_norm_t"]
+    assert bar_keys(terms) == ["loss_seg", "loss_adv", "feat_norm_s", "feat_norm_t"]
 
 
 def test_an_existing_run_folder_says_how_to_go_on(tmp_path):
     from utils.errors import OutputExistsError
-    from utils.training.loop import _new_run_dir
+    from utils.training.cli import _new_run_dir
 
     cfg = load_config(None, [f"train.out_dir={tmp_path}", "train.run_name=r"])
     (tmp_path / "r" / "checkpoints").mkdir(parents=True)

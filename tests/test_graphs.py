@@ -26,16 +26,10 @@ from dataset.datasets import Batch
 from utils.config import ConfigError, load_config
 from utils.distributed import DistInfo
 from utils.training.graphs import GraphedStep, GraphShapeError, make_capturable
-from utils.training.loop import (
-    TrainState,
-    _restore,
-    _set_learning_rates,
-    _step_runner,
-    accumulate,
-    checkpoint_dict,
-    prepare,
-)
+from utils.training.loop import _set_learning_rates, _step_runner
+from utils.training.meters import accumulate
 from utils.training.optim import ReleasedSGD
+from utils.training.state import TrainState, prepare
 
 SETUPS = {
     "source_only": (train_norm_only, ["loss.lambda_norm=0"]),
@@ -192,14 +186,14 @@ def test_graphed_run_resumes_from_its_checkpoint(small_model):
 
     _, first = _state("clan_norm", small_model)
     got = _run(first, GraphedStep(script.train_step, ReplayBackend(first), warmup=2), batches[:3])
-    ckpt = checkpoint_dict(first, "clan_norm", 3)
+    ckpt = first.checkpoint("clan_norm", 3)
     for sd in ckpt["optimizers"].values():
         for group in sd["param_groups"]:
             assert isinstance(group["lr"], float)
             assert not group.get("fused") and not group.get("capturable")
 
     _, second = _state("clan_norm", small_model)
-    assert _restore(second, ckpt, "ckpt") == 3
+    assert second.restore(ckpt, "ckpt") == 3
     runner = GraphedStep(script.train_step, ReplayBackend(second), warmup=1)
     got += _run(second, runner, batches[3:], start=3)
     _assert_same(expected, got, eager, second)
@@ -288,10 +282,10 @@ def test_cuda_graph_off_cuda_falls_back_to_eager_with_a_warning(small_model, cap
 def test_logging_steps_are_read_after_the_next_step_is_queued(tmp_path, tiny_run, monkeypatch):
     """A logging step's values are copied out without waiting; the loop reads them after it has
     queued the next step, and at once where a checkpoint or the run's end follows."""
-    from utils.training import loop as engine
+    from utils.training import meters
 
     events = []
-    real_step, real_read = train_norm_only.train_step, engine._LogStep.read
+    real_step, real_read = train_norm_only.train_step, meters.LogStep.read
 
     def step(state, source, target, i):
         events.append(("step", i))
@@ -302,7 +296,7 @@ def test_logging_steps_are_read_after_the_next_step_is_queued(tmp_path, tiny_run
         return real_read(self)
 
     monkeypatch.setattr(train_norm_only, "train_step", step)
-    monkeypatch.setattr(engine._LogStep, "read", read)
+    monkeypatch.setattr(meters.LogStep, "read", read)
     args = ["--config", "configs/demo/norm_only.yaml", *tiny_run, "train.device=cpu",
             f"train.out_dir={tmp_path}", "train.run_name=r", "train.max_steps=7",
             "train.log_every=2", "train.save_every=4"]  # fmt: skip

@@ -11,8 +11,8 @@ import torch
 from model.deeplabv2 import DeepLabV2
 from utils.config import ConfigError, load_config
 from utils.schedules import poly_lr
-from utils.training.loop import build_generator
 from utils.training.optim import ReleasedSGD, build_sgd, released_backbone_entries, with_repeats
+from utils.training.state import build_generator
 
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
 
@@ -261,7 +261,7 @@ def test_a_released_run_resumes_exactly(tmp_path, tiny_run):
 def test_released_sgd_under_fp16_skips_overflowing_steps(small_model, small_batches):
     import train_clan_norm
     from utils.distributed import DistInfo
-    from utils.training.loop import prepare
+    from utils.training.state import prepare
 
     torch.manual_seed(0)
     cfg = load_config(None, [*small_model, "train.amp=fp16", "optim.backbone_updates=released"])

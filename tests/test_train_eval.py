@@ -165,14 +165,14 @@ def test_picture_shows_label_at_image_size_entropy_and_feature_norms():
     from dataset.datasets import Batch
     from model.deeplabv2 import DeepLabV2
     from utils.analysis.panels import entropy_map, heat_colours
-    from utils.training.loop import _picture
+    from utils.training.images import picture
 
     torch.manual_seed(0)
     model = DeepLabV2(layers=(1, 1, 1, 1), base_width=8)
     label = torch.zeros(1, 40, 64, dtype=torch.long)
     label[:, 20:] = 255  # bottom half ignored: black
     batch = Batch(torch.randn(1, 3, 32, 52), label, ["a"])  # an image rescaled by 0.8
-    grid, norms = _picture(model, batch, torch.device("cpu"))
+    grid, norms = picture(model, batch, torch.device("cpu"))
     assert grid.shape == (3, 32 + 4, 4 * (52 + 2) + 2)  # four 32x52 tiles, padding 2
     label_tile = grid[:, 2:34, 56:108]
     assert label_tile[:, :16].float().mean() > 0 and label_tile[:, 16:].sum() == 0
@@ -187,7 +187,7 @@ def test_picture_shows_label_at_image_size_entropy_and_feature_norms():
     entropy_tile = grid[:, 2:34, 164:216].permute(1, 2, 0).numpy()
     assert (abs(entropy_tile.astype(int) - expected.astype(int)) <= 1).all()
     torch.testing.assert_close(norms, out.features[0].norm(dim=0))
-    unlabelled, _ = _picture(model.train(), Batch(batch.image, None, ["a"]), torch.device("cpu"))
+    unlabelled, _ = picture(model.train(), Batch(batch.image, None, ["a"]), torch.device("cpu"))
     assert unlabelled.shape == (3, 36, 3 * 54 + 2)  # input | prediction | entropy
 
 

@@ -1,20 +1,36 @@
-"""Checkpoints: one dict of tensors and plain containers, written atomically, loaded safely."""
+"""Checkpoints: one dict of tensors and plain containers, written atomically, loaded safely.
+
+This module owns the training checkpoint's format; everything that writes, reads or resumes
+one calls it::
+
+    {"setup": "clan_norm", "step": 2000,
+     "models": {"G": state_dict, "D": ...}, "optimizers": {"G": state_dict, "D": ...},
+     "scaler": GradScaler state (train.amp=fp16) or None,
+     "rng": {"torch": CPU RNG state, "cuda": the GPU's (on CUDA)},
+     "world_size": processes, "config": the resolved config as a dict, "metric": mIoU or None}
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
 import struct
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from utils.config import config_from_dict
 from utils.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -120,3 +136,135 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
 def _preview(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def training_checkpoint(
+    setup: str,
+    step: int,
+    modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    scaler: torch.amp.GradScaler | None,
+    config: dict[str, Any],
+    metric: float | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Everything a run needs to continue (the module docstring's format): models, optimizers
+    (in their eager settings), the fp16 GradScaler, step, RNG (CPU, and the GPU's on CUDA),
+    config, last metric."""
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return {
+        "setup": setup,
+        "step": step,
+        "models": {name: m.state_dict() for name, m in modules.items()},
+        "optimizers": {name: plain_state_dict(o) for name, o in optimizers.items()},
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng,
+        "world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
+        "config": config,
+        "metric": metric,
+    }
+
+
+def plain_state_dict(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """``opt.state_dict()`` with the settings a CUDA graph gave its groups (learning rates as
+    device tensors, fused or capturable steps) back to the eager ones, so any run can load it."""
+    sd = opt.state_dict()
+    groups = []
+    for group in sd["param_groups"]:
+        group = dict(group)
+        if torch.is_tensor(group["lr"]):
+            group["lr"] = float(group["lr"])
+        for key in ("fused", "capturable"):
+            if key in group:
+                group[key] = opt.defaults.get(key, group[key])
+        groups.append(group)
+    return {**sd, "param_groups": groups}
+
+
+def restore_training(
+    ckpt: dict[str, Any],
+    modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    scaler: torch.amp.GradScaler | None,
+    device: torch.device,
+    source: str,
+) -> int:
+    """Load a training checkpoint into built modules and optimizers (after DDP, compilation and
+    the GradScaler are set up, so the optimizer buffers take the parameters' memory layout) and
+    restore the RNG; returns its step."""
+    for name, module in modules.items():
+        load_state_strict(module, ckpt["models"].get(name, {}), f"{source} (model {name})")
+    for name, opt in optimizers.items():
+        opt.load_state_dict(ckpt["optimizers"][name])
+        match_param_layout(opt)
+    if scaler is not None:
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        else:
+            log.warning(
+                "%s holds no GradScaler state (not trained with train.amp=fp16): the loss scale "
+                "starts afresh, so this is not an exact continuation",
+                source,
+            )
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if device.type == "cuda" and "cuda" in ckpt["rng"]:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    return int(ckpt["step"])
+
+
+def match_param_layout(opt: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer buffers (momentum, Adam's moments) their parameter's strides: a
+    checkpoint keeps the layout of the run that wrote it (NCHW from a CPU run, or with
+    ``train.channels_last=false``), the parameters may now be channels_last."""
+    for p, slots in opt.state.items():
+        for key, value in slots.items():
+            if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                slots[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+def is_training_checkpoint(obj: Any) -> bool:
+    """Whether a loaded file is this repository's training checkpoint."""
+    return isinstance(obj, dict) and isinstance(obj.get("models"), dict)
+
+
+def generator_of(ckpt: dict[str, Any], path: str | Path) -> tuple[dict[str, Any], dict | None, str]:
+    """G's state dict, the stored config (None when absent) and a one-line description of a
+    training checkpoint."""
+    if "G" not in ckpt["models"]:
+        raise CheckpointError(f"{path}: a checkpoint without models.G: {sorted(ckpt['models'])}")
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
+    return ckpt["models"]["G"], config, f"setup {ckpt.get('setup')!r}, step {ckpt.get('step')}"
+
+
+def resume_checkpoint(path: str | Path, setup: str) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``--resume`` names (a run folder means its ``checkpoints/last.pth``),
+    loaded; an error when it is missing or another setup's."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / "last.pth"
+    if not p.is_file():
+        raise CheckpointError(f"--resume {path}: no checkpoint at {p}")
+    ckpt = load_checkpoint(p)
+    if not isinstance(ckpt, dict) or ckpt.get("setup") != setup:
+        found = ckpt.get("setup") if isinstance(ckpt, dict) else None
+        raise CheckpointError(
+            f"--resume {p}: checkpoint of setup {found!r}, this script trains {setup!r}"
+        )
+    return p, ckpt
+
+
+def check_same_stream(
+    ckpt: dict[str, Any], batch_size: int, world_size: int, path: str | Path
+) -> None:
+    """Refuse a resume whose batch size or process count differs from the checkpoint's: the
+    data stream's position is counted in batches per process, so it would silently shift."""
+    before = (config_from_dict(ckpt["config"]).data.batch_size, int(ckpt.get("world_size", 1)))
+    now = (batch_size, world_size)
+    if before != now:
+        raise CheckpointError(
+            f"--resume {path}: the run was trained with data.batch_size={before[0]} on "
+            f"{before[1]} process(es), this resume has data.batch_size={now[0]} on {now[1]}; "
+            f"the data stream would not continue where it stopped: resume with the same values"
+        )

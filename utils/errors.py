@@ -13,6 +13,7 @@ import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 EXIT_USER_ERROR = 2
 # OSErrors about the output location (permissions, a full or read-only disk, a file where a
@@ -70,3 +71,15 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
             f"error: cannot write {err.filename or 'the output'}: {err.strerror}", file=sys.stderr
         )
     return EXIT_USER_ERROR
+
+
+def refuse_overwrite(folder: Path, option: str, targets: Sequence[Path]) -> None:
+    """An error naming the files ``folder`` (given as ``option``) already holds among
+    ``targets``, the files this run would write; targets outside ``folder`` are not checked."""
+    existing = [p for p in targets if p.exists() and folder in p.parents]
+    if existing:
+        shown = ", ".join(str(p) for p in existing[:3])
+        raise OutputExistsError(
+            f"{option} {folder} already holds {len(existing)} of this run's files ({shown}"
+            f"{', ...' if len(existing) > 3 else ''}): pass --overwrite to replace them"
+        )

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from utils.logger import write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 # What a training or evaluation result depends on: a commit touching these after a result's
 # own commit makes the result stale (``stale``).
@@ -100,6 +102,24 @@ def provenance(
         "config_sha256": config_hash(config),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def write_results(
+    path: str | Path,
+    fields: dict[str, Any],
+    command: str,
+    config: dict[str, Any],
+    device: torch.device | str | None,
+    *,
+    with_config: bool = True,
+) -> None:
+    """The one writer of results JSON files: ``fields``, the resolved ``config`` (unless
+    ``with_config=False``: a run's ``results.json``, whose config is the run folder's
+    ``config.yaml``), then the provenance; written atomically, its folder created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**fields, **({"config": config} if with_config else {})}
+    write_json(path, {**record, "provenance": provenance(command, config, device)})
 
 
 def short_commit(p: dict[str, Any]) -> str:

@@ -30,9 +30,9 @@ from typing import Any
 from dataset.labels import CLASS_NAMES
 from utils.analysis.plots import iou_comparison
 from utils.errors import OutputExistsError, UsageError, UserError, add_debug_flag, run
-from utils.evaluation.inference import short_names
 from utils.evaluation.metrics import format_iou_table
 from utils.evaluation.paper_results import paper_row
+from utils.evaluation.reports import short_names
 
 PAPER_PREFIX = "paper:"
 

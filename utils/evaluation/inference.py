@@ -1,5 +1,6 @@
-"""mIoU on the target val split (SPEC.md, "Evaluation"): input resized, logits upsampled to the
-full-resolution label, argmax, one confusion matrix over the split.
+"""Predictions and their scores on the target val split (docs/method.md, "Evaluation"): input
+resized, logits upsampled to the full-resolution label, argmax, one confusion matrix over the
+split.
 
 With flip averaging, the softmax probabilities of the image and of its mirror image (mirrored
 back) are averaged at the label resolution: logits are upsampled first, as without flip, so a
@@ -11,33 +12,28 @@ Predictions are trainIds: a model's output channels map to trainIds by
 ``dataset.labels.output_train_ids`` (19 outputs: themselves; 16 or 13: the SYNTHIA subsets), so
 one 19-class confusion matrix serves every model and every reported class set (19, 16, 13;
 ``ConfusionMatrix.iou(classes)``). A *view* restricts the argmax to a set of trainIds (the
-``--mask-absent`` protocol); the default view, None, is the model's own argmax."""
+``--mask-absent`` protocol, ``utils.evaluation.reports``); the default view, None, is the
+model's own argmax."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from dataset.datasets import Batch
-from dataset.labels import CLASS_NAMES, CLASS_SUBSETS, NUM_CLASSES, colorize, output_train_ids
+from dataset.labels import NUM_CLASSES, output_train_ids
 from model.deeplabv2 import DeepLabV2
-from utils.config import PRESETS, Config, config_from_dict, load_config, split_overrides
 from utils.errors import (
-    MissingPredictionError,
-    OutputExistsError,
-    PredictionError,
     UsageError,
 )
-from utils.evaluation.metrics import ConfusionMatrix, format_iou_table, miou_name, nanmean
+from utils.evaluation.metrics import ConfusionMatrix
+from utils.evaluation.predictions import save_prediction
 from utils.losses import upsample_to
 
 log = logging.getLogger(__name__)
@@ -86,92 +82,6 @@ def predicted_train_ids(scores: torch.Tensor, view: View = None) -> torch.Tensor
         allowed = torch.isin(train_ids, torch.tensor(view, device=scores.device))
         scores = scores.masked_fill(~allowed.view(1, -1, 1, 1), float("-inf"))
     return train_ids[scores.argmax(1)]
-
-
-def class_views(classes: Sequence[int], mask_absent: bool) -> list[View]:
-    """The views that reporting ``classes`` needs: the model's own argmax (which gives the
-    19-class scores, and every subset's without ``mask_absent``), then with ``mask_absent`` an
-    argmax restricted to each reported subset of fewer than 19 classes."""
-    masked = [CLASS_SUBSETS[k] for k in classes if mask_absent and k != NUM_CLASSES]
-    return [None, *masked]
-
-
-def class_ious(
-    cms: Sequence[ConfusionMatrix], classes: Sequence[int], mask_absent: bool
-) -> dict[int, list[float]]:
-    """Per reported class count, the IoUs of its classes (trainId order), from the matrices of
-    ``class_views(classes, mask_absent)``, in that order."""
-    masked = iter(cms[1:])
-    out = {}
-    for k in classes:
-        cm = next(masked) if mask_absent and k != NUM_CLASSES else cms[0]
-        out[k] = cm.iou(CLASS_SUBSETS[k])
-    return out
-
-
-def class_tables(
-    rows: dict[str, dict[int, list[float]]], classes: Sequence[int], mask_absent: bool
-) -> str:
-    """One IoU table per reported class count (``rows``: label -> ``class_ious``; a row without
-    a count is left out of its table), each subset's below a line that says how predictions of
-    the classes outside the set were scored."""
-    tables = []
-    for k in classes:
-        if k != NUM_CLASSES:
-            absent = ", ".join(c for i, c in enumerate(CLASS_NAMES) if i not in CLASS_SUBSETS[k])
-            rule = (
-                "--mask-absent: the argmax is taken over these classes only"
-                if mask_absent
-                else "a prediction of an absent class is an error (a false negative of the "
-                "true class)"
-            )
-            tables.append(f"{k} classes (without {absent}); {rule}:")
-        shown = {label: by_k[k] for label, by_k in rows.items() if k in by_k}
-        tables.append(format_iou_table(shown, k))
-    return "\n".join(tables)
-
-
-def class_results(
-    ious: dict[int, list[float]],
-    cms: Sequence[ConfusionMatrix],
-    mask_absent: bool,
-    by_name: bool = True,
-) -> dict[str, Any]:
-    """The results-JSON fields of ``class_ious``: ``mIoU`` and ``iou`` for the 19 classes of the
-    model's own argmax, whichever sets were reported, then ``mIoU16``/``iou16`` and
-    ``mIoU13``/``iou13`` for the subsets reported, and ``mask_absent`` with them. IoUs by class
-    name, or with ``by_name=False`` as lists in trainId order (a run's ``results.json``)."""
-
-    def per_class(classes: Sequence[int], values: list[float]) -> dict[str, float] | list[float]:
-        return {CLASS_NAMES[c]: v for c, v in zip(classes, values)} if by_name else values
-
-    out: dict[str, Any] = {
-        "mIoU": cms[0].miou(),
-        "iou": per_class(CLASS_SUBSETS[NUM_CLASSES], cms[0].iou()),
-    }
-    for k, values in ious.items():
-        if k != NUM_CLASSES:
-            out[miou_name(k)] = nanmean(values)
-            out[f"iou{k}"] = per_class(CLASS_SUBSETS[k], values)
-    if any(k != NUM_CLASSES for k in ious):
-        out["mask_absent"] = mask_absent
-    return out
-
-
-def mask_note(classes: Sequence[int], mask_absent: bool) -> list[str]:
-    """The row-label note of ``--mask-absent``: none where it changes nothing."""
-    changes = mask_absent and any(k != NUM_CLASSES for k in classes)
-    return ["absent classes masked"] if changes else []
-
-
-def class_mious(ious: dict[int, list[float]]) -> dict[int, float]:
-    """The mean of each reported class set's IoUs (``class_ious``), in the order reported."""
-    return {k: nanmean(values) for k, values in ious.items()}
-
-
-def miou_lines(mious: dict[int, float]) -> list[str]:
-    """``mIoU: NN.NN`` (19 classes), ``mIoU16: NN.NN``, ... in the order reported."""
-    return [f"{miou_name(k)}: {100 * miou:.2f}" for k, miou in mious.items()]
 
 
 @torch.no_grad()
@@ -324,170 +234,7 @@ def evaluate_ensemble(
     return member_cms, ensemble_cms
 
 
-def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
-    """``--config``, ``--preset`` and ``--flip``, which ``checkpoint_overrides`` reads: how
-    ``evaluate_cityscapes.py`` and ``predict.py`` configure a checkpoint."""
-    parser.add_argument("--config", help="YAML for the model and data.val (default: checkpoint's)")
-    parser.add_argument(
-        "--preset", choices=list(PRESETS), help="network layout (sets model.preset)"
-    )
-    parser.add_argument(
-        "--flip", action="store_true", help="average with the mirrored image (sets eval.flip)"
-    )
-
-
-def checkpoint_overrides(args: argparse.Namespace) -> list[str]:
-    """``args.overrides`` with ``--preset`` and ``--flip`` as the overrides they stand for."""
-    overrides = list(args.overrides)
-    if args.preset:
-        overrides.append(f"model.preset={args.preset}")
-    if args.flip:
-        overrides.append("eval.flip=true")
-    return overrides
-
-
-def add_class_flags(parser: argparse.ArgumentParser) -> None:
-    """``--classes`` and ``--mask-absent``, which ``check_class_flags`` and ``class_overrides``
-    read: which class sets a score reports, and how predictions of the classes outside a set
-    count."""
-    parser.add_argument(
-        "--classes", nargs="+", metavar="{19,16,13}",
-        help="class sets to report (sets eval.classes; default: the config's, [19], or [16, "
-        "13] for SYNTHIA configs): 16 = without terrain, truck, train; 13 = also without "
-        "wall, fence, pole",
-    )  # fmt: skip
-    parser.add_argument(
-        "--mask-absent", action="store_true",
-        help="take the argmax over each set's classes only (sets eval.mask_absent); without "
-        "it a prediction of a class outside the set is an error of the true class",
-    )  # fmt: skip
-
-
-def check_class_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``--classes`` as ints; the ``key.sub=value`` words it swallowed go to the overrides."""
-    if not args.classes:
-        return
-    words, moved = split_overrides(args.classes)
-    args.overrides = [*moved, *args.overrides]
-    choices = [str(k) for k in CLASS_SUBSETS]
-    bad = [w for w in words if w not in choices]
-    if bad or not words:
-        parser.error(f"--classes: expected class counts from {', '.join(choices)}, got "
-                     f"{' '.join(bad) or 'none'}")  # fmt: skip
-    args.classes = [int(w) for w in words]
-
-
-def class_overrides(args: argparse.Namespace) -> list[str]:
-    """``--classes`` and ``--mask-absent`` as the overrides they stand for."""
-    overrides = []
-    if args.classes:
-        overrides.append(f"eval.classes=[{','.join(map(str, args.classes))}]")
-    if args.mask_absent:
-        overrides.append("eval.mask_absent=true")
-    return overrides
-
-
-def eval_config(
-    config_path: str | None, stored: dict[str, Any] | None, overrides: Sequence[str]
-) -> Config:
-    """The config to evaluate a file with: ``config_path`` if given, else the config stored in
-    the checkpoint, else the defaults; ``overrides`` on top."""
-    if config_path:
-        return load_config(config_path, overrides)
-    if stored is not None:
-        return config_from_dict(stored, overrides)
-    return load_config(None, overrides)
-
-
 def _labels(batch: Batch, device: torch.device) -> torch.Tensor:
     if batch.label is None:
         raise ValueError("evaluation needs labels: the val dataset was built without them")
     return batch.label.to(device, non_blocking=True)
-
-
-def prediction_paths(name: str, save_dir: Path) -> tuple[Path, Path]:
-    """Where ``save_prediction`` writes image ``name``: its trainId PNG and its colour PNG."""
-    return (save_dir / name).with_suffix(".png"), (save_dir / "color" / name).with_suffix(".png")
-
-
-def refuse_overwrite(folder: Path, option: str, targets: Sequence[Path]) -> None:
-    """An error naming the files ``folder`` (given as ``option``) already holds among
-    ``targets``, the files this run would write; targets outside ``folder`` are not checked."""
-    existing = [p for p in targets if p.exists() and folder in p.parents]
-    if existing:
-        shown = ", ".join(str(p) for p in existing[:3])
-        raise OutputExistsError(
-            f"{option} {folder} already holds {len(existing)} of this run's files ({shown}"
-            f"{', ...' if len(existing) > 3 else ''}): pass --overwrite to replace them"
-        )
-
-
-def short_names(paths: Sequence[str | Path]) -> list[str]:
-    """Display names: the shortest trailing parts of each path that tell the files apart, a
-    run's checkpoint (``RUN/checkpoints/X.pth``) named with its run (``RUN/X.pth``). The same
-    file given twice keeps its name twice: the caller numbers them."""
-
-    def trail(path: Path, depth: int) -> str:
-        if path.parent.name == "checkpoints" and path.parent.parent.name:
-            path, depth = path.parent.parent / path.name, max(depth, 2)
-        return "/".join(path.parts[-depth:])
-
-    files = [Path(p) for p in paths]
-    for depth in range(1, max(len(p.parts) for p in files) + 1):
-        names = [trail(p, depth) for p in files]
-        if len(set(names)) == len(names):
-            return names
-    return [trail(p, 1) for p in files]
-
-
-def save_prediction(pred: np.ndarray, name: str, save_dir: Path) -> None:
-    """``save_dir/<name>``: trainId PNG (what ``--pred-dir`` reads); ``save_dir/color/<name>``:
-    the Cityscapes colours."""
-    for path, array in zip(prediction_paths(name, save_dir), (pred, colorize(pred))):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(array).save(path)
-
-
-def find_prediction(pred_dir: Path, name: str) -> Path:
-    """The prediction for image ``name``: ``pred_dir/<name>`` or, as many repositories write
-    them, ``pred_dir/<basename>``."""
-    for candidate in (pred_dir / name, pred_dir / Path(name).name):
-        candidate = candidate.with_suffix(".png")
-        if candidate.is_file():
-            return candidate
-    raise MissingPredictionError(
-        f"--pred-dir {pred_dir}: no prediction for {name} (looked for {pred_dir / name} and "
-        f"{pred_dir / Path(name).name})"
-    )
-
-
-def score_prediction_dir(
-    pred_dir: str | Path,
-    dataset: torch.utils.data.Dataset,
-    num_classes: int = NUM_CLASSES,
-    progress: bool = True,
-) -> ConfusionMatrix:
-    """Score trainId PNGs already on disk against ``dataset``'s labels (no model)."""
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise MissingPredictionError(f"--pred-dir {pred_dir}: not a folder")
-    cm = ConfusionMatrix(num_classes)
-    for i in tqdm(range(len(dataset)), desc="score", disable=not progress, leave=False):
-        sample = dataset[i]
-        path = find_prediction(pred_dir, sample.name)
-        pred = np.asarray(Image.open(path))
-        if pred.ndim != 2:
-            raise PredictionError(
-                f"{path}: expected a single-channel trainId PNG, got shape {pred.shape}"
-            )
-        if pred.shape != tuple(sample.label.shape):
-            raise PredictionError(
-                f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH), the label is "
-                f"{sample.label.shape[1]}x{sample.label.shape[0]}"
-            )
-        if pred.max() >= num_classes:
-            raise PredictionError(
-                f"{path}: values must be trainIds 0..{num_classes - 1}, found {int(pred.max())}"
-            )
-        cm.update(torch.from_numpy(pred.astype(np.int64)), sample.label)
-    return cm

@@ -1,0 +1,117 @@
+"""The repository's import graph: rooms that import only downwards, and no circle.
+
+From the bottom up: the floor (the modules directly under ``utils/``: config, errors,
+checkpoint I/O, logging, distributed, provenance, the losses and schedules), the data
+(``dataset/``), the networks (``model/``), then the rooms of ``utils/``: evaluation, analysis,
+training, and last the scripts and benchmarks. A module imports from its own level or below;
+``utils/losses.py`` and ``utils/schedules.py`` import nothing of the repository at all.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("utils", "dataset", "model", "benchmarks")
+LEVELS = {  # module prefix -> level; the longest matching prefix wins
+    "utils": 0,
+    "dataset": 1,
+    "model": 2,
+    "utils.evaluation": 3,
+    "utils.analysis": 4,
+    "utils.training": 5,
+    "benchmarks": 6,
+}
+SCRIPT_LEVEL = 6  # the top-level scripts
+STANDALONE = ("utils.losses", "utils.schedules")
+
+
+def _modules() -> dict[str, Path]:
+    files = [*ROOT.glob("*.py"), *(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))]
+    out = {}
+    for path in files:
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """The repository modules ``path`` imports anywhere (module level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            # ``from pkg import module`` names a module; ``from module import name`` its module
+            targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def _level(name: str) -> int:
+    best = max((p for p in LEVELS if name == p or name.startswith(p + ".")), key=len, default=None)
+    return SCRIPT_LEVEL if best is None else LEVELS[best]
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph = {name: _imports(path, name, modules) for name, path in modules.items()}
+    for name, deps in graph.items():  # a package's __init__ is not a dependency of its modules
+        graph[name] = {d for d in deps if not (name.startswith(d + ".") and d in PACKAGES)}
+    return graph
+
+
+def test_every_import_runs_down_to_its_own_level_or_below():
+    upward = [
+        f"{name} (level {_level(name)}) imports {dep} (level {_level(dep)})"
+        for name, deps in _graph().items()
+        for dep in sorted(deps)
+        if _level(dep) > _level(name)
+    ]
+    assert upward == []
+
+
+def test_the_losses_and_schedules_import_nothing_of_the_repository():
+    graph = _graph()
+    assert {name: graph[name] for name in STANDALONE} == {name: set() for name in STANDALONE}
+
+
+def test_the_import_graph_has_no_circle():
+    graph = _graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    circles = []
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for dep in sorted(graph.get(name, ())):
+            if state.get(dep) == 1:
+                circles.append(" -> ".join([*path[path.index(dep) :], dep]))
+            elif dep not in state:
+                visit(dep, [*path, dep])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert circles == []
+
+
+def test_every_module_of_utils_is_on_the_floor_or_in_a_room():
+    """The files directly under utils/ are the floor; every subpackage is a room with a level
+    of its own (a new one must be given its place above)."""
+    utils = {n: p for n, p in _modules().items() if n.startswith("utils.")}
+    floor = [n for n, p in utils.items() if p.parent == ROOT / "utils"]
+    rooms = {p.relative_to(ROOT / "utils").parts[0] for p in utils.values()} - {p.name for p in
+             (ROOT / "utils").glob("*.py")}  # fmt: skip
+    assert "utils.config" in floor and all(_level(n) == 0 for n in floor)
+    assert rooms == {"evaluation", "analysis", "training"}
+    assert all(_level(f"utils.{room}") > 0 for room in rooms)

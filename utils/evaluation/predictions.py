@@ -1,0 +1,73 @@
+"""Prediction files: trainId and colour PNGs written beside an evaluation (``--save-dir``),
+and trainId PNGs on disk scored without a model (``--pred-dir``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from dataset.labels import NUM_CLASSES, colorize
+from utils.errors import MissingPredictionError, PredictionError
+from utils.evaluation.metrics import ConfusionMatrix
+
+
+def prediction_paths(name: str, save_dir: Path) -> tuple[Path, Path]:
+    """Where ``save_prediction`` writes image ``name``: its trainId PNG and its colour PNG."""
+    return (save_dir / name).with_suffix(".png"), (save_dir / "color" / name).with_suffix(".png")
+
+
+def save_prediction(pred: np.ndarray, name: str, save_dir: Path) -> None:
+    """``save_dir/<name>``: trainId PNG (what ``--pred-dir`` reads); ``save_dir/color/<name>``:
+    the Cityscapes colours."""
+    for path, array in zip(prediction_paths(name, save_dir), (pred, colorize(pred))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+
+
+def find_prediction(pred_dir: Path, name: str) -> Path:
+    """The prediction for image ``name``: ``pred_dir/<name>`` or, as many repositories write
+    them, ``pred_dir/<basename>``."""
+    for candidate in (pred_dir / name, pred_dir / Path(name).name):
+        candidate = candidate.with_suffix(".png")
+        if candidate.is_file():
+            return candidate
+    raise MissingPredictionError(
+        f"--pred-dir {pred_dir}: no prediction for {name} (looked for {pred_dir / name} and "
+        f"{pred_dir / Path(name).name})"
+    )
+
+
+def score_prediction_dir(
+    pred_dir: str | Path,
+    dataset: torch.utils.data.Dataset,
+    num_classes: int = NUM_CLASSES,
+    progress: bool = True,
+) -> ConfusionMatrix:
+    """Score trainId PNGs already on disk against ``dataset``'s labels (no model)."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise MissingPredictionError(f"--pred-dir {pred_dir}: not a folder")
+    cm = ConfusionMatrix(num_classes)
+    for i in tqdm(range(len(dataset)), desc="score", disable=not progress, leave=False):
+        sample = dataset[i]
+        path = find_prediction(pred_dir, sample.name)
+        pred = np.asarray(Image.open(path))
+        if pred.ndim != 2:
+            raise PredictionError(
+                f"{path}: expected a single-channel trainId PNG, got shape {pred.shape}"
+            )
+        if pred.shape != tuple(sample.label.shape):
+            raise PredictionError(
+                f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH), the label is "
+                f"{sample.label.shape[1]}x{sample.label.shape[0]}"
+            )
+        if pred.max() >= num_classes:
+            raise PredictionError(
+                f"{path}: values must be trainIds 0..{num_classes - 1}, found {int(pred.max())}"
+            )
+        cm.update(torch.from_numpy(pred.astype(np.int64)), sample.label)
+    return cm
