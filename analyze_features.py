@@ -64,7 +64,7 @@ from utils.analysis.features import (
     proxy_a_distance,
 )
 from utils.config import PRESETS, DomainConfig, split_overrides, to_dict
-from utils.errors import OutputExistsError, UsageError, add_debug_flag, run
+from utils.errors import OutputExistsError, UsageError, add_debug_flag, refuse_overwrite, run
 from utils.evaluation.metrics import SHORT_NAMES
 from utils.evaluation.prepare import prepare_eval
 from utils.evaluation.reports import short_names
@@ -189,11 +189,8 @@ def check_outputs(out: Path, overwrite: bool) -> None:
     (unless ``overwrite``)."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out}: a file, not a folder")
-    existing = [name for name in OUTPUTS if (out / name).exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(
-            f"--out {out} already holds {', '.join(existing)}: pass --overwrite to replace them"
-        )
+    if not overwrite:
+        refuse_overwrite(out, "--out", [out / name for name in OUTPUTS])
 
 
 def choose(dataset: SegmentationDataset, domain: str, count: int, seed: int) -> list[int]:

@@ -48,11 +48,10 @@ from utils.analysis.panels import (
     add_panel_flags,
     check_panel_flags,
     panel_indices,
-    panel_path,
     write_prediction_panels,
 )
 from utils.config import PRESETS, split_overrides, to_dict
-from utils.errors import UsageError, add_debug_flag, refuse_overwrite, run
+from utils.errors import UsageError, add_debug_flag, run
 from utils.evaluation.inference import (
     SPACES,
     combine_scores,
@@ -61,7 +60,7 @@ from utils.evaluation.inference import (
     normalise_weights,
 )
 from utils.evaluation.metrics import nanmean
-from utils.evaluation.predictions import prediction_paths
+from utils.evaluation.predictions import refuse_replacing
 from utils.evaluation.prepare import (
     Evaluation,
     add_class_flags,
@@ -154,13 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = panel_indices(args, val)
     beside = save_dir / "panels" if save_dir else first.with_name(first.name + ".ensemble.panels")
     panels_dir = Path(args.panels_dir) if args.panels_dir else beside
-    if save_dir is not None and not args.overwrite:
-        names = [name for _, _, name in val.items]
-        targets = [results, *(p for name in names for p in prediction_paths(name, save_dir))]
-        refuse_overwrite(save_dir, "--save-dir", targets)
-    if chosen and not args.overwrite:
-        targets = [panel_path(panels_dir, val.items[i][2]) for i in chosen]
-        refuse_overwrite(panels_dir, "--panels-dir", targets)
+    if not args.overwrite:
+        refuse_replacing([n for _, _, n in val.items], save_dir, results, panels_dir,
+                         [val.items[i][2] for i in chosen])  # fmt: skip
 
     members = [ev.restore(i) for i in range(len(args.restore))]
     _check_classes(args.restore, members)

@@ -65,11 +65,11 @@ from utils.analysis.panels import (
 from utils.checkpoint import step_in_name
 from utils.config import Config, split_overrides, to_dict
 from utils.distributed import DistInfo, describe
-from utils.errors import UsageError, add_debug_flag, run
+from utils.errors import UsageError, add_debug_flag, refuse_overwrite, run
 from utils.evaluation.inference import evaluate_views
 from utils.evaluation.metrics import miou_name, nanmean
 from utils.evaluation.paper_results import paper_row
-from utils.evaluation.predictions import score_prediction_dir
+from utils.evaluation.predictions import refuse_replacing, score_prediction_dir
 from utils.evaluation.prepare import (
     Evaluation,
     add_checkpoint_flags,
@@ -114,6 +114,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--compare-with", metavar="ROW", help="print this row of the paper's Table 1 beside ours"
     )
     parser.add_argument("--save-dir", metavar="DIR", help="write trainId and colour PNGs here")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace files in --save-dir and --panels-dir"
+    )
     parser.add_argument("--results", metavar="FILE", help="results JSON (default: see below)")
     add_panel_flags(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -156,10 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg, val = ev.cfg, ev.val
     classes, mask = cfg.eval.classes, cfg.eval.mask_absent
     chosen = panel_indices(args, val)
+    results, panels = _outputs(args, files)
+    if not args.overwrite:
+        save_dir = Path(args.save_dir) if args.save_dir else None
+        refuse_replacing([n for _, _, n in val.items], save_dir, results, panels,
+                         [val.items[i][2] for i in chosen])  # fmt: skip
     if not files:
         cms = [score_prediction_dir(args.pred_dir, val)]
-        row, default_results = Path(args.pred_dir).name, Path(args.pred_dir) / "results.json"
-        preset = flip = layout = None
+        row, preset, flip, layout = Path(args.pred_dir).name, None, None, None
     else:
         model, model_cfg, report = ev.restore(0)
         preset, flip, layout = preset_name(model_cfg), cfg.eval.flip, report.layout
@@ -169,24 +176,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         views = class_views(classes, mask)
         cms = evaluate_views(model.to(ev.device), ev.loader, ev.device, views, args.save_dir,
                              flip=flip)  # fmt: skip
-        ckpt = Path(files[0])
         if chosen:
-            beside = Path(args.save_dir) / "panels" if args.save_dir else None
-            panels = Path(args.panels_dir or beside or ckpt.with_name(ckpt.name + ".panels"))
             probs = model_probs(model, ev.device, flip)
             written = write_prediction_panels(val, chosen, probs, panels)
             log.info("%d prediction panels written to %s", len(written), panels)
         notes = [preset, f"flip {'on' if flip else 'off'}", *mask_note(classes, mask)]
-        row = f"{ckpt.stem} ({', '.join(notes)})"
-        default_results = ckpt.with_name(ckpt.name + ".results.json")
-    if args.save_dir:
-        default_results = Path(args.save_dir) / "results.json"
+        row = f"{Path(files[0]).stem} ({', '.join(notes)})"
     ious = class_ious(cms, classes, mask)
     rows = {row: ious}
     if args.compare_with:
         rows.update(_paper_rows(args.compare_with, ious[NUM_CLASSES], flip))
     print(class_tables(rows, classes, mask))
-    results = Path(args.results) if args.results else default_results
     fields = {
         "restore": files[0] if files else None, "pred_dir": args.pred_dir, "layout": layout,
         "preset": preset, "flip": flip, "val_root": cfg.data.val.root, "num_images": len(val),
@@ -196,6 +196,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("results written to %s", results)
     print("\n".join(miou_lines(class_mious(ious))))
     return 0
+
+
+def _outputs(args: argparse.Namespace, files: list[str]) -> tuple[Path, Path | None]:
+    """Where one evaluation writes its results JSON and its panels (the epilog's defaults)."""
+    save_dir = Path(args.save_dir) if args.save_dir else None
+    if not files:
+        beside, panels = Path(args.pred_dir) / "results.json", None
+    else:
+        ckpt = Path(files[0])
+        beside = ckpt.with_name(ckpt.name + ".results.json")
+        panels = Path(args.panels_dir or (save_dir / "panels" if save_dir else None)
+                      or ckpt.with_name(ckpt.name + ".panels"))  # fmt: skip
+    if save_dir is not None:
+        beside = save_dir / "results.json"
+    return Path(args.results) if args.results else beside, panels
 
 
 def _in_step_order(files: list[str]) -> list[str]:
@@ -267,6 +282,11 @@ def _score_snapshots(args: argparse.Namespace, ev: Evaluation) -> list[dict[str,
     and its results fields; with ``--panels``, one comparison panel of them all."""
     classes, mask, flip = ev.cfg.eval.classes, ev.cfg.eval.mask_absent, ev.cfg.eval.flip
     chosen = panel_indices(args, ev.val)
+    comparison = (
+        Path(args.panels_dir or Path(ev.files[-1]).parent / "sweep.panels") / "comparison.png"
+    )
+    if chosen and not args.overwrite:
+        refuse_overwrite(comparison.parent, "--panels-dir", [comparison])
     scored, panel_preds = [], []
     for index, path in enumerate(tqdm(ev.files, desc="snapshots", unit="ckpt")):
         model, model_cfg, _ = ev.restore(index)
@@ -281,9 +301,8 @@ def _score_snapshots(args: argparse.Namespace, ev: Evaluation) -> list[dict[str,
             panel_preds.append(predicted_labels(ev.val, chosen, probs))
         del model
     if chosen:
-        panels = Path(args.panels_dir or Path(ev.files[-1]).parent / "sweep.panels")
         path = write_comparison_panel(ev.val, chosen, panel_preds, short_names(ev.files),
-                                      panels / "comparison.png")  # fmt: skip
+                                      comparison)  # fmt: skip
         log.info("comparison of %d checkpoints on %d images written to %s", len(ev.files),
                  len(chosen), path)  # fmt: skip
     return scored

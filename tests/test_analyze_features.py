@@ -214,7 +214,9 @@ def test_analyze_features_end_to_end(setup, synthetic, tmp_path, capsys):
     assert "| checkpoint" in printed and "seed1/last.pth" in printed and "MMD^2" in printed
 
     # the same command again is refused: it would overwrite the files
-    with pytest.raises(OutputExistsError, match="already holds norm_hist.png.*--overwrite"):
+    with pytest.raises(
+        OutputExistsError, match="already holds 5 of this run's files .*norm_hist.png.*--overwrite"
+    ):
         analyze_features.main(args)
 
 

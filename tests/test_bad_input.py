@@ -141,6 +141,13 @@ def _ensemble_save_dir(env: Env, case: Path) -> list[str]:
             *env.data]  # fmt: skip
 
 
+def _evaluate_save_dir(env: Env, case: Path) -> list[str]:
+    """--save-dir on an earlier evaluation's predictions (a PNG each and no results.json)."""
+    preds = _copy_tree(env.preds, case / "preds")
+    (preds / "results.json").unlink(missing_ok=True)
+    return ["evaluate_cityscapes.py", "--restore", env.ckpt, "--save-dir", str(preds), *env.data]
+
+
 def _not_a_folder(env: Env, case: Path) -> list[str]:
     (case / "file.txt").write_text("a file where the runs folder should be\n")
     return env.train(case, f"train.out_dir={case / 'file.txt' / 'runs'}")
@@ -218,6 +225,7 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str, tuple[str, ...]]] 
     ("ensemble: one member", lambda e, c: ["ensemble.py", "--restore", e.ckpt, *e.data],
      "two or more", ()),
     ("ensemble: save-dir holds results", _ensemble_save_dir, "--overwrite", ()),
+    ("evaluate: save-dir holds predictions", _evaluate_save_dir, "6 of this run's files", ()),
     ("resume: another batch size",
      lambda e, c: ["train_norm_only.py", "--resume", str(e.run), "data.batch_size=2"],
      "data.batch_size", ()),

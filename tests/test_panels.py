@@ -165,8 +165,11 @@ def test_evaluate_writes_k_panels_of_its_predictions(tmp_path, val):
         (saved,) = (p for p in preds.glob(f"*/{path.stem}.png") if p.parent.name != "panels")
         ids = Image.open(saved).resize((128, 64), Image.NEAREST)
         np.testing.assert_array_equal(_tile(panel, 0, 2, 64, 128), colorize(np.array(ids)))
-    # the default seed draws the same images again; another seed, elsewhere, others
-    assert evaluate_cityscapes.main(args) == 0
+    # the default seed draws the same images again (replacing them needs --overwrite); another
+    # seed, elsewhere, others
+    with pytest.raises(OutputExistsError, match="--save-dir"):
+        evaluate_cityscapes.main(args)
+    assert evaluate_cityscapes.main([*args, "--overwrite"]) == 0
     assert sorted((preds / "panels").glob("*.png")) == panels
     other = tmp_path / "other"
     assert evaluate_cityscapes.main([*args[:4], "--panel-seed", "1", "--panels-dir", str(other),
@@ -201,6 +204,11 @@ def test_several_checkpoints_give_a_comparison(tmp_path, val):
     first = saved[choose_images([p.name for p in saved], 2, None, seed=0)[0]]
     ids = np.array(Image.open(first).resize((128, 64), Image.NEAREST))
     np.testing.assert_array_equal(columns[0], colorize(ids))
+    # the comparison is kept unless --overwrite
+    stamp = (out / "comparison.png").stat().st_mtime_ns
+    with pytest.raises(OutputExistsError, match="--panels-dir .* already holds 1 .*--overwrite"):
+        evaluate_cityscapes.main(args)
+    assert (out / "comparison.png").stat().st_mtime_ns == stamp
 
 
 def test_ensemble_panels_and_bad_flags(tmp_path, val, capsys):

@@ -168,6 +168,16 @@ def test_generate_refuses_a_foreign_folder(tmp_path: Path) -> None:
         generate(tmp_path / "data", SPEC, progress=False)
 
 
+def test_the_command_line_refuses_a_foreign_folder_in_one_line(tmp_path: Path, capsys) -> None:
+    from utils.errors import run
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.txt").write_text("the user's\n")
+    assert run(main, ["--out", str(tmp_path / "data"), "--num-train", "1"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'data'} exists but is not")
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["mine.txt"]
+
+
 def test_interrupted_generation_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ import evaluate_cityscapes
 import train_norm_only
 from dataset.labels import CLASS_NAMES
 from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.errors import OutputExistsError
 
 TINY = [
     "model.layers=[1,1,1,1]",
@@ -121,6 +122,16 @@ def test_evaluate_restore_save_dir_and_pred_dir(tmp_path, synthetic, capsys):
     pngs = sorted(p for p in preds.rglob("*.png") if "color" not in p.parts)
     assert len(pngs) == 3 and len(list((preds / "color").rglob("*.png"))) == 3
     assert Image.open(pngs[0]).size == (192, 96)  # full label resolution
+
+    # the same --save-dir again is refused before any work, and changes nothing; --overwrite
+    stamp = pngs[0].stat().st_mtime_ns
+    with pytest.raises(OutputExistsError, match="--save-dir .* already holds 7 of this run's"):
+        evaluate_cityscapes.main(["--restore", str(ckpt), "--save-dir", str(preds)])
+    assert pngs[0].stat().st_mtime_ns == stamp
+    assert evaluate_cityscapes.main(["--restore", str(ckpt), "--save-dir", str(preds),
+                                     "--overwrite"]) == 0  # fmt: skip
+    assert pngs[0].stat().st_mtime_ns > stamp
+    capsys.readouterr()
 
     # scoring the written PNGs gives the same number, without a model
     scored = tmp_path / "scored.json"

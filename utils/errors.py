@@ -73,13 +73,20 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     return EXIT_USER_ERROR
 
 
-def refuse_overwrite(folder: Path, option: str, targets: Sequence[Path]) -> None:
-    """An error naming the files ``folder`` (given as ``option``) already holds among
-    ``targets``, the files this run would write; targets outside ``folder`` are not checked."""
-    existing = [p for p in targets if p.exists() and folder in p.parents]
+def refuse_overwrite(given: Path, option: str, targets: Sequence[Path] | None = None) -> None:
+    """The scripts' one overwrite guard, called before any work unless ``--overwrite``: an
+    error naming what this run would replace. ``given`` is what the user passed as ``option``:
+    a folder, of which the files among ``targets`` (this run's outputs) that exist are named
+    (targets outside it are not checked); or, without ``targets``, an output file, refused
+    when it exists."""
+    if targets is None:
+        if given.exists():
+            raise OutputExistsError(f"{option} {given} exists: pass --overwrite to replace it")
+        return
+    existing = [p for p in targets if p.exists() and given in p.parents]
     if existing:
         shown = ", ".join(str(p) for p in existing[:3])
         raise OutputExistsError(
-            f"{option} {folder} already holds {len(existing)} of this run's files ({shown}"
+            f"{option} {given} already holds {len(existing)} of this run's files ({shown}"
             f"{', ...' if len(existing) > 3 else ''}): pass --overwrite to replace them"
         )

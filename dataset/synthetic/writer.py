@@ -20,6 +20,7 @@ from PIL import Image
 
 from dataset.labels import LABEL_IDS, PALETTE, SYNTHIA_TO_TRAIN_ID
 from dataset.synthetic.scene import render
+from utils.errors import OutputExistsError
 
 try:
     from tqdm import tqdm
@@ -174,27 +175,28 @@ def _manifest(spec: SyntheticSpec) -> dict:
 def _existing_matches(out: Path, spec: SyntheticSpec) -> bool:
     """True if ``out`` holds a complete dataset of ``spec``, False if it does not exist.
 
-    Raises FileExistsError when ``out`` exists with anything else in it.
+    Raises ``OutputExistsError`` (a ``FileExistsError``) when ``out`` exists with anything else
+    in it.
     """
     if not out.exists():
         return False
     manifest = out / MANIFEST
     if not manifest.is_file():
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out} exists but is not a complete synthetic dataset (no {MANIFEST}); "
             "remove it or choose another path"
         )
     try:
         found = json.loads(manifest.read_text())
     except json.JSONDecodeError as err:
-        raise FileExistsError(f"{manifest} is not valid JSON ({err}); remove {out}") from err
+        raise OutputExistsError(f"{manifest} is not valid JSON ({err}); remove {out}") from err
     expected = _manifest(spec)
     differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
     if differ:
         details = "; ".join(
             f"{k}: {found.get(k)!r} on disk, {expected.get(k)!r} requested" for k in differ
         )
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{manifest} describes another synthetic dataset ({details}); "
             f"remove {out} or choose another path"
         )
@@ -206,7 +208,7 @@ def generate(out: str | Path, spec: SyntheticSpec, progress: bool = True) -> Pat
 
     Files go to a temporary sibling folder that is renamed to ``out`` once ``synthetic.json``
     is written, so an interrupted run leaves no partial dataset. An existing complete dataset
-    of the same spec is returned as is; anything else at ``out`` raises FileExistsError.
+    of the same spec is returned as is; anything else at ``out`` raises ``OutputExistsError``.
     """
     out = Path(out)
     if _existing_matches(out, spec):
@@ -231,7 +233,7 @@ def generate(out: str | Path, spec: SyntheticSpec, progress: bool = True) -> Pat
 def ensure_synthetic(out: str | Path, spec: SyntheticSpec) -> Path:
     """Return ``out`` if it holds the dataset of ``spec``, generating it if ``out`` is absent.
 
-    Raises FileExistsError (naming ``synthetic.json`` and the differing fields) if ``out``
+    Raises ``OutputExistsError`` (naming ``synthetic.json`` and the differing fields) if ``out``
     holds another dataset.
     """
     out = Path(out)

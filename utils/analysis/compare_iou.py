@@ -29,7 +29,7 @@ from typing import Any
 
 from dataset.labels import CLASS_NAMES
 from utils.analysis.plots import iou_comparison
-from utils.errors import OutputExistsError, UsageError, UserError, add_debug_flag, run
+from utils.errors import UsageError, UserError, add_debug_flag, refuse_overwrite, run
 from utils.evaluation.metrics import format_iou_table
 from utils.evaluation.paper_results import paper_row
 from utils.evaluation.reports import short_names
@@ -167,8 +167,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise OutputExistsError(f"--out {out} exists: pass --overwrite to replace it")
+    if not args.overwrite:
+        refuse_overwrite(out, "--out")
     rows = collect_rows(args.results, args.labels)
     baseline = add_baseline(rows, args.baseline)
     print(comparison_table(rows, baseline))

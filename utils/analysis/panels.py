@@ -34,6 +34,7 @@ from model.deeplabv2 import DeepLabV2
 from utils.config import split_overrides
 from utils.errors import UsageError
 from utils.evaluation.inference import predict_scores, predicted_train_ids
+from utils.evaluation.predictions import panel_path
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +210,6 @@ def choose_images(
         return sorted({keys[w] for w in wanted})
     count = min(count or 0, len(names))
     return sorted(random.Random(seed).sample(range(len(names)), count))
-
-
-def panel_path(panels_dir: Path, name: str) -> Path:
-    """Where the prediction panel of val image ``name`` goes: ``panels_dir/<stem>.png``."""
-    return panels_dir / f"{Path(name).stem}.png"
 
 
 def model_probs(model: DeepLabV2, device: torch.device, flip: bool) -> ProbsFn:

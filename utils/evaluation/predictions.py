@@ -1,5 +1,6 @@
 """Prediction files: trainId and colour PNGs written beside an evaluation (``--save-dir``),
-and trainId PNGs on disk scored without a model (``--pred-dir``)."""
+where the prediction panels go, the guard that keeps what these would replace, and trainId
+PNGs on disk scored without a model (``--pred-dir``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset.labels import NUM_CLASSES, colorize
-from utils.errors import MissingPredictionError, PredictionError
+from utils.errors import MissingPredictionError, PredictionError, refuse_overwrite
 from utils.evaluation.metrics import ConfusionMatrix
 
 
@@ -71,3 +72,27 @@ def score_prediction_dir(
             )
         cm.update(torch.from_numpy(pred.astype(np.int64)), sample.label)
     return cm
+
+
+def panel_path(panels_dir: Path, name: str) -> Path:
+    """Where the prediction panel of val image ``name`` goes: ``panels_dir/<stem>.png``."""
+    return panels_dir / f"{Path(name).stem}.png"
+
+
+def refuse_replacing(
+    names: list[str],
+    save_dir: Path | None,
+    results: Path,
+    panels_dir: Path | None,
+    panel_names: list[str],
+) -> None:
+    """Before any work, unless ``--overwrite``: the files an evaluation of the images ``names``
+    would replace in ``save_dir`` (their PNGs and the results JSON, when it goes there) and in
+    ``panels_dir`` (the panels of ``panel_names``)."""
+    if save_dir is not None:
+        targets = [results, *(p for name in names for p in prediction_paths(name, save_dir))]
+        refuse_overwrite(save_dir, "--save-dir", targets)
+    if panels_dir is not None and panel_names:
+        refuse_overwrite(
+            panels_dir, "--panels-dir", [panel_path(panels_dir, n) for n in panel_names]
+        )
