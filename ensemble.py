@@ -52,6 +52,7 @@ from utils.analysis.panels import (
 )
 from utils.config import PRESETS, split_overrides, to_dict
 from utils.errors import UsageError, add_debug_flag, run
+from utils.evaluation import reports
 from utils.evaluation.inference import (
     SPACES,
     combine_scores,
@@ -64,19 +65,10 @@ from utils.evaluation.predictions import refuse_replacing
 from utils.evaluation.prepare import (
     Evaluation,
     add_class_flags,
+    add_output_flags,
     check_class_flags,
     class_overrides,
     prepare_eval,
-)
-from utils.evaluation.reports import (
-    class_ious,
-    class_mious,
-    class_results,
-    class_tables,
-    class_views,
-    mask_note,
-    miou_lines,
-    short_names,
 )
 from utils.logger import setup_logging
 from utils.provenance import command_line, write_results
@@ -104,11 +96,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--flip", action="store_true", help="each member averaged with the mirrored image"
     )
-    parser.add_argument("--save-dir", metavar="DIR", help="write the ensemble's PNGs here")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace files in --save-dir and --panels-dir"
-    )
-    parser.add_argument("--results", metavar="FILE", help="results JSON (default: see below)")
+    add_output_flags(parser, "write the ensemble's PNGs here")
     parser.add_argument(
         "--offload", action="store_true", help="keep members on the CPU between forward passes"
     )
@@ -162,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     presets = [preset_name(m.config) for m in members]
     labels = [
         f"{i + 1}: {short} ({preset}, w {w:.2f})"
-        for i, (short, preset, w) in enumerate(zip(short_names(args.restore), presets, weights))
+        for i, (short, preset, w) in enumerate(
+            zip(reports.short_names(args.restore), presets, weights)
+        )
     ]
     flip = cfg.eval.flip
     log.info(
@@ -174,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = [m.model for m in members]
     member_cms, ensemble_cms = evaluate_ensemble(
         models, weights, labels, ev.loader, device, flip=flip, combine=args.combine,
-        offload=args.offload, save_dir=save_dir, views=class_views(classes, mask),
+        offload=args.offload, save_dir=save_dir, views=reports.class_views(classes, mask),
     )  # fmt: skip
     if chosen:
         probs_of = _ensemble_probs(models, weights, labels, device, flip, args.combine,
@@ -193,21 +183,21 @@ def _report(
     results JSON and the final ``mIoU:`` lines."""
     cfg, flip = ev.cfg, ev.cfg.eval.flip
     classes, mask = cfg.eval.classes, cfg.eval.mask_absent
-    member_ious = [class_ious(cms, classes, mask) for cms in member_cms]
-    ious = class_ious(ensemble_cms, classes, mask)
+    member_ious = [reports.class_ious(cms, classes, mask) for cms in member_cms]
+    ious = reports.class_ious(ensemble_cms, classes, mask)
     first_set = classes[0]  # the best member is the best on the first class set
     best = max(range(len(member_ious)), key=lambda i: nanmean(member_ious[i][first_set]))
     rows = dict(zip(labels, member_ious))
-    notes = [args.combine, f"flip {'on' if flip else 'off'}", *mask_note(classes, mask)]
+    notes = [args.combine, f"flip {'on' if flip else 'off'}", *reports.mask_note(classes, mask)]
     rows[f"ensemble ({', '.join(notes)})"] = ious
     rows[f"ensemble - {best + 1} (best member)"] = {
         k: [a - b for a, b in zip(ious[k], member_ious[best][k])] for k in classes
     }
-    print(class_tables(rows, classes, mask))
+    print(reports.class_tables(rows, classes, mask))
     fields = {
         "members": [
             {"restore": path, "preset": preset, "weight": w,
-             **class_results(member_iou, cms, mask)}
+             **reports.class_results(member_iou, cms, mask)}
             for path, preset, w, member_iou, cms in zip(
                 args.restore, presets, weights, member_ious, member_cms
             )
@@ -216,12 +206,12 @@ def _report(
         "flip": flip,
         "val_root": cfg.data.val.root,
         "num_images": len(ev.val),
-        **class_results(ious, ensemble_cms, mask),
+        **reports.class_results(ious, ensemble_cms, mask),
         "best_member": best + 1,
     }  # fmt: skip
     write_results(results, fields, command_line("ensemble.py", argv), to_dict(cfg), ev.device)
     log.info("results written to %s", results)
-    print("\n".join(miou_lines(class_mious(ious))))
+    print("\n".join(reports.miou_lines(reports.class_mious(ious))))
 
 
 def _check_classes(paths: Sequence[str], members: Sequence[Restored]) -> None:

@@ -74,6 +74,7 @@ from utils.evaluation.prepare import (
     Evaluation,
     add_checkpoint_flags,
     add_class_flags,
+    add_output_flags,
     check_class_flags,
     checkpoint_overrides,
     class_overrides,
@@ -113,11 +114,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compare-with", metavar="ROW", help="print this row of the paper's Table 1 beside ours"
     )
-    parser.add_argument("--save-dir", metavar="DIR", help="write trainId and colour PNGs here")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace files in --save-dir and --panels-dir"
-    )
-    parser.add_argument("--results", metavar="FILE", help="results JSON (default: see below)")
+    add_output_flags(parser, "write trainId and colour PNGs here")
     add_panel_flags(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     parser.epilog = (

@@ -48,20 +48,12 @@ import train_norm_only
 from dataset.build import build_dataset
 from dataset.datasets import Batch, eval_loader, infinite_loader
 from dataset.synthetic import SyntheticSpec, generate
+from utils import losses
 from utils.config import load_config
 from utils.distributed import DistInfo, resolve_device
 from utils.errors import UsageError, add_debug_flag, run
 from utils.evaluation.inference import evaluate, predict_logits
 from utils.evaluation.metrics import ConfusionMatrix
-from utils.losses import (
-    discrepancy_map,
-    feature_norm,
-    segmentation_loss,
-    stepwise_norm_loss,
-    upsample_to,
-    weight_discrepancy_loss,
-    weighted_bce_with_logits,
-)
 from utils.provenance import command_line, footer, provenance
 from utils.schedules import damping, norm_damping
 from utils.training.graphs import CudaGraphBackend, GraphedStep
@@ -90,36 +82,43 @@ def reference_step(state: TrainState, source: Batch, target: Batch | None, step:
     y_s = state.to_device(source.label)
     out_s = g(state.to_device(source.image))
     if lo.lambda_norm > 0:
-        (lo.lambda_norm * d_norm * stepwise_norm_loss(out_s.features, lo.delta_r)).backward(
+        (lo.lambda_norm * d_norm * losses.stepwise_norm_loss(out_s.features, lo.delta_r)).backward(
             retain_graph=True
         )
-    p_s1, p_s2 = upsample_to(out_s.p1, y_s.shape[-2:]), upsample_to(out_s.p2, y_s.shape[-2:])
-    segmentation_loss(p_s1, p_s2, y_s, lo.seg, lo.focal_gamma).backward()
+    p_s1, p_s2 = (
+        losses.upsample_to(out_s.p1, y_s.shape[-2:]),
+        losses.upsample_to(out_s.p2, y_s.shape[-2:]),
+    )
+    losses.segmentation_loss(p_s1, p_s2, y_s, lo.seg, lo.focal_gamma).backward()
     if target is not None:
         x_t = state.to_device(target.image)
         out_t = g(x_t)  # heads on, also where only the features are used
         if lo.lambda_norm > 0:  # CLAN's own code has no norm term and no such backward
-            loss_norm = lo.lambda_norm * d_norm * stepwise_norm_loss(out_t.features, lo.delta_r)
+            loss_norm = (
+                lo.lambda_norm * d_norm * losses.stepwise_norm_loss(out_t.features, lo.delta_r)
+            )
             loss_norm.backward(retain_graph=disc is not None)
         if disc is not None:
             p_t1, p_t2 = (
-                upsample_to(out_t.p1, x_t.shape[-2:]),
-                upsample_to(out_t.p2, x_t.shape[-2:]),
+                losses.upsample_to(out_t.p1, x_t.shape[-2:]),
+                losses.upsample_to(out_t.p2, x_t.shape[-2:]),
             )
-            weight_map = discrepancy_map(p_t1, p_t2)
+            weight_map = losses.discrepancy_map(p_t1, p_t2)
             prob_t = F.softmax(p_t1 + p_t2, dim=1)
-            d_out = upsample_to(disc(prob_t), x_t.shape[-2:])
+            d_out = losses.upsample_to(disc(prob_t), x_t.shape[-2:])
             map_g = weight_map if step > 0 else None  # train_clan_norm's schedule of M
             map_d = weight_map.detach() if step >= cfg.optim.warmup_steps else None
-            loss_adv = weighted_bce_with_logits(d_out, 0.0, map_g, lo.lambda_local, lo.eps)
-            loss_weight = weight_discrepancy_loss(*model.classifier_weights())
+            loss_adv = losses.weighted_bce_with_logits(d_out, 0.0, map_g, lo.lambda_local, lo.eps)
+            loss_weight = losses.weight_discrepancy_loss(*model.classifier_weights())
             (lo.lambda_adv * d * loss_adv + lo.lambda_weight * d * loss_weight).backward()
             disc.requires_grad_(True)
             d_run = state.run("D")
             prob_s = F.softmax(p_s1 + p_s2, dim=1).detach()
-            loss_d = weighted_bce_with_logits(upsample_to(d_run(prob_s), y_s.shape[-2:]), 0.0)
-            loss_d = loss_d + weighted_bce_with_logits(
-                upsample_to(d_run(prob_t.detach()), x_t.shape[-2:]), 1.0,
+            loss_d = losses.weighted_bce_with_logits(
+                losses.upsample_to(d_run(prob_s), y_s.shape[-2:]), 0.0
+            )
+            loss_d = loss_d + losses.weighted_bce_with_logits(
+                losses.upsample_to(d_run(prob_t.detach()), x_t.shape[-2:]), 1.0,
                 map_d, lo.lambda_local, lo.eps,
             )  # fmt: skip
             loss_d.backward()
@@ -370,8 +369,8 @@ def bench_norm_term(args: argparse.Namespace, device: torch.device) -> float:
 
     def both() -> None:
         for f in feats:
-            (1.5e-4 * stepwise_norm_loss(f, 1.0)).backward()
-            feature_norm(f.detach()).mean()
+            (1.5e-4 * losses.stepwise_norm_loss(f, 1.0)).backward()
+            losses.feature_norm(f.detach()).mean()
 
     both()
     return statistics.median(_time(both, device) for _ in range(max(10, args.steps)))

@@ -36,7 +36,8 @@ def build_dataset(
 ) -> SegmentationDataset:
     """The dataset a ``data.source`` / ``data.target`` / ``data.val`` section describes.
 
-    ``evaluation=True`` resizes the image only and keeps labels at full resolution (SPEC.md).
+    ``evaluation=True`` resizes the image only and keeps labels at full resolution
+    (docs/method.md, "Evaluation").
     """
     spec = TransformSpec(
         resize=cfg.resize,

@@ -244,6 +244,7 @@ class FolderPairs(SegmentationDataset):
                 names.append(name)
         super().__init__([(images / n, labels / n, n) for n in names], transform)
         self.root = root
+        self._warned: set[Path] = set()  # labels a subclass has warned about (GTA5's resized)
 
 
 class GTA5(FolderPairs):
@@ -254,15 +255,6 @@ class GTA5(FolderPairs):
     """
 
     NAME, IMAGES, LABELS, LAYOUT = "GTA5", "images", "labels", GTA5_LAYOUT
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        transform: PairedTransform,
-        list_file: str | os.PathLike | None = None,
-    ) -> None:
-        super().__init__(root, transform, list_file)
-        self._warned: set[Path] = set()
 
     def fit_label(self, label: Tensor, image: Tensor, label_path: Path) -> Tensor:
         """Resize a mismatched (H, W) label to the image with nearest neighbour."""

@@ -5,7 +5,7 @@ Both GTA5 label PNGs and Cityscapes ``*_gtFine_labelIds.png`` store Cityscapes l
 (0..33, -1 for the licence plate). Training and evaluation use trainIds 0..18; every other id
 maps to ``IGNORE_INDEX``. Remapping is a 256-entry lookup table applied with one indexing op.
 
-SYNTHIA-RAND-CITYSCAPES labels store SYNTHIA's own class ids (DATA.md); they map to the same
+SYNTHIA-RAND-CITYSCAPES labels store SYNTHIA's own class ids (docs/data.md); they map to the same
 trainIds, and terrain, truck and train never occur. Results on SYNTHIA -> Cityscapes are
 reported on the 16 classes that SYNTHIA has and on 13 (also without wall, fence and pole).
 """
@@ -23,7 +23,7 @@ CLASS_NAMES: tuple[str, ...] = (
     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )  # fmt: skip
 
-# Cityscapes label id of each trainId (SPEC.md).
+# Cityscapes label id of each trainId (docs/method.md, "Task and classes").
 LABEL_IDS: tuple[int, ...] = (
     7,
     8,
@@ -72,7 +72,7 @@ def colorize(train_ids: np.ndarray) -> np.ndarray:
     return table[train_ids.astype(np.uint8)]
 
 
-# SYNTHIA class id -> trainId (DATA.md); SYNTHIA has no terrain, truck or train.
+# SYNTHIA class id -> trainId (docs/data.md); SYNTHIA has no terrain, truck or train.
 SYNTHIA_TO_TRAIN_ID: dict[int, int] = {
     3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 10, 10: 11, 17: 12, 8: 13,
     19: 15, 12: 17, 11: 18,

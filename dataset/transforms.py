@@ -5,7 +5,8 @@ flip) is drawn from the generator passed in, never from global state, so a resum
 exactly the batches it would have seen without the interruption.
 
 Images enter as uint8 RGB (3, H, W) and leave as float32 BGR minus ``IMG_MEAN_BGR`` (no std
-scaling, SPEC.md "Input"); labels enter as uint8 trainIds (H, W) and leave as int64.
+scaling, docs/method.md "The segmentation network G"); labels enter as uint8 trainIds (H, W)
+and leave as int64.
 """
 
 from __future__ import annotations

@@ -462,7 +462,7 @@ def test_collate_without_labels() -> None:
 
 # --- SYNTHIA-RAND-CITYSCAPES ----------------------------------------------------------------
 
-# DATA.md's table, written out: SYNTHIA class id -> trainId.
+# The SYNTHIA table of docs/data.md, written out: SYNTHIA class id -> trainId.
 SYNTHIA_TABLE = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 10, 10: 11,
                  17: 12, 8: 13, 19: 15, 12: 17, 11: 18}  # fmt: skip
 # Known SYNTHIA ids in the top row: road, car, void, terrain (16: not mapped), bicycle.

@@ -1,5 +1,6 @@
 """G's optimizer: once per parameter (torch.optim.SGD), or the released code's duplicated
-backbone list stepped entry by entry as the PyTorch of its time did (SPEC.md, "Schedules")."""
+backbone list stepped entry by entry as the PyTorch of its time did (docs/protocols.md, "The
+released optimizer")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Generated blocks of the README: text between two HTML-comment markers, rewritten by the
-script that makes it (and compared with its output by a test)."""
+"""Generated blocks of the README and the docs pages: text between two HTML-comment markers,
+rewritten by the script that makes it (and compared with its output by a test)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Feature-space analysis of trained checkpoints, its figures, and prediction panels."""

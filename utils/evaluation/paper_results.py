@@ -1,7 +1,7 @@
 """The paper's Table 1 (GTA5 -> Cityscapes, DeepLab-v2 ResNet-101) as data.
 
 Per-class IoU in percent, in trainId order (the paper's column order), and the mIoU the paper
-states. Every row was measured with horizontal-flip averaging (SPEC.md, "Evaluation"). Rows
+states. Every row was measured with horizontal-flip averaging (docs/method.md, "Evaluation"). Rows
 marked * are ensembles of a released model (weight 0.3) with the Norm-only model (0.7).
 """
 

@@ -142,6 +142,16 @@ def checkpoint_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def add_output_flags(parser: argparse.ArgumentParser, save_help: str) -> None:
+    """``--save-dir`` (help: ``save_help``), ``--overwrite`` and ``--results``: where an
+    evaluation's PNGs and results JSON go, and whether it may replace existing ones."""
+    parser.add_argument("--save-dir", metavar="DIR", help=save_help)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace files in --save-dir and --panels-dir"
+    )
+    parser.add_argument("--results", metavar="FILE", help="results JSON (default: see below)")
+
+
 def add_class_flags(parser: argparse.ArgumentParser) -> None:
     """``--classes`` and ``--mask-absent``, which ``check_class_flags`` and ``class_overrides``
     read: which class sets a score reports, and how predictions of the classes outside a set

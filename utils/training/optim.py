@@ -5,7 +5,8 @@ built by ``get_1x_lr_params_NOscale``: for each backbone stage, every module ins
 stage itself included) lists every trainable parameter it holds, recursively, so a parameter
 appears once per module that encloses it within its stage (the stem conv once, a block's convs
 three times, a downsample conv four times). The PyTorch SGD of the time updated a parameter
-once per entry, one entry after the other, sharing one momentum buffer (SPEC.md, "Schedules"):
+once per entry, one entry after the other, sharing one momentum buffer (docs/protocols.md, "The
+released optimizer"):
 
     d   = g + wd * p                  (p as already updated by the earlier entries)
     buf = d if p has no buffer yet, else m * buf + d
