@@ -1,16 +1,33 @@
-"""Shared test setup: the repository root on sys.path, deterministic single-threaded torch."""
+"""Shared test setup: the repository root on sys.path, deterministic single-threaded torch, the
+tiny configurations every test file builds on (``from conftest import TINY_EVAL``), fixtures
+for the tiny synthetic benchmark, and the checkpoint files of every public DeepLab-v2 layout.
+"""
 
+import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(1)
+
+# A G of one block per stage and width 8, with a D to match: seconds on a CPU.
+TINY_MODEL = ["model.layers=[1,1,1,1]", "model.base_width=8", "model.d_width=8"]
+SIZE = {"layers": (1, 1, 1, 1), "base_width": 8}  # the same G, as DeepLabV2 arguments
+_TINY_DATA = ["data.val.resize=[128,64]", "data.num_workers=0", "eval.num_workers=0"]
+# Evaluating a tiny G on the CPU, in the test process.
+TINY_EVAL = [*TINY_MODEL, *_TINY_DATA, "train.device=cpu"]
+# Training it: 96x48 crops, batch 1, every step logged, no image grids; the device is the
+# test's to choose.
+TINY_TRAIN = [*TINY_MODEL, *_TINY_DATA, "data.source.crop=[96,48]", "data.target.crop=[96,48]",
+              "data.batch_size=1", "train.log_every=1", "train.image_every=0"]  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -34,14 +51,7 @@ def synthetic(tmp_path_factory):
 @pytest.fixture
 def small_model():
     """Overrides for a small G and D on the CPU, with warm-up over by step 10."""
-    return [
-        "train.device=cpu",
-        "model.layers=[1,1,1,1]",
-        "model.base_width=8",
-        "model.d_width=8",
-        "optim.warmup_steps=10",
-        "optim.schedule_steps=1000",
-    ]
+    return [*TINY_MODEL, "train.device=cpu", "optim.warmup_steps=10", "optim.schedule_steps=1000"]
 
 
 @pytest.fixture
@@ -58,24 +68,17 @@ def small_batches():
 @pytest.fixture
 def tiny_run(synthetic):
     """Overrides for a short training run of a small G and D on the tiny synthetic benchmark
-    (96x48 crops, batch 1, no loader workers, warm-up over by step 2), logging every step. The
-    device is the test's to choose."""
-    return [
-        *synthetic,
-        "model.layers=[1,1,1,1]",
-        "model.base_width=8",
-        "model.d_width=8",
-        "data.source.crop=[96,48]",
-        "data.target.crop=[96,48]",
-        "data.val.resize=[128,64]",
-        "data.batch_size=1",
-        "data.num_workers=0",
-        "eval.num_workers=0",
-        "optim.warmup_steps=2",
-        "optim.schedule_steps=12",
-        "train.log_every=1",
-        "train.image_every=0",
-    ]
+    (``TINY_TRAIN``, warm-up over by step 2). The device is the test's to choose."""
+    return [*synthetic, *TINY_TRAIN, "optim.warmup_steps=2", "optim.schedule_steps=12"]
+
+
+def state_weights(state) -> dict[str, torch.Tensor]:
+    """Copies of every tensor of a ``TrainState``'s modules, keyed ``<module>.<key>``."""
+    return {
+        f"{name}.{key}": value.detach().clone()
+        for name, module in state.modules.items()
+        for key, value in module.state_dict().items()
+    }
 
 
 @pytest.fixture
@@ -92,3 +95,98 @@ def upsampled_dtypes(monkeypatch):
 
     monkeypatch.setattr(F, "interpolate", spy)
     return seen
+
+
+# --- Weights files of every layout the loader reads, made from a seeded tiny G. ---
+
+
+class Evil:
+    """Pickled, it runs a command when unpickled: what the safe loader must refuse."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def producer(preset="clan", num_classes=19, seed=0, **size):
+    """A seeded random G in eval mode whose BN statistics and affine parameters are not the
+    defaults, so that a load that skipped or misplaced any tensor would show."""
+    from model.deeplabv2 import DeepLabV2
+    from utils.config import PRESETS
+
+    torch.manual_seed(seed)
+    p = PRESETS[preset]
+    model = DeepLabV2(num_classes, multi_level=p.multi_level, aspp_branches=p.aspp_branches,
+                      predict_with=p.predict_with, **{**SIZE, **size})  # fmt: skip
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.num_batches_tracked.fill_(7)
+            elif isinstance(m, nn.Conv2d) and m.bias is not None:
+                m.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+def unused_branches(model):
+    """Branches 2 and 3 of a two-branch release: stored at their N(0, 0.01) init, never used."""
+    extra = {}
+    for head in ("layer5", "layer6"):
+        w = model.state_dict()[f"{head}.conv2d_list.0.weight"]
+        for i in (2, 3):
+            extra[f"{head}.conv2d_list.{i}.weight"] = torch.randn_like(w) * 0.01
+            extra[f"{head}.conv2d_list.{i}.bias"] = torch.zeros(w.shape[0])
+    return extra
+
+
+def without_counters(state):
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def checkpoint_dict(model, cfg_overrides):
+    """This repository's checkpoint, with a stored config describing ``model``."""
+    from utils.config import load_config, to_dict
+
+    cfg = load_config(None, cfg_overrides)
+    return {"setup": "norm_only", "step": 7, "models": {"G": model.state_dict(), "D": {}},
+            "optimizers": {}, "config": to_dict(cfg), "metric": None}  # fmt: skip
+
+
+# layout name -> (preset of the producing model, preset to name, file content from the model)
+LAYOUT_FILES = {
+    "checkpoint": ("clan", None, lambda m, ov: checkpoint_dict(m, ov)),
+    "clan": ("clan", None, lambda m, ov: without_counters(m.state_dict())),
+    "feature_to_adapt": ("clan", None, lambda m, ov: m.state_dict()),
+    "adaptsegnet": (
+        "adaptsegnet", "adaptsegnet",
+        lambda m, ov: without_counters({**m.state_dict(), **unused_branches(m)}),
+    ),
+    "maxsquare": (
+        "maxsquare", None,
+        lambda m, ov: {
+            "epoch": 3, "iteration": 2000, "best_MIou": np.float64(0.41),
+            "state_dict": {f"module.{k}": v for k, v in {**m.state_dict(),
+                                                         **unused_branches(m)}.items()},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 2.5e-4, "params": [0, 1]}]},
+        },
+    ),
+    "advent": ("advent", "advent", lambda m, ov: m.state_dict()),
+}  # fmt: skip
+
+
+def write_layout(tmp_path, layout, overrides=()):
+    """(path, producing model, preset to name) for ``layout``."""
+    preset, named, content = LAYOUT_FILES[layout]
+    model = producer(preset)
+    path = tmp_path / f"{layout}.pth"
+    torch.save(content(model, [*TINY_EVAL, *overrides, f"model.preset={preset}"]), path)
+    return path, model, named
+
+
+def tiny_cfg(*extra):
+    """The model section of a tiny evaluation config."""
+    from utils.config import load_config
+
+    return load_config(None, [*TINY_EVAL, *extra]).model

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 import analyze_features
 from dataset.build import ensure_data
@@ -29,13 +30,8 @@ from utils.config import load_config, to_dict
 from utils.errors import OutputExistsError, UsageError, run
 from utils.losses import feature_norm
 
-TINY = [
-    "model.layers=[1,1,1,1]",
-    "model.base_width=8",
-    "train.device=cpu",
-    "data.source.resize=[128,70]",
-    "data.val.resize=[128,64]",
-]
+TINY = [*TINY_MODEL, "train.device=cpu", "data.source.resize=[128,70]",
+        "data.val.resize=[128,64]"]  # fmt: skip
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

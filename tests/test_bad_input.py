@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRAIN
 from PIL import Image
 
 import evaluate_cityscapes
@@ -24,10 +25,7 @@ import train_norm_only
 from utils.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["model.layers=[1,1,1,1]", "model.base_width=8", "model.d_width=8",
-        "data.source.crop=[96,48]", "data.target.crop=[96,48]", "data.val.resize=[128,64]",
-        "data.batch_size=1", "data.num_workers=0", "eval.num_workers=0", "train.device=cpu",
-        "train.image_every=0", "train.log_every=1"]  # fmt: skip
+TINY = [*TINY_TRAIN, "train.device=cpu"]
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN
 
 import train_clan_norm
 from dataset.datasets import Batch
@@ -19,21 +20,8 @@ from utils.config import ConfigError, load_config
 from utils.losses import discrepancy_map, weight_discrepancy_loss, weighted_bce_with_logits
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "model.layers=[1,1,1,1]",
-    "model.base_width=8",
-    "data.source.crop=[96,48]",
-    "data.target.crop=[96,48]",
-    "data.val.resize=[128,64]",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "eval.num_workers=0",
-    "optim.warmup_steps=2",
-    "optim.schedule_steps=12",
-    "train.device=cpu",
-    "train.log_every=1",
-    "train.image_every=0",
-]
+TINY = [*TINY_TRAIN, "train.device=cpu", "data.batch_size=2", "optim.warmup_steps=2",
+        "optim.schedule_steps=12"]  # fmt: skip
 
 
 def test_discriminator_shapes_and_names():

@@ -11,28 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import TINY_TRAIN
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TINY = [
-    "model.layers=[1,1,1,1]",
-    "model.base_width=8",
-    "model.d_width=8",
-    "data.source.resize=null",
-    "data.source.crop=[96,48]",
-    "data.target.resize=null",
-    "data.target.crop=[96,48]",
-    "data.val.resize=[128,64]",
-    "data.batch_size=1",
-    "data.num_workers=0",
-    "eval.num_workers=0",
-    "optim.warmup_steps=1",
-    "optim.schedule_steps=6",
-    "train.device=cpu",
-    "train.log_every=1",
-    "train.image_every=0",
-    "train.max_steps=3",
-]
+TINY = [*TINY_TRAIN, "train.device=cpu", "data.source.resize=null",
+        "data.target.resize=null", "optim.warmup_steps=1", "optim.schedule_steps=6",
+        "train.max_steps=3"]  # fmt: skip
 
 
 def _free_port() -> int:

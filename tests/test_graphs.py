@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import state_weights
 
 import train_clan_norm
 import train_norm_only
@@ -115,14 +116,6 @@ def _run(
     return outputs
 
 
-def _weights(state: TrainState) -> dict[str, torch.Tensor]:
-    return {
-        f"{name}.{key}": value.detach().clone()
-        for name, module in state.modules.items()
-        for key, value in module.state_dict().items()
-    }
-
-
 def _assert_same(eager: list[dict], graphed: list[dict], a: TrainState, b: TrainState) -> None:
     for step, (e, g) in enumerate(zip(eager, graphed, strict=True)):
         assert e.keys() == g.keys()
@@ -131,7 +124,7 @@ def _assert_same(eager: list[dict], graphed: list[dict], a: TrainState, b: Train
                 torch.as_tensor(g[key]).float(), torch.as_tensor(e[key]).float(),
                 rtol=1e-4, atol=1e-6, msg=lambda m, s=step, k=key: f"step {s}, {k}: {m}",
             )  # fmt: skip
-    wa, wb = _weights(a), _weights(b)
+    wa, wb = state_weights(a), state_weights(b)
     for key in wa:
         torch.testing.assert_close(wb[key], wa[key], rtol=1e-4, atol=1e-6, msg=key)
 

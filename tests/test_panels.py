@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_EVAL
 from PIL import Image
 
 import ensemble
@@ -28,8 +29,6 @@ from utils.analysis.panels import (
 from utils.config import load_config, to_dict
 from utils.errors import OutputExistsError, UsageError
 
-TINY = ["model.layers=[1,1,1,1]", "model.base_width=8", "data.val.resize=[128,64]",
-        "eval.num_workers=0", "data.num_workers=0", "train.device=cpu"]  # fmt: skip
 GAP = 4
 
 
@@ -146,7 +145,7 @@ def checkpoint(path, seed):
     torch.manual_seed(seed)
     model = DeepLabV2(layers=(1, 1, 1, 1), base_width=8)
     torch.save({"setup": "norm_only", "step": 1, "models": {"G": model.state_dict(), "D": {}},
-                "optimizers": {}, "config": to_dict(load_config(None, TINY)),
+                "optimizers": {}, "config": to_dict(load_config(None, TINY_EVAL)),
                 "metric": None}, path)  # fmt: skip
     return path
 
@@ -214,7 +213,7 @@ def test_several_checkpoints_give_a_comparison(tmp_path, val):
 def test_ensemble_panels_and_bad_flags(tmp_path, val, capsys):
     a, b = checkpoint(tmp_path / "a.pth", 0), checkpoint(tmp_path / "b.pth", 1)
     args = ["--restore", str(a), str(b), "--panels", "1", "--combine", "logit", "--",
-            *TINY, *val]  # fmt: skip
+            *TINY_EVAL, *val]  # fmt: skip
     assert ensemble.main(args) == 0
     (panel,) = (tmp_path / "a.pth.ensemble.panels").glob("*.png")
     assert np.array(Image.open(panel)).shape[1] == 5 * 128 + 4 * GAP

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from conftest import TINY_MODEL
 from PIL import Image
 
 import predict
@@ -15,8 +16,7 @@ from utils.config import load_config, to_dict
 from utils.errors import OutputExistsError, UsageError
 from utils.evaluation.inference import predict_scores
 
-TINY = ["model.layers=[1,1,1,1]", "model.base_width=8", "data.val.resize=[64,32]",
-        "train.device=cpu"]  # fmt: skip
+TINY = [*TINY_MODEL, "data.val.resize=[64,32]", "train.device=cpu"]
 # relative path -> (W, H, PIL mode) of the good images
 GOOD = {
     "a.png": (50, 40, "RGB"),

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_TRAIN
 from PIL import Image
 
 import evaluate_cityscapes
@@ -13,22 +14,8 @@ from dataset.labels import CLASS_NAMES
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.errors import OutputExistsError
 
-TINY = [
-    "model.layers=[1,1,1,1]",
-    "model.base_width=8",
-    "data.source.crop=[96,48]",
-    "data.target.crop=[96,48]",
-    "data.val.resize=[128,64]",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "eval.num_workers=0",
-    "optim.lr=0.01",
-    "optim.warmup_steps=2",
-    "optim.schedule_steps=12",
-    "train.device=cpu",
-    "train.log_every=1",
-    "train.image_every=2",
-]
+TINY = [*TINY_TRAIN, "train.device=cpu", "data.batch_size=2", "optim.lr=0.01",
+        "optim.warmup_steps=2", "optim.schedule_steps=12", "train.image_every=2"]  # fmt: skip
 
 
 def _train(tmp_path, synthetic, name, *extra, config="configs/demo/norm_only.yaml"):
