@@ -6,13 +6,15 @@ demo configs on the built-in synthetic benchmark, through ``benchmarks.seeds``, 
 markdown table of per-class IoU and mIoU (mean +- std over seeds), with every run's results
 and provenance in a JSON file beside it:
 
-    python -m benchmarks.synthetic_table --seeds 0 1 2 --readme README.md
-    python -m benchmarks.synthetic_table --from-json --readme README.md   # no training
+    python -m benchmarks.synthetic_table --seeds 0 1 2 --readme
+    python -m benchmarks.synthetic_table --from-json --readme   # no training
 
 Runs go to ``runs/table/<setup>-seed<S>``; finished runs are reused and interrupted ones
 resumed, so a stopped table continues where it stopped. Extra ``key=value`` overrides apply to
-every run. ``--readme`` rewrites the table's block in the README (between its markers) from the
-JSON, and flags runs whose commit is older than a change to the code they depend on.
+every run. ``--readme`` rewrites the table's generated blocks (between their markers) from the
+JSON, in the files given or by default in the table's docs page (``PAGES``) and, for the main
+table, the README's mIoU summary; it flags runs whose commit is older than a change to the code
+they depend on.
 """
 
 from __future__ import annotations
@@ -27,12 +29,21 @@ from typing import Any
 
 import train_clan_norm
 import train_norm_only
-from benchmarks.seeds import markdown_table, run_seed
+from benchmarks.seeds import markdown_table, run_seed, summary
 from dataset.labels import NUM_CLASSES
-from utils.errors import add_debug_flag, run
+from utils.errors import UsageError, add_debug_flag, run
 from utils.logger import write_json
 from utils.provenance import command_line, footer, provenance, short_commit, stale
-from utils.readme import block, update_block
+from utils.readme import block, find_block, update_block
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = "python -m benchmarks.synthetic_table"  # what the blocks' markers name
+MAIN, SUMMARY = "synthetic-table", "synthetic-summary"  # the README sums up the main table
+PAGES = {  # each table's block lives on its docs page; the main table's summary in the README
+    "synthetic-table": ("docs/synthetic.md", "README.md"),
+    "synthetic-table-released": ("docs/protocols.md",),
+    "synthetic-table-synthia": ("docs/synthia.md",),
+}
 
 # (row label, training script, config, extra overrides)
 SETUPS: dict[str, tuple[str, object, str, tuple[str, ...]]] = {
@@ -149,12 +160,44 @@ def staleness(data: dict[str, Any]) -> list[str]:
 
 
 def readme_block(data: dict[str, Any], name: str, flags: Sequence[str] = ()) -> str:
-    """The README's block for table ``name``, markers included; ``flags`` (``staleness``, at
+    """The generated block of table ``name``, markers included; ``flags`` (``staleness``, at
     generation time) become a warning line under the table."""
     body = markdown(data)
     if flags:
         body += "\n\n**Stale:** " + "; ".join(flags) + "."
-    return block(name, "python -m benchmarks.synthetic_table --readme README.md", body)
+    return block(name, SOURCE, body)
+
+
+def summary_block(data: dict[str, Any]) -> str:
+    """The README's summary of a table: its rows' mIoU, mean ± std over the seeds."""
+    lines = ["| method | mIoU |", "|---|---|"]
+    for label, results in data["rows"].items():
+        m = summary(results)["mIoU"]
+        cell = f"{100 * m['mean']:.1f}" if len(results) == 1 else (
+            f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}")  # fmt: skip
+        lines.append(f"| {label} | {cell} |")
+    return block(SUMMARY, SOURCE, "\n".join(lines))
+
+
+def write_blocks(
+    data: dict[str, Any], name: str, flags: Sequence[str], paths: Sequence[Path]
+) -> list[str]:
+    """Rewrite, in each of ``paths``, every block of table ``name`` it holds: the table's own
+    and, for the main table, its summary (an error for a file that holds none); returns a line
+    per file."""
+    blocks = {name: readme_block(data, name, flags)}
+    if name == MAIN:
+        blocks[SUMMARY] = summary_block(data)
+    report = []
+    for path in paths:
+        text = path.read_text()
+        held = [b for b in blocks if find_block(text, b) is not None]
+        if not held:
+            raise UsageError(f"--readme {path}: no block {' or '.join(map(repr, blocks))} to "
+                             f"write in")  # fmt: skip
+        changed = [update_block(path, b, blocks[b]) for b in held]
+        report.append(f"{path}: {'updated' if any(changed) else 'already up to date'}")
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,7 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/synthetic_table.md"),
                         help="the markdown table; its data (every run's results) beside it as "
                         ".json")  # fmt: skip
-    parser.add_argument("--readme", type=Path, help="also rewrite the table's block in this file")
+    parser.add_argument(
+        "--readme", type=Path, nargs="*", metavar="FILE",
+        help="also rewrite the table's generated blocks in these files (none given: its docs "
+        "page, and the README's summary for the main table)",
+    )  # fmt: skip
     parser.add_argument(
         "--from-json", action="store_true",
         help="train nothing: make the table (and --readme) from --out's .json",
@@ -202,10 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = staleness(data)
     for flag in flags:
         print(f"warning: stale runs: {flag}", file=sys.stderr)
-    if args.readme:
+    if args.readme is not None:
         name = args.out.stem.replace("_", "-")
-        changed = update_block(args.readme, name, readme_block(data, name, flags))
-        print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
+        paths = args.readme or [ROOT / page for page in PAGES.get(name, ())]
+        print("\n".join(write_blocks(data, name, flags, paths)))
     print(f"written to {args.out} and {data_path}")
     return 0
 

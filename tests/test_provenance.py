@@ -13,6 +13,7 @@ from benchmarks import seeds, synthetic_table
 from utils import provenance as prov
 from utils import readme
 from utils.config import config_from_dict, read_yaml, to_dict
+from utils.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = {"commit", "dirty", "torch", "torchvision", "cuda", "cudnn", "device", "command",
@@ -135,24 +136,46 @@ def test_synthetic_table_footer_names_the_runs_commits_and_flags_stale_runs(repo
     assert block.endswith("**Stale:** made with uncommitted changes (B).\n<!-- /t -->")
 
 
-@pytest.mark.parametrize(
-    "name", ["synthetic-table", "synthetic-table-released", "synthetic-table-synthia"]
-)
-def test_the_readme_tables_are_generated_from_their_result_files(name):
-    """The README's result tables are what ``--from-json --readme`` makes of the committed JSON
-    (a stale-run warning, computed when it was generated, may follow the table)."""
+@pytest.mark.parametrize("name", list(synthetic_table.PAGES))
+def test_the_docs_tables_are_generated_from_their_result_files(name):
+    """Each result table on its docs page is what ``--from-json --readme`` makes of the
+    committed JSON (a stale-run warning, computed when it was generated, may follow the
+    table), and the README's summary is the main table's mIoU column."""
     data = json.loads((ROOT / "benchmarks" / f"{name.replace('-', '_')}.json").read_text())
-    text = (ROOT / "README.md").read_text()
-    found = readme.find_block(text, name)
-    assert found is not None, f"README.md has no {name} block"
+    page = synthetic_table.PAGES[name][0]
+    found = readme.find_block((ROOT / page).read_text(), name)
+    assert found is not None, f"{page} has no {name} block"
     expected = synthetic_table.readme_block(data, name)
     body = found.removesuffix(f"\n<!-- /{name} -->")
     assert body.startswith(expected.removesuffix(f"\n<!-- /{name} -->")), (
         f"run: python -m benchmarks.synthetic_table --from-json --out "
-        f"benchmarks/{name.replace('-', '_')}.md --readme README.md"
+        f"benchmarks/{name.replace('-', '_')}.md --readme"
     )
     rest = body[len(expected.removesuffix(f"\n<!-- /{name} -->")) :]
     assert rest == "" or rest.startswith("\n\n**Stale:** ")
+    if name == synthetic_table.MAIN:
+        summary = readme.find_block((ROOT / "README.md").read_text(), synthetic_table.SUMMARY)
+        assert summary == synthetic_table.summary_block(data)
+
+
+def test_the_summary_is_the_tables_miou_column_and_blocks_go_where_they_are(tmp_path):
+    data = {"seeds": [0, 1], "provenance": prov.provenance("cmd"),
+            "rows": {"A": [_result(0.2), _result(0.3)], "B": [_result(0.25)]}}  # fmt: skip
+    summary = synthetic_table.summary_block(data)
+    assert "| A | 25.0 ± 7.1 |\n| B | 25.0 |" in summary  # std over 2 seeds; one run: no std
+    page, front, other = tmp_path / "page.md", tmp_path / "README.md", tmp_path / "other.md"
+    page.write_text(f"x\n{readme.block('synthetic-table', 'old', 'old')}\ny\n")
+    front.write_text(f"{readme.block('synthetic-summary', 'old', 'old')}\n")
+    other.write_text("no block\n")
+    report = synthetic_table.write_blocks(data, "synthetic-table", [], [page, front])
+    assert report == [f"{page}: updated", f"{front}: updated"]
+    assert synthetic_table.readme_block(data, "synthetic-table") in page.read_text()
+    assert front.read_text() == summary + "\n"
+    # another table never touches the main table's summary; a file without a block is an error
+    with pytest.raises(UsageError, match="other.md: no block 'synthetic-table-released'"):
+        synthetic_table.write_blocks(data, "synthetic-table-released", [], [other])
+    with pytest.raises(UsageError, match="README.md: no block 'synthetic-table-released'"):
+        synthetic_table.write_blocks(data, "synthetic-table-released", [], [front])
 
 
 def test_seeds_trains_reuses_and_refuses_a_folder_of_other_settings(

@@ -2,11 +2,11 @@
 
 ``configs/gta5_to_cityscapes/clan_norm.yaml`` is the paper's protocol (with the defaults), and
 ``configs/gta5_to_cityscapes/released/clan_norm.yaml`` the released code's; every key whose
-resolved value differs is a row. The README's table is this module's output (a test keeps them
-equal), so it cannot drift from the configs:
+resolved value differs is a row. The table in ``docs/protocols.md`` is this module's output (a
+test keeps them equal), so it cannot drift from the configs:
 
-    python -m utils.protocols                  # print the table
-    python -m utils.protocols --readme README.md   # rewrite it between the README's markers
+    python -m utils.protocols                              # print the table
+    python -m utils.protocols --readme docs/protocols.md   # rewrite it between its markers
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def markdown(rows: list[tuple[str, Any, Any]]) -> str:
 
 
 def readme_block() -> str:
-    """The README's generated block, markers included."""
+    """The table's generated block, markers included."""
     return block(NAME, SOURCE, markdown(differences()))
 
 
