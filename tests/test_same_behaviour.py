@@ -1,0 +1,65 @@
+"""benchmarks.same_behaviour's comparison: what counts as the same behaviour, on hand-made
+output trees (the runs themselves take minutes: the tool is run by hand on a refactor)."""
+
+import json
+
+import torch
+
+from benchmarks.same_behaviour import Comparison, plan, same
+
+
+def _tree(root, loss, weight, provenance, stdout="| table |"):
+    (root / "runs" / "r" / "checkpoints").mkdir(parents=True)
+    (root / "runs" / "r" / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "train/loss_seg": loss, "train/sec_per_step": provenance}) + "\n"
+    )
+    results = {"mIoU": 0.5, "iou": [float("nan"), 0.5], "restore": f"{root}/a.pth",
+               "provenance": {"date": provenance}}  # fmt: skip
+    (root / "results.json").write_text(json.dumps(results))
+    torch.save({"models": {"G": {"w": torch.tensor([weight, float("nan")])}}},
+               root / "runs" / "r" / "checkpoints" / "last.pth")  # fmt: skip
+    (root / "x.stdout").write_text(
+        f"12:00:0{provenance} INFO train: took {provenance} s\n{stdout}\n"
+    )
+    (root / "x.stderr").write_text(f"a progress bar {provenance}\n")
+
+
+def test_times_provenance_paths_and_log_lines_do_not_count(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _tree(a, 1.25, 0.5, 1)
+    _tree(b, 1.25, 0.5, 2)  # other times, dates, paths (its own root) and log lines
+    assert Comparison(a, b).trees() == []
+
+
+def test_a_logged_value_a_weight_or_a_printed_table_that_moves_is_named(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _tree(a, 1.25, 0.5, 1)
+    _tree(b, 1.25 + 2**-20, 0.5 + 2**-24, 1, stdout="| other table |")
+    assert Comparison(a, b).trees() == [
+        "runs/r/checkpoints/last.pth.models.G.w: the tensors differ",
+        "runs/r/metrics.jsonl[0].train/loss_seg: 1.25 against 1.2500009536743164",
+        "x.stdout: the printed text differs",
+    ]
+    (b / "results.json").unlink()
+    assert "only in the other commit: results.json" in Comparison(a, b).trees()
+
+
+def test_values_compare_exactly_and_nan_equals_nan():
+    nan = float("nan")
+    assert same({"a": [1, nan], "t": torch.tensor([nan, 2.0])},
+                {"a": [1, nan], "t": torch.tensor([nan, 2.0])}, "x") == []  # fmt: skip
+    assert same(torch.zeros(2), torch.zeros(3), "t") == [
+        "t: torch.float32[2] against torch.float32[3]"
+    ]
+    assert same({"a": 1}, {"b": 1}, "d") == ["d: keys ['a', 'b']"]
+    assert same([1, 2], [1], "l") == ["l: 2 items against 1"]
+
+
+def test_the_plan_covers_every_setup_and_script(tmp_path):
+    names = [name for name, _ in plan(tmp_path)]
+    commands = {command[0] for _, command in plan(tmp_path)}
+    assert {"train_source_only", "train_norm_only", "train_clan", "train_clan_norm", "resume",
+            "evaluate", "sweep", "ensemble", "predict", "analyze"} <= set(names)  # fmt: skip
+    assert commands == {"-m", "train_norm_only.py", "train_clan_norm.py",
+                        "evaluate_cityscapes.py", "ensemble.py", "predict.py",
+                        "analyze_features.py"}  # fmt: skip
