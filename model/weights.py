@@ -44,7 +44,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dataset.labels import CLASS_SUBSETS, NUM_CLASSES
 from model.deeplabv2 import ASPP_DILATIONS, DeepLabV2
 from utils.checkpoint import (
     CheckpointError,
@@ -53,7 +52,7 @@ from utils.checkpoint import (
     load_checkpoint,
     load_state_strict,
 )
-from utils.config import ModelConfig
+from utils.config import EVAL_CLASSES, ModelConfig
 
 try:  # numpy >= 2
     from numpy._core.multiarray import scalar as _np_scalar
@@ -181,7 +180,7 @@ def infer_preset(weights: Weights) -> str:
 
 def class_count(num_classes: int) -> str:
     """How a class count reads: ``19 classes``, or the SYNTHIA subset 16 or 13 stand for."""
-    if num_classes in CLASS_SUBSETS and num_classes != NUM_CLASSES:
+    if num_classes in EVAL_CLASSES[1:]:  # 16 or 13
         return f"{num_classes} classes (the SYNTHIA {num_classes}, in trainId order)"
     return f"{num_classes} classes"
 
@@ -191,7 +190,7 @@ def preset_for(cfg: ModelConfig, weights: Weights) -> ModelConfig:
     repository's checkpoints, the switches as given; else the one inferred from the file. The
     classes: a file from elsewhere that predicts 19, 16 or 13 sets ``num_classes``."""
     found = structure(weights.state).num_classes
-    if weights.layout != "checkpoint" and found in CLASS_SUBSETS and found != cfg.num_classes:
+    if weights.layout != "checkpoint" and found in EVAL_CLASSES and found != cfg.num_classes:
         log.info("%s: %s found in the file (model.num_classes=%d)", weights.path,
                  class_count(found), found)  # fmt: skip
         cfg = replace(cfg, num_classes=found)

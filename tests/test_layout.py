@@ -4,7 +4,8 @@ From the bottom up: the floor (the modules directly under ``utils/``: config, er
 checkpoint I/O, logging, distributed, provenance, the losses and schedules), the data
 (``dataset/``), the networks (``model/``), then the rooms of ``utils/``: evaluation, analysis,
 training, and last the scripts and benchmarks. A module imports from its own level or below;
-``utils/losses.py`` and ``utils/schedules.py`` import nothing of the repository at all.
+``model/`` and ``dataset/`` import only the floor (and themselves), and ``utils/losses.py`` and
+``utils/schedules.py`` nothing of the repository at all.
 """
 
 from __future__ import annotations
@@ -78,6 +79,23 @@ def test_every_import_runs_down_to_its_own_level_or_below():
         if _level(dep) > _level(name)
     ]
     assert upward == []
+
+
+def test_the_model_and_the_data_import_only_the_floor_and_themselves():
+    foreign = {
+        name: sorted(d for d in deps if _level(d) > 0 and d.split(".")[0] != name.split(".")[0])
+        for name, deps in _graph().items()
+        if name.split(".")[0] in ("model", "dataset")
+    }
+    assert {name: deps for name, deps in foreign.items() if deps} == {}
+
+
+def test_the_config_knows_the_class_sets_of_the_labels():
+    """The config (the floor) names the reported class sets without importing the labels."""
+    from dataset.labels import CLASS_SUBSETS, NUM_CLASSES
+    from utils.config import EVAL_CLASSES
+
+    assert tuple(CLASS_SUBSETS) == EVAL_CLASSES and EVAL_CLASSES[0] == NUM_CLASSES
 
 
 def test_the_losses_and_schedules_import_nothing_of_the_repository():

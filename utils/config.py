@@ -353,7 +353,7 @@ BACKBONE_UPDATES = ("once", "released", "released_torch14")
 PREDICT_WITH = ("sum", "c2")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DATASETS = ("gta5", "synthia", "cityscapes")
-EVAL_CLASSES = (19, 16, 13)  # the keys of dataset.labels.CLASS_SUBSETS
+EVAL_CLASSES = (19, 16, 13)  # all 19 classes, SYNTHIA's 16 and 13 (dataset.labels.CLASS_SUBSETS)
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.predict_with": PREDICT_WITH,
     "data.source.dataset": DATASETS,
