@@ -240,11 +240,14 @@ def _json(path: Path) -> Any:
 
 
 _LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR) ")
+_DURATION = re.compile(r"\b\d+(\.\d+)? (s|min)\b")
 
 
 def _printed(path: Path) -> str:
-    """What a command printed, less its log lines (times, and wording a refactor may change)."""
-    return "\n".join(line for line in path.read_text().splitlines() if not _LOG_LINE.match(line))
+    """What a command printed, less its log lines (times, and wording a refactor may change)
+    and with its durations masked."""
+    lines = [line for line in path.read_text().splitlines() if not _LOG_LINE.match(line)]
+    return _DURATION.sub("<duration>", "\n".join(lines))
 
 
 def _events(path: Path) -> dict[str, list[Any]]:
