@@ -128,3 +128,51 @@ def weighted_bce_with_logits(
 def weight_discrepancy_loss(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     """``cos(w1, w2) + 1`` between the flattened classifier weights (the +1 keeps it positive)."""
     return F.cosine_similarity(w1.float(), w2.float(), dim=0) + 1.0
+
+
+def max_square_loss(prob: torch.Tensor) -> torch.Tensor:
+    """MaxSquare's target loss ``-mean(prob^2) / 2`` over all ``B x C x H x W`` softmax values
+    (Chen et al., 2019). ``prob`` keeps its gradient: d/dprob = -prob / (B C H W)."""
+    return -(prob.float() ** 2).mean() / 2
+
+
+def image_wise_weights(prob: torch.Tensor, ratio: float = 0.2) -> torch.Tensor:
+    """MaxSquare + IW's per-pixel weight, detached: in each image, a pixel predicted as class c
+    weighs ``1 / max(N_c^ratio * N^(1 - ratio), 1)``, with N_c the image's pixels whose argmax
+    is c and N its pixel count. ``B x C x H x W`` -> ``B x H x W``.
+
+    The counts are summed on the device (no histogram on the host), so the step stays free of
+    host syncs."""
+    b, c, h, w = prob.shape
+    argmax = prob.detach().argmax(dim=1).flatten(1)  # B x HW
+    counts = torch.zeros(b, c, device=prob.device, dtype=torch.float32)
+    counts.scatter_add_(1, argmax, torch.ones_like(argmax, dtype=torch.float32))  # N_c: B x C
+    n = float(h * w)
+    class_weight = 1.0 / torch.clamp(counts**ratio * n ** (1.0 - ratio), min=1.0)  # B x C
+    return class_weight.gather(1, argmax).view(b, h, w)
+
+
+def image_wise_max_square_loss(prob: torch.Tensor, ratio: float = 0.2) -> torch.Tensor:
+    """MaxSquare + IW: ``-sum(prob^2 * w) / (B * C)``, each pixel's weight w
+    (``image_wise_weights``) multiplying all C channels.
+
+    This is the mean over images of the per-image loss, for any batch. The released code's
+    weights broadcast over the channels only at batch 1, where the two agree exactly."""
+    b, c = prob.shape[:2]
+    weight = image_wise_weights(prob, ratio).unsqueeze(1)  # B x 1 x H x W
+    return -((prob.float() ** 2) * weight).sum() / (b * c)
+
+
+def multi_level_pseudo_label(
+    prob_main: torch.Tensor,
+    prob_aux: torch.Tensor,
+    threshold: float = 0.95,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """MaxSquare + Multi's hard labels for the auxiliary head, without gradient: the argmax of
+    ``(P_main + P_aux) / 2`` where either head's maximum probability exceeds ``threshold``, and
+    ``ignore_index`` elsewhere. ``B x C x H x W`` twice -> ``B x H x W`` (int64)."""
+    prob_main, prob_aux = prob_main.detach().float(), prob_aux.detach().float()
+    label = ((prob_main + prob_aux) / 2).argmax(dim=1)
+    confident = (prob_main.amax(dim=1) > threshold) | (prob_aux.amax(dim=1) > threshold)
+    return torch.where(confident, label, torch.full_like(label, ignore_index))
