@@ -45,6 +45,7 @@ def build_dataset(
         image_rescale=cfg.image_rescale,
         crop=cfg.crop,
         mirror=cfg.mirror,
+        blur=cfg.blur,
         label_at_full_resolution=evaluation,
     )
     transform = PairedTransform(spec)

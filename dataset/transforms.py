@@ -11,6 +11,7 @@ and leave as int64.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,8 @@ IMG_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 
 @dataclass(frozen=True)
 class TransformSpec:
-    """What a ``PairedTransform`` does, in order: resize, rescale, normalise, pad/crop, mirror.
+    """What a ``PairedTransform`` does, in order: resize, rescale, blur, normalise, pad/crop,
+    mirror.
 
     Sizes are (W, H), as in the paper and the released code.
     """
@@ -32,6 +34,7 @@ class TransformSpec:
     scale_range: tuple[float, float] = (1.0, 1.0)  # uniform factor: image bilinear, label nearest
     crop: tuple[int, int] | None = None  # (W, H) random crop, padded first (image 0, label 255)
     mirror: bool = False  # horizontal flip of image and label with p = 0.5
+    blur: bool = False  # Gaussian blur of the image with p = 0.5, sigma ~ U(0, 1) (MaxSquare's)
     label_at_full_resolution: bool = False  # resize/scale the image only (evaluation)
     # (factor, probability) pairs applied to the image only, e.g. ((0.8, 0.3), (1.1, 0.3)) is
     # the released code's augmentation; the loss then upsamples predictions to the label size.
@@ -79,6 +82,21 @@ def _uniform(rng: torch.Generator, low: float, high: float) -> float:
 def _randint(rng: torch.Generator, high: int) -> int:
     """Uniform integer in [0, high]."""
     return int(torch.randint(high + 1, (), generator=rng).item())
+
+
+def _random_blur(image: Tensor, rng: torch.Generator) -> Tensor:
+    """MaxSquare's blur: with p = 0.5 a Gaussian blur of sigma ~ U(0, 1) (its PIL
+    ``GaussianBlur(radius)`` takes the radius as the standard deviation), here with an odd
+    kernel of 2 ceil(3 sigma) + 1 pixels; the label is untouched."""
+    import torchvision.transforms.v2.functional as TF
+
+    if torch.rand((), generator=rng).item() >= 0.5:
+        return image
+    sigma = torch.rand((), generator=rng).item()
+    if sigma <= 0.0:
+        return image
+    kernel = 2 * math.ceil(3 * sigma) + 1
+    return TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
 
 
 class PairedTransform:
@@ -131,6 +149,9 @@ class PairedTransform:
                     image = TF.resize(image, size, InterpolationMode.BILINEAR, antialias=True)
                     break
                 draw -= probability
+
+        if spec.blur:
+            image = _random_blur(image, rng)
 
         image = normalize(image)  # padding with 0 below is padding with the mean colour
 

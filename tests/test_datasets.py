@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import logging
 from pathlib import Path
 
@@ -273,6 +274,41 @@ def test_image_rescale_changes_image_only() -> None:
     assert out_image.shape == (3, 48, 60) and out_label.shape == (32, 40)
     never = TransformSpec(image_rescale=((1.5, 0.0),))
     assert PairedTransform(never)(image, label, torch.Generator())[0].shape == (3, 64, 80)
+
+
+def test_blur_draws_half_the_time_with_sigma_up_to_one_and_keeps_the_label() -> None:
+    import torchvision.transforms.v2.functional as TF
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 24, 32), dtype=torch.uint8, generator=g)
+    label = torch.randint(0, 19, (24, 32), dtype=torch.uint8, generator=g)
+    transform = PairedTransform(TransformSpec(blur=True))
+    blurred = 0
+    for seed in range(16):
+        out_image, out_label = transform(image, label, torch.Generator().manual_seed(seed))
+        assert torch.equal(out_label, label.long())
+        # the same draws, made here: p = 0.5, then sigma ~ U(0, 1)
+        rng = torch.Generator().manual_seed(seed)
+        if torch.rand((), generator=rng).item() >= 0.5:
+            assert torch.equal(out_image, normalize(image))
+            continue
+        blurred += 1
+        sigma = torch.rand((), generator=rng).item()
+        size = 2 * math.ceil(3 * sigma) + 1
+        expected = normalize(TF.gaussian_blur(image, [size, size], [sigma, sigma]))
+        assert torch.equal(out_image, expected)
+        if sigma > 0.5:  # (a smaller sigma may round back to the same uint8 image)
+            assert not torch.equal(out_image, normalize(image))
+    assert 0 < blurred < 16
+
+
+def test_blur_is_off_by_default_and_refused_on_val() -> None:
+    from utils.config import ConfigError, load_config
+
+    cfg = load_config(None)
+    assert not (cfg.data.source.blur or cfg.data.target.blur or cfg.data.val.blur)
+    with pytest.raises(ConfigError, match="data.val.blur"):
+        load_config(None, ["data.val.blur=true"])
 
 
 def test_transform_spec_rejects_crop_with_unpaired_sizes() -> None:

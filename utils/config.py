@@ -84,6 +84,7 @@ class DomainConfig:
     image_rescale: tuple[tuple[float, float], ...]
     crop: tuple[int, int] | None
     mirror: bool
+    blur: bool
 
 
 @dataclass(frozen=True)
@@ -411,6 +412,8 @@ def _domain_problems(name: str, d: DomainConfig, batch_size: int) -> list[str]:
     if name == "val":
         if d.crop is not None:
             problems.append(f"{k}.crop: evaluation scores whole images (labels at full size): null")
+        if d.blur:
+            problems.append(f"{k}.blur: evaluation scores the images as they are: false")
         return problems
     if d.crop is not None and d.image_rescale:
         problems.append(
