@@ -73,6 +73,8 @@ RELEASED = ["data.source.crop=null", "data.source.resize=[96,52]", "data.target.
         ("train_clan_norm", "configs/demo/released/clan_norm.yaml", RELEASED),
         ("train_norm_only", "configs/demo/norm_only.yaml", []),
         ("train_norm_only", "configs/demo/source_only.yaml", []),
+        ("train_maxsquare_norm", "configs/demo/maxsquare_iw_multi_norm.yaml", ["model.init_from="]),
+        ("train_maxsquare_norm", "configs/demo/maxsquare_norm.yaml", ["model.init_from="]),
     ],
 )
 def test_two_gloo_processes_keep_identical_weights(tmp_path, synthetic, script, config, extra):

@@ -22,6 +22,7 @@ import torch
 from conftest import state_weights
 
 import train_clan_norm
+import train_maxsquare_norm
 import train_norm_only
 from dataset.datasets import Batch
 from utils.config import ConfigError, load_config
@@ -37,6 +38,10 @@ SETUPS = {
     "norm_only": (train_norm_only, ["loss.lambda_norm=0.5"]),
     "clan": (train_clan_norm, ["loss.lambda_norm=0"]),
     "clan_norm": (train_clan_norm, ["loss.lambda_norm=0.5"]),
+    "maxsquare": (train_maxsquare_norm, ["loss.lambda_norm=0", "model.preset=maxsquare"]),
+    "maxsquare_iw_multi_norm": (train_maxsquare_norm, [
+        "loss.lambda_norm=0.5", "model.preset=maxsquare", "loss.maxsquare.image_wise=true",
+        "loss.maxsquare.multi=true", "loss.maxsquare.threshold=0.2"]),
 }
 # Warm-up over at step 3 (D's map switches on after the capture) and a short schedule, so the
 # learning rates and dampings move every step; a large norm weight makes the term count.

@@ -111,6 +111,16 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class MaxSquareConfig:
+    image_wise: bool
+    lambda_target: float
+    iw_ratio: float
+    multi: bool
+    lambda_aux: float
+    threshold: float
+
+
+@dataclass(frozen=True)
 class LossConfig:
     seg: str
     focal_gamma: float
@@ -121,6 +131,7 @@ class LossConfig:
     lambda_weight: float
     lambda_local: float
     eps: float
+    maxsquare: MaxSquareConfig
 
 
 @dataclass(frozen=True)
@@ -373,7 +384,8 @@ AT_LEAST: dict[str, float] = {  # key: smallest valid value
     "data.synthetic.num_source": 0, "data.synthetic.num_train": 0, "data.synthetic.num_val": 0,
     "data.synthetic.num_synthia": 0,
     "loss.focal_gamma": 0, "loss.lambda_norm": 0, "loss.lambda_adv": 0, "loss.lambda_weight": 0,
-    "loss.lambda_local": 0, "loss.eps": 0,
+    "loss.lambda_local": 0, "loss.eps": 0, "loss.maxsquare.lambda_target": 0,
+    "loss.maxsquare.iw_ratio": 0, "loss.maxsquare.lambda_aux": 0, "loss.maxsquare.threshold": 0,
     "optim.lr": 0, "optim.momentum": 0, "optim.weight_decay": 0, "optim.power": 0,
     "optim.warmup_steps": 0, "optim.schedule_steps": 1, "optim.lr_d": 0, "optim.weight_decay_d": 0,
     "train.max_steps": 1, "train.log_every": 1, "train.image_every": 0, "train.eval_every": 0,
@@ -490,6 +502,10 @@ def validate(cfg: Config) -> Config:
     ):
         problems.append(f"eval.classes: expected a list of distinct class counts from "
                         f"{', '.join(map(str, EVAL_CLASSES))}, got {list(classes)}")  # fmt: skip
+    for key, value in (("loss.maxsquare.iw_ratio", cfg.loss.maxsquare.iw_ratio),
+                       ("loss.maxsquare.threshold", cfg.loss.maxsquare.threshold)):
+        if not value <= 1:
+            problems.append(f"{key}: expected a number <= 1, got {value}")
     if not cfg.optim.momentum < 1:
         problems.append(f"optim.momentum: expected a number < 1, got {cfg.optim.momentum}")
     if cfg.train.device != "auto":
@@ -504,6 +520,18 @@ def validate(cfg: Config) -> Config:
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     return cfg
+
+
+def changed_keys(cfg: Config, keys: typing.Iterable[str]) -> dict[str, Any]:
+    """The values of ``keys`` (dotted keys, or sections: every key under them) where ``cfg``
+    differs from configs/defaults.yaml: what a script that has no use for them refuses."""
+    defaults = _flat(from_dict(Config, read_yaml(DEFAULTS_PATH)))
+    prefixes = tuple(keys)
+    return {
+        key: value
+        for key, value in _flat(cfg).items()
+        if any(key == p or key.startswith(p + ".") for p in prefixes) and value != defaults[key]
+    }
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
