@@ -18,8 +18,10 @@ The paper's "*" rows weigh the Norm-only model 0.7 and the released model 0.3, w
     python ensemble.py --restore A.pth B.pth --classes 16 13  # SYNTHIA -> Cityscapes' class sets
 
 ``--classes`` and ``--mask-absent`` choose the class sets reported and how predictions of the
-classes outside a set count, as in ``evaluate_cityscapes.py`` (default: the first member's
-``eval.classes``).
+classes outside a set count, and ``--label-size full|input`` the labels' size (full
+resolution, or resized with the image to ``data.val.resize``: MaxSquare's evaluation), as in
+``evaluate_cityscapes.py`` (default: the first member's ``eval.classes`` and
+``eval.label_size``).
 
 Each member's config is ``--config`` if given, else the one stored in its checkpoint, else the
 defaults (files from elsewhere: preset from ``--presets`` or inferred from the file); the data
@@ -193,7 +195,8 @@ def _report(
     rows[f"ensemble - {best + 1} (best member)"] = {
         k: [a - b for a, b in zip(ious[k], member_ious[best][k])] for k in classes
     }
-    print(reports.class_tables(rows, classes, mask))
+    scored = reports.protocol_of(cfg, f"files given: {len(labels)} members")
+    print(reports.class_tables(rows, classes, mask, scored))
     fields = {
         "members": [
             {"restore": path, "preset": preset, "weight": w,
@@ -209,7 +212,8 @@ def _report(
         **reports.class_results(ious, ensemble_cms, mask),
         "best_member": best + 1,
     }  # fmt: skip
-    write_results(results, fields, command_line("ensemble.py", argv), to_dict(cfg), ev.device)
+    write_results(results, fields, command_line("ensemble.py", argv), to_dict(cfg), ev.device,
+                  protocol=scored.fields())  # fmt: skip
     log.info("results written to %s", results)
     print("\n".join(reports.miou_lines(reports.class_mious(ious))))
 

@@ -35,6 +35,14 @@ the class sets reported, each scored from the one confusion matrix restricted to
 of a class outside the set is an error (a false negative of the true class) unless
 ``--mask-absent`` takes the argmax over the set's classes only; the tables say which.
 
+``--label-size full|input`` (``eval.label_size``): score against the labels at full resolution,
+the predictions upsampled to them (the default: AdaptSegNet's evaluation, which scored the
+paper's Table 1), or against the labels resized (nearest) with the image to
+``data.val.resize`` (MaxSquare's evaluation). The tables open with the protocol (the labels'
+size, flip averaging, how the snapshot was chosen), which every results JSON holds under
+``protocol``; ``--compare-with`` names the protocol of the paper's row and warns where this
+run's differs.
+
 Without ``--config`` the config stored in the checkpoint is used (the defaults for files from
 elsewhere, whose preset is inferred from the file unless ``--preset`` names it); ``key.sub=value``
 overrides apply on top, e.g. ``data.val.root=/data/Cityscapes``.
@@ -43,6 +51,7 @@ overrides apply on top, e.g. ``data.val.root=/data/Cityscapes``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -81,13 +90,16 @@ from utils.evaluation.prepare import (
     prepare_eval,
 )
 from utils.evaluation.reports import (
+    Protocol,
     class_ious,
     class_mious,
     class_results,
     class_tables,
     class_views,
+    file_selection,
     mask_note,
     miou_lines,
+    protocol_of,
     short_names,
 )
 from utils.logger import setup_logging
@@ -164,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         cms = [score_prediction_dir(args.pred_dir, val)]
         row, preset, flip, layout = Path(args.pred_dir).name, None, None, None
+        scored = dataclasses.replace(protocol_of(cfg, f"predictions on disk: {row}"), flip=None)
     else:
         model, model_cfg, report = ev.restore(0)
         preset, flip, layout = preset_name(model_cfg), cfg.eval.flip, report.layout
@@ -179,17 +192,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("%d prediction panels written to %s", len(written), panels)
         notes = [preset, f"flip {'on' if flip else 'off'}", *mask_note(classes, mask)]
         row = f"{Path(files[0]).stem} ({', '.join(notes)})"
+        scored = protocol_of(cfg, file_selection(files[0]))
     ious = class_ious(cms, classes, mask)
     rows = {row: ious}
     if args.compare_with:
-        rows.update(_paper_rows(args.compare_with, ious[NUM_CLASSES], flip))
-    print(class_tables(rows, classes, mask))
+        rows.update(_paper_rows(args.compare_with, ious[NUM_CLASSES]))
+        print(_paper_protocol(args.compare_with, scored))
+    print(class_tables(rows, classes, mask, scored))
     fields = {
         "restore": files[0] if files else None, "pred_dir": args.pred_dir, "layout": layout,
         "preset": preset, "flip": flip, "val_root": cfg.data.val.root, "num_images": len(val),
         **class_results(ious, cms, mask),
     }  # fmt: skip
-    write_results(results, fields, command_line(SCRIPT, argv), to_dict(cfg), ev.device)
+    write_results(results, fields, command_line(SCRIPT, argv), to_dict(cfg), ev.device,
+                  protocol=scored.fields())  # fmt: skip
     log.info("results written to %s", results)
     print("\n".join(miou_lines(class_mious(ious))))
     return 0
@@ -248,15 +264,17 @@ def sweep(args: argparse.Namespace, ev: Evaluation, argv: Sequence[str] | None) 
         marks = [m for m, on in (("final", r is final), ("selected on val", r is best)) if on]
         marks += mask_note(classes, mask)
         rows[Path(r["restore"]).stem + (f" ({', '.join(marks)})" if marks else "")] = r["ious"]
+    scored_as = protocol_of(cfg, f"best of {len(scored)} on val: {Path(best['restore']).name} "
+                                 f"(final: {Path(final['restore']).name})")  # fmt: skip
     if args.compare_with:
         name, paper = paper_row(args.compare_with)
         theirs = [v / 100 for v in paper.iou]
-        rows.update(_paper_rows(args.compare_with, final["ious"][NUM_CLASSES], cfg.eval.flip,
-                                "final"))  # fmt: skip
+        rows.update(_paper_rows(args.compare_with, final["ious"][NUM_CLASSES], "final"))
         rows[f"selected - paper: {name}"] = {
             NUM_CLASSES: [a - b for a, b in zip(best["ious"][NUM_CLASSES], theirs)]
         }
-    print(class_tables(rows, classes, mask))
+        print(_paper_protocol(args.compare_with, scored_as))
+    print(class_tables(rows, classes, mask, scored_as))
     results = Path(args.results) if args.results else Path(files[-1]).parent / "sweep.results.json"
     as_json = [{k: v for k, v in r.items() if k != "ious"} for r in scored]
     fields = {
@@ -264,7 +282,8 @@ def sweep(args: argparse.Namespace, ev: Evaluation, argv: Sequence[str] | None) 
         "snapshots": as_json, "final": final["restore"], "selected_on_val": best["restore"],
         "note": "selected_on_val is chosen on the images it is scored on: an optimistic number",
     }  # fmt: skip
-    write_results(results, fields, command_line(SCRIPT, argv), to_dict(cfg), device)
+    write_results(results, fields, command_line(SCRIPT, argv), to_dict(cfg), device,
+                  protocol=scored_as.fields())  # fmt: skip
     log.info("results written to %s", results)
     final_miou, best_miou = (nanmean(r["ious"][first_set]) for r in (final, best))
     print(f"final ({Path(final['restore']).name}): {100 * final_miou:.2f}; best "
@@ -306,12 +325,10 @@ def _score_snapshots(args: argparse.Namespace, ev: Evaluation) -> list[dict[str,
 
 
 def _paper_rows(
-    name: str, ious: list[float], flip: bool | None, ours: str = "ours"
+    name: str, ious: list[float], ours: str = "ours"
 ) -> dict[str, dict[int, list[float]]]:
     """The paper's row (fractions) and ours minus it, per class (19 classes)."""
     name, paper = paper_row(name)
-    if flip is False:
-        log.warning("the paper's Table 1 used flip averaging: add --flip to compare like with like")
     if paper.note:
         log.info("paper row %r: %s", name, paper.note)
     theirs = [v / 100 for v in paper.iou]
@@ -319,6 +336,25 @@ def _paper_rows(
         f"paper: {name} (stated mIoU {paper.miou:.2f})": {NUM_CLASSES: theirs},
         f"{ours} - paper: {name}": {NUM_CLASSES: [a - b for a, b in zip(ious, theirs)]},
     }
+
+
+def _paper_protocol(name: str, ours: Protocol) -> str:
+    """The line that names the protocol the paper's row ``name`` was scored with and this
+    run's; where they differ (the labels' size, flip averaging), a warning names the flags that
+    would score this run as the row was."""
+    name, paper = paper_row(name)
+    theirs = paper.protocol
+    flip = "unknown" if ours.flip is None else "on" if ours.flip else "off"
+    flags = []
+    if ours.label_size != theirs.label_size:
+        flags.append(f"--label-size {theirs.label_size}")
+    if ours.flip is not None and ours.flip != theirs.flip:
+        flags.append("--flip" if theirs.flip else "no --flip")
+    if flags:
+        log.warning("paper row %r was scored with another protocol than this run: use %s to "
+                    "compare like with like", name, " and ".join(flags))  # fmt: skip
+    return (f"paper row {name!r} was scored with {theirs.describe()}; this run: label_size="
+            f"{ours.label_size}, flip={flip}, snapshot: {ours.selection}")  # fmt: skip
 
 
 if __name__ == "__main__":

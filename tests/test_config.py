@@ -127,3 +127,16 @@ def test_synthia_configs_hold_the_benchmark_settings():
 def test_eval_classes_are_checked(classes):
     with pytest.raises(ConfigError, match=r"eval\.classes: expected a list of distinct"):
         load_config(None, [f"eval.classes={classes}"])
+
+
+def test_eval_label_size_is_checked():
+    assert load_config().eval.label_size == "full"  # AdaptSegNet's evaluation, the paper's
+    assert load_config(None, ["eval.label_size=input"]).eval.label_size == "input"
+    with pytest.raises(
+        ConfigError, match=r"eval\.label_size: expected one of full, input, got 'half'"
+    ):
+        load_config(None, ["eval.label_size=half"])
+    # a config stored before the key existed (a checkpoint's) loads with the default
+    stored = to_dict(load_config())
+    del stored["eval"]["label_size"]
+    assert config_from_dict(stored).eval.label_size == "full"

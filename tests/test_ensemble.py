@@ -1,5 +1,6 @@
 """Flip averaging, the ensemble's arithmetic, evaluate_cityscapes.py and ensemble.py on every
-layout (their tables, presets, weights and bad input), and the 16- and 13-class reports."""
+layout (their tables, presets, weights and bad input), the protocols of the paper's rows beside
+this run's, and the 16- and 13-class reports."""
 
 import json
 
@@ -88,6 +89,11 @@ def test_paper_rows():
         if name != "CLAN + Norm":
             assert sum(row.iou) / 19 == pytest.approx(row.miou, abs=0.05), name
     assert paper_row("clan + norm*")[0] == "CLAN + Norm*"
+    # the paper scored every row with AdaptSegNet's evaluation but MaxSquare's, as it reports it
+    scored_as = {name: (r.protocol.label_size, r.protocol.flip) for name, r in TABLE1.items()}
+    assert scored_as == {**{name: ("full", True) for name in TABLE1}, "MaxSquare": ("input", True)}
+    assert "44.6" in TABLE1["MaxSquare"].protocol.evaluation
+    assert "chosen on val" in TABLE1["Only Norm"].protocol.selection
     with pytest.raises(ValueError, match="no such row.*'Only Norm'"):
         paper_row("Norm only")
 
@@ -139,11 +145,29 @@ def test_evaluate_flip_preset_and_compare_with(tmp_path, synthetic, capsys):
     assert out.rstrip().splitlines()[-1] == f"mIoU: {100 * miou:.2f}"
     assert "maxsquare (maxsquare, flip on)" in out
     assert "paper: MaxSquare + Norm* (stated mIoU 46.81)" in out and "ours - paper" in out
+    assert ("paper row 'MaxSquare + Norm*' was scored with full-resolution labels (AdaptSegNet's "
+            "evaluation), 19 classes, flip on; this run: label_size=full, flip=on, snapshot: "
+            "file given: maxsquare.pth\n") in out  # fmt: skip
+    assert "protocol: labels at full resolution (eval.label_size=full), flip on" in out
+    assert "compare like with like" not in out  # the same protocol: no warning
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["flip"] is True and saved["preset"] == "maxsquare"
     assert saved["layout"] == "maxsquare"
     with pytest.raises(ValueError, match="no such row"):
         evaluate_cityscapes.main([*args[:3], "--compare-with", "DeepLab"])
+    # MaxSquare's own 46.4 was scored at the input size: said, and warned of
+    maxsquare = ["--restore", str(path), "--compare-with", "MaxSquare", "--results",
+                 str(tmp_path / "m.json"), *TINY_EVAL, *synthetic]  # fmt: skip
+    assert evaluate_cityscapes.main(maxsquare) == 0
+    out = capsys.readouterr().out
+    assert ("paper row 'MaxSquare' was scored with labels resized (nearest) with the image to the "
+            "input size (MaxSquare's own evaluation") in out  # fmt: skip
+    assert "this run: label_size=full, flip=off" in out
+    assert "use --label-size input and --flip to compare like with like" in out
+    assert evaluate_cityscapes.main([*maxsquare, "--label-size", "input", "--flip"]) == 0
+    out = capsys.readouterr().out
+    assert "this run: label_size=input, flip=on" in out and "like with like" not in out
+    assert json.loads((tmp_path / "m.json").read_text())["protocol"]["label_size"] == "input"
     with pytest.raises(SystemExit):
         evaluate_cityscapes.main(["--pred-dir", str(tmp_path), "--flip"])
 
@@ -184,6 +208,8 @@ def test_ensemble_members_keep_their_presets_and_weights(tmp_path, synthetic, ca
         clan_iou, nan_ok=True
     )
     assert saved["flip"] is True and saved["combine"] == "prob"
+    assert saved["protocol"] == {"label_size": "full", "input_size": [128, 64], "flip": True,
+                                 "selection": "files given: 2 members"}  # fmt: skip
     args = ["--weights", "0.7", "0.3", "--combine", "logit", "--presets", "clan", "maxsquare"]
     assert ensemble.main([*args, "--results", str(tmp_path / "b.json"), *base]) == 0
     out = capsys.readouterr().out
@@ -194,6 +220,15 @@ def test_ensemble_members_keep_their_presets_and_weights(tmp_path, synthetic, ca
     assert weighted["mIoU"] == pytest.approx(expected, abs=1e-12)
     swapped = reference_ensemble_miou([clan_model, ms_model], [0.3, 0.7], synthetic, "logit")
     assert swapped != pytest.approx(expected, abs=1e-6)  # the weighting decides the result
+    # --label-size input: the first member alone scores as evaluate_cityscapes.py scores it
+    at_input = ["--label-size", "input", "--results", str(tmp_path / "c.json")]
+    assert ensemble.main(["--weights", "1", "0", *at_input, *base]) == 0
+    alone = ["--restore", str(clan), "--flip", *at_input[:3], str(tmp_path / "d.json"),
+             *TINY_EVAL, *synthetic]  # fmt: skip
+    assert evaluate_cityscapes.main(alone) == 0
+    ens, solo = (json.loads((tmp_path / f).read_text()) for f in ("c.json", "d.json"))
+    assert ens["protocol"]["label_size"] == solo["protocol"]["label_size"] == "input"
+    assert ens["mIoU"] == solo["mIoU"] and ens["mIoU"] != clan_miou
 
 
 def test_ensemble_bad_input(tmp_path, synthetic):

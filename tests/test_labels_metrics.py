@@ -1,5 +1,6 @@
 """Label table and IoU (19 classes, and the 16 and 13 of SYNTHIA -> Cityscapes) against
-cityscapesscripts, the dataset's official scripts."""
+cityscapesscripts, the dataset's official scripts; the confusion matrix of labels resized with
+the image (``eval.label_size=input``) against one made by hand."""
 
 import math
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_eval
 from cityscapesscripts.helpers.labels import labels as cs_labels
+from conftest import TINY_EVAL
 from PIL import Image
 
 from dataset.labels import (
@@ -20,8 +22,10 @@ from dataset.labels import (
     SYNTHIA_16,
     colorize,
 )
-from utils.evaluation.inference import predicted_train_ids
+from utils.config import load_config
+from utils.evaluation.inference import evaluate_views, predicted_train_ids
 from utils.evaluation.metrics import ConfusionMatrix, format_iou_table
+from utils.evaluation.prepare import val_dataset, val_loader
 
 CS_NAMES = {"light": "traffic light", "sign": "traffic sign"}
 
@@ -229,3 +233,65 @@ def test_predictions_map_outputs_to_train_ids_and_views_restrict_the_argmax():
     assert predicted_train_ids(scores16, SYNTHIA_13).tolist() == [[[10, 0]]]
     with pytest.raises(ValueError, match="5 outputs"):
         predicted_train_ids(torch.zeros(1, 5, 1, 1))
+
+
+class _FixedPrediction(torch.nn.Module):
+    """A stand-in G that predicts ``pred`` (h x w trainIds) whatever the image: one-hot logits
+    at that size, so nothing is upsampled when the label has it too."""
+
+    def __init__(self, pred):
+        super().__init__()
+        self.pred = pred
+
+    def forward(self, image):
+        return image
+
+    def predict(self, out):
+        logits = torch.nn.functional.one_hot(self.pred, 19).permute(2, 0, 1).float()
+        return logits[None].expand(out.shape[0], -1, -1, -1)
+
+
+def _tiny_cityscapes(root, label):
+    """A one-image Cityscapes val split under ``root`` whose label holds ``label``'s trainIds
+    (255: ignored); returns the overrides that point ``data.val`` at it."""
+    ids = np.zeros_like(label)  # label id 0 (unlabelled) is ignored
+    for train_id, label_id in enumerate(LABEL_IDS):
+        ids[label == train_id] = label_id
+    h, w = label.shape
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    for folder, suffix, array in (("leftImg8bit", "leftImg8bit", image),
+                                  ("gtFine", "gtFine_labelIds", ids)):  # fmt: skip
+        (root / folder / "val" / "c").mkdir(parents=True)
+        Image.fromarray(array).save(root / folder / "val" / "c" / f"c_000000_000000_{suffix}.png")
+    return [f"data.val.root={root}"]
+
+
+def test_label_size_input_scores_the_label_resized_by_nearest_with_the_image(tmp_path):
+    label = (np.arange(6 * 9).reshape(6, 9) % 19).astype(np.uint8)  # 9x6: every pixel its own
+    label[2, :] = 255  # an ignored row
+    data = [*TINY_EVAL, *_tiny_cityscapes(tmp_path, label), "data.val.resize=[6,4]"]
+    # Nearest from 9x6 to 6x4 by hand: output pixel i reads input pixel floor((i + 0.5) * 1.5)
+    rows, cols = [0, 2, 3, 5], [0, 2, 3, 5, 6, 8]
+    resized = label[np.ix_(rows, cols)]
+    assert (resized == np.asarray(Image.fromarray(label).resize((6, 4), Image.NEAREST))).all()
+    pred = torch.from_numpy(resized.astype(np.int64) % 255)  # right where labelled...
+    pred[0, ::2] = (pred[0, ::2] + 1) % 19  # ...but for three pixels of the first row
+    expected = torch.zeros(19, 19, dtype=torch.int64)
+    for t, p in zip(resized.reshape(-1).tolist(), pred.reshape(-1).tolist()):
+        if t != 255:
+            expected[t, p] += 1
+    assert expected.sum() == 18 and expected.trace() == 15  # 6 pixels ignored, 3 wrong
+
+    cfg = load_config(None, [*data, "eval.label_size=input"])
+    val = val_dataset(cfg)
+    assert val[0].image.shape == (3, 4, 6) and (val[0].label.numpy() == resized).all()
+    loader = val_loader(cfg, val, None)
+    cm = evaluate_views(_FixedPrediction(pred), loader, torch.device("cpu"), progress=False)[0]
+    assert torch.equal(cm.mat, expected)
+    iou = cm.iou()
+    assert (iou[0], iou[1], iou[7], iou[10]) == (0.0, 0.0, 0.5, 1.0)  # a miss, a false positive
+    assert math.isnan(iou[18])  # in the full-size label only
+
+    # the default keeps the label at full size (the prediction is upsampled to it)
+    full = val_dataset(load_config(None, data))
+    assert full[0].image.shape == (3, 4, 6) and (full[0].label.numpy() == label).all()

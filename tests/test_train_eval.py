@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,6 +57,10 @@ def test_norm_only_run_writes_everything(tmp_path, synthetic, capsys):
     assert records[0]["train/loss_norm_s"] == pytest.approx(0.12**2, rel=1e-5)
     results = json.loads((run / "results.json").read_text())
     assert results["step"] == 4 and len(results["iou"]) == 19
+    assert results["protocol"] == {"label_size": "full", "input_size": [128, 64], "flip": False,
+                                   "selection": "last"}  # fmt: skip
+    header = "protocol: labels at full resolution (eval.label_size=full), flip off, snapshot: last"
+    assert f"{header}\n| method" in out  # the table's first line
     ckpt = load_checkpoint(run / "checkpoints" / "last.pth")
     assert ckpt["setup"] == "norm_only" and ckpt["step"] == 4
     assert set(ckpt["models"]) == {"G"} and "layer6.conv2d_list.0.weight" in ckpt["models"]["G"]
@@ -106,6 +111,7 @@ def test_evaluate_restore_save_dir_and_pred_dir(tmp_path, synthetic, capsys):
     assert out.rstrip().splitlines()[-1] == f"mIoU: {100 * trained:.2f}"
     saved = json.loads((preds / "results.json").read_text())
     assert saved["mIoU"] == pytest.approx(trained) and saved["num_images"] == 3
+    assert saved["protocol"]["selection"] == "last" and saved["protocol"]["label_size"] == "full"
     pngs = sorted(p for p in preds.rglob("*.png") if "color" not in p.parts)
     assert len(pngs) == 3 and len(list((preds / "color").rglob("*.png"))) == 3
     assert Image.open(pngs[0]).size == (192, 96)  # full label resolution
@@ -125,6 +131,10 @@ def test_evaluate_restore_save_dir_and_pred_dir(tmp_path, synthetic, capsys):
     args = ["--pred-dir", str(preds), "--results", str(scored), *synthetic, *TINY]
     assert evaluate_cityscapes.main(args) == 0
     assert json.loads(scored.read_text())["mIoU"] == pytest.approx(trained)
+    assert json.loads(scored.read_text())["protocol"] == {
+        "label_size": "full", "input_size": [128, 64], "flip": None,
+        "selection": "predictions on disk: preds",
+    }  # fmt: skip
 
     # flat basenames, as other repositories write them, are found too
     flat = tmp_path / "flat"
@@ -211,6 +221,17 @@ def test_a_sweep_scores_every_snapshot_and_reports_the_final_one(tmp_path, synth
     assert any(line.startswith("| paper: Only Norm") for line in lines)
     assert any(line.startswith("| selected - paper: Only Norm") for line in lines)
     assert lines[-1] == f"mIoU: {100 * rows[-1]['mIoU']:.2f}"
+    selection = f"best of 3 on val: {Path(best['restore']).name} (final: step_000003.pth)"
+    assert report["protocol"] == {"label_size": "full", "input_size": [128, 64], "flip": False,
+                                  "selection": selection}  # fmt: skip
+    header = "protocol: labels at full resolution (eval.label_size=full), flip off, snapshot: "
+    assert header + selection in lines
+    paper = (
+        "paper row 'Only Norm' was scored with full-resolution labels (AdaptSegNet's "
+        "evaluation), 19 classes, flip on, best of 36 snapshots (2k..72k) chosen on val; "
+    )
+    assert paper + f"this run: label_size=full, flip=off, snapshot: {selection}" in lines
+    assert "use --flip to compare like with like" in printed  # the warning, logged to stdout
     assert sorted(rows[0]["iou"]) == sorted(CLASS_NAMES)
 
 
@@ -270,3 +291,32 @@ def test_synthia_source_run_reports_16_and_13_classes(tmp_path, capsys):
     evaluated = json.loads(out.read_text())
     assert (evaluated["mIoU16"], evaluated["mIoU13"]) == (results["mIoU16"], results["mIoU13"])
     assert capsys.readouterr().out.rstrip().splitlines()[-2:] == lines[-2:]
+
+
+def test_label_size_input_in_training_evaluate_and_pred_dir(tmp_path, synthetic, capsys):
+    run = _train(tmp_path, synthetic, "in", "train.max_steps=2", "eval.label_size=input")
+    trained = json.loads((run / "results.json").read_text())
+    assert trained["protocol"] == {"label_size": "input", "input_size": [128, 64],
+                                   "flip": False, "selection": "last"}  # fmt: skip
+    header = "protocol: labels resized (nearest) with the image to 128x64 (eval.label_size=input)"
+    assert header in capsys.readouterr().out
+    # the checkpoint's config keeps the key: evaluating last.pth scores as the run did
+    ckpt, preds = run / "checkpoints" / "last.pth", tmp_path / "preds"
+    assert evaluate_cityscapes.main(["--restore", str(ckpt), "--save-dir", str(preds)]) == 0
+    saved = json.loads((preds / "results.json").read_text())
+    assert saved["mIoU"] == pytest.approx(trained["mIoU"])
+    assert saved["protocol"] == trained["protocol"]
+    pngs = sorted(p for p in preds.rglob("*.png") if "color" not in p.parts)
+    assert len(pngs) == 3 and Image.open(pngs[0]).size == (128, 64)  # the input's size
+    # --label-size full scores the same weights against the full-size labels
+    full = tmp_path / "full.json"
+    args = ["--restore", str(ckpt), "--label-size", "full", "--results", str(full)]
+    assert evaluate_cityscapes.main(args) == 0
+    assert json.loads(full.read_text())["protocol"]["label_size"] == "full"
+    # predictions at the input size score with --label-size input, not against full labels
+    scored = tmp_path / "scored.json"
+    args = ["--pred-dir", str(preds), "--results", str(scored), *synthetic, *TINY]
+    assert evaluate_cityscapes.main([*args, "--label-size", "input"]) == 0
+    assert json.loads(scored.read_text())["mIoU"] == pytest.approx(trained["mIoU"])
+    with pytest.raises(ValueError, match="prediction is 128x64 .*, the label is 192x96"):
+        evaluate_cityscapes.main(args)

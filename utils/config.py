@@ -174,6 +174,7 @@ class EvalConfig:
     batch_size: int
     num_workers: int
     flip: bool
+    label_size: str
     classes: tuple[int, ...]
     mask_absent: bool
 
@@ -366,6 +367,7 @@ PREDICT_WITH = ("sum", "c2")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DATASETS = ("gta5", "synthia", "cityscapes")
 EVAL_CLASSES = (19, 16, 13)  # all 19 classes, SYNTHIA's 16 and 13 (dataset.labels.CLASS_SUBSETS)
+LABEL_SIZES = ("full", "input")  # val labels at full size (AdaptSegNet's) | resized (MaxSquare's)
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.predict_with": PREDICT_WITH,
     "data.source.dataset": DATASETS,
@@ -377,6 +379,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.warmup_form": WARMUP_FORMS,
     "train.amp": AMP_CHOICES,
     "train.compile_mode": COMPILE_MODES,
+    "eval.label_size": LABEL_SIZES,
 }
 AT_LEAST: dict[str, float] = {  # key: smallest valid value
     "model.num_classes": 1, "model.base_width": 1, "model.d_width": 1,

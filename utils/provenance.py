@@ -27,8 +27,9 @@ from utils.logger import write_json
 ROOT = Path(__file__).resolve().parent.parent
 # What a training or evaluation result depends on: a commit touching these after a result's
 # own commit makes the result stale (``stale``).
-CODE_PATHS = ("train_clan_norm.py", "train_norm_only.py", "evaluate_cityscapes.py", "ensemble.py",
-              "model", "dataset", "utils", "configs")  # fmt: skip
+CODE_PATHS = ("train_clan_norm.py", "train_norm_only.py", "train_maxsquare_norm.py",
+              "evaluate_cityscapes.py", "ensemble.py", "model", "dataset", "utils",
+              "configs")  # fmt: skip
 
 
 def _git(*args: str) -> str | None:
@@ -112,13 +113,17 @@ def write_results(
     device: torch.device | str | None,
     *,
     with_config: bool = True,
+    protocol: dict[str, Any] | None = None,
 ) -> None:
-    """The one writer of results JSON files: ``fields``, the resolved ``config`` (unless
-    ``with_config=False``: a run's ``results.json``, whose config is the run folder's
-    ``config.yaml``), then the provenance; written atomically, its folder created."""
+    """The one writer of results JSON files: ``fields``, the evaluation ``protocol`` a score
+    was measured with (when given: ``utils.evaluation.reports.Protocol.fields``, under
+    ``"protocol"``), the resolved ``config`` (unless ``with_config=False``: a run's
+    ``results.json``, whose config is the run folder's ``config.yaml``), then the provenance;
+    written atomically, its folder created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {**fields, **({"config": config} if with_config else {})}
+    record = {**fields, **({"protocol": protocol} if protocol is not None else {}),
+              **({"config": config} if with_config else {})}  # fmt: skip
     write_json(path, {**record, "provenance": provenance(command, config, device)})
 
 

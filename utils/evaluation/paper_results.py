@@ -3,6 +3,13 @@
 Per-class IoU in percent, in trainId order (the paper's column order), and the mIoU the paper
 states. Every row was measured with horizontal-flip averaging (docs/method.md, "Evaluation"). Rows
 marked * are ensembles of a released model (weight 0.3) with the Norm-only model (0.7).
+
+Each row carries the protocol it was scored with, as far as the paper says: every row but
+MaxSquare's with AdaptSegNet's evaluation code (19 classes, labels at full resolution,
+predictions upsampled to them); MaxSquare's 46.4 is the number MaxSquare reports, from its own
+code (labels resized with the image to the input size, flip, its best checkpoint chosen on
+val), where the paper measured 44.6 for the released model with AdaptSegNet's
+(docs/evaluation.md, "Two evaluation protocols").
 """
 
 from __future__ import annotations
@@ -10,10 +17,35 @@ from __future__ import annotations
 from typing import NamedTuple
 
 
+class RowProtocol(NamedTuple):
+    """How a row of Table 1 was scored."""
+
+    label_size: str  # as eval.label_size: "full" (AdaptSegNet's evaluation) or "input"
+    evaluation: str  # whose evaluation code
+    flip: bool = True
+    selection: str = ""  # how its snapshot was chosen, where the paper says
+
+    def describe(self) -> str:
+        """In words, e.g. "full-resolution labels (AdaptSegNet's evaluation), 19 classes, flip
+        on"."""
+        labels = (
+            "full-resolution labels"
+            if self.label_size == "full"
+            else "labels resized (nearest) with the image to the input size"
+        )
+        flip = f"flip {'on' if self.flip else 'off'}"
+        parts = [f"{labels} ({self.evaluation})", "19 classes", flip, self.selection]
+        return ", ".join(p for p in parts if p)
+
+
+ADAPTSEGNET_EVALUATION = RowProtocol("full", "AdaptSegNet's evaluation")
+
+
 class PaperRow(NamedTuple):
     iou: tuple[float, ...]  # 19 per-class IoUs, percent, trainId order
     miou: float  # as the paper states it
     note: str = ""
+    protocol: RowProtocol = ADAPTSEGNET_EVALUATION
 
 
 TABLE1: dict[str, PaperRow] = {
@@ -37,6 +69,12 @@ TABLE1: dict[str, PaperRow] = {
          78.2, 63.0, 22.9, 84.6, 36.4, 43.0, 5.5, 34.7, 33.5),
         46.4,
         "as MaxSquare reports it; the paper's own evaluation of the released model gave 44.6",
+        RowProtocol(
+            "input",
+            "MaxSquare's own evaluation; AdaptSegNet's gave the released model 44.6",
+            True,
+            "its best checkpoint chosen on val",
+        ),
     ),
     "Source only": PaperRow(
         (75.8, 16.8, 77.2, 12.5, 21.0, 25.5, 30.1, 20.1, 81.3, 24.6,
@@ -48,6 +86,8 @@ TABLE1: dict[str, PaperRow] = {
          73.7, 60.36, 28.91, 81.92, 33.41, 36.53, 1.85, 32.23, 36.44),
         44.03,
         "best of 36 snapshots (2k..72k) chosen on val",
+        RowProtocol("full", "AdaptSegNet's evaluation", True,
+                    "best of 36 snapshots (2k..72k) chosen on val"),
     ),
     "CLAN + Norm*": PaperRow(
         (87.73, 25.41, 80.32, 28.65, 23.41, 29.47, 37.49, 26.6, 83.93, 35.38,

@@ -6,7 +6,7 @@ data where it is generated, builds the val split and its loader and picks the de
 scripts then restore each file in turn with ``Evaluation.restore``. ``val_loader`` is the val
 split and loader alone, which training's own evaluation shares. Below it, the command-line
 flags that configure a checkpoint (``--config``, ``--preset``, ``--flip``, ``--classes``,
-``--mask-absent``) and the overrides they stand for.
+``--mask-absent``, ``--label-size``) and the overrides they stand for.
 """
 
 from __future__ import annotations
@@ -27,15 +27,27 @@ from dataset.labels import CLASS_SUBSETS
 from model.build import Restored, restore_model
 from model.weights import Weights, read_weights
 from utils.checkpoint import CheckpointError
-from utils.config import PRESETS, Config, config_from_dict, load_config, split_overrides
+from utils.config import (
+    LABEL_SIZES,
+    PRESETS,
+    Config,
+    config_from_dict,
+    load_config,
+    split_overrides,
+)
 from utils.distributed import select_device
 
 log = logging.getLogger(__name__)
 
 
 def val_dataset(cfg: Config) -> SegmentationDataset:
-    """The val split of ``data.val``: input resized, labels at full size."""
-    return build_dataset(cfg.data.val, with_labels=True, evaluation=True)
+    """The val split of ``data.val``, its images resized to ``data.val.resize``; returns it with
+    the labels at full size (``eval.label_size=full``) or resized with the images, nearest
+    neighbour (``input``), so that predictions are scored at that size."""
+    # evaluation=True keeps the label at full size; without it the label follows the image's
+    # resize by NEAREST_EXACT, which picks the pixels PIL's NEAREST picks (MaxSquare's resize)
+    full = cfg.eval.label_size == "full"
+    return build_dataset(cfg.data.val, with_labels=True, evaluation=full)
 
 
 def val_loader(
@@ -153,9 +165,9 @@ def add_output_flags(parser: argparse.ArgumentParser, save_help: str) -> None:
 
 
 def add_class_flags(parser: argparse.ArgumentParser) -> None:
-    """``--classes`` and ``--mask-absent``, which ``check_class_flags`` and ``class_overrides``
-    read: which class sets a score reports, and how predictions of the classes outside a set
-    count."""
+    """``--classes``, ``--mask-absent`` and ``--label-size``, which ``check_class_flags`` and
+    ``class_overrides`` read: which class sets a score reports, how predictions of the classes
+    outside a set count, and at which size the labels are scored."""
     parser.add_argument(
         "--classes", nargs="+", metavar="{19,16,13}",
         help="class sets to report (sets eval.classes; default: the config's, [19], or [16, "
@@ -166,6 +178,12 @@ def add_class_flags(parser: argparse.ArgumentParser) -> None:
         "--mask-absent", action="store_true",
         help="take the argmax over each set's classes only (sets eval.mask_absent); without "
         "it a prediction of a class outside the set is an error of the true class",
+    )  # fmt: skip
+    parser.add_argument(
+        "--label-size", choices=LABEL_SIZES,
+        help="sets eval.label_size: full = labels at full resolution, predictions upsampled to "
+        "them (AdaptSegNet's evaluation, the paper's Table 1); input = labels resized (nearest) "
+        "with the image to data.val.resize (MaxSquare's evaluation)",
     )  # fmt: skip
 
 
@@ -184,12 +202,14 @@ def check_class_flags(parser: argparse.ArgumentParser, args: argparse.Namespace)
 
 
 def class_overrides(args: argparse.Namespace) -> list[str]:
-    """``--classes`` and ``--mask-absent`` as the overrides they stand for."""
+    """``--classes``, ``--mask-absent`` and ``--label-size`` as the overrides they stand for."""
     overrides = []
     if args.classes:
         overrides.append(f"eval.classes=[{','.join(map(str, args.classes))}]")
     if args.mask_absent:
         overrides.append("eval.mask_absent=true")
+    if args.label_size:
+        overrides.append(f"eval.label_size={args.label_size}")
     return overrides
 
 

@@ -1,6 +1,7 @@
 """What an evaluation reports: the class sets of ``eval.classes`` (19, or SYNTHIA's 16 and 13),
-the views of the argmax they need (``--mask-absent``), the per-class IoU tables, the fields of
-the results JSON and the final ``mIoU:`` lines.
+the views of the argmax they need (``--mask-absent``), the protocol a score was measured with
+(the labels' size, flip averaging, how the weights were chosen), the per-class IoU tables, the
+fields of the results JSON and the final ``mIoU:`` lines.
 
 One 19-class confusion matrix serves every reported set (``ConfusionMatrix.iou(classes)``); a
 *view* restricts the argmax to a set of trainIds (the ``--mask-absent`` protocol), and the
@@ -9,10 +10,12 @@ default view, None, is the model's own argmax."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dataset.labels import CLASS_NAMES, CLASS_SUBSETS, NUM_CLASSES
+from utils.config import Config
 from utils.evaluation.inference import View
 from utils.evaluation.metrics import ConfusionMatrix, format_iou_table, miou_name, nanmean
 
@@ -38,13 +41,68 @@ def class_ious(
     return out
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """How a score was measured: the labels' size (``eval.label_size``: "full", or "input",
+    resized with the images to ``input_size``, ``data.val.resize``), flip averaging
+    (``eval.flip``; None where it is not known: predictions on disk) and how the weights scored
+    were chosen (``selection``: "last", "file given: NAME", "best of N on val: NAME ...")."""
+
+    label_size: str
+    input_size: tuple[int, int] | None
+    flip: bool | None
+    selection: str
+
+    def fields(self) -> dict[str, Any]:
+        """The results JSON's ``protocol`` field."""
+        size = list(self.input_size) if self.input_size is not None else None
+        return {"label_size": self.label_size, "input_size": size, "flip": self.flip,
+                "selection": self.selection}  # fmt: skip
+
+    def line(self) -> str:
+        """The line above the IoU tables, e.g. ``protocol: labels at full resolution
+        (eval.label_size=full), flip on, snapshot: last``."""
+        flip = "flip unknown" if self.flip is None else f"flip {'on' if self.flip else 'off'}"
+        labels = label_words(self.label_size, self.input_size)
+        return (
+            f"protocol: {labels} (eval.label_size={self.label_size}), {flip}, "
+            f"snapshot: {self.selection}"
+        )
+
+
+def protocol_of(cfg: Config, selection: str) -> Protocol:
+    """The ``Protocol`` of a score measured with ``cfg``'s evaluation settings (``eval.*``,
+    ``data.val.resize``) on the weights ``selection`` names."""
+    return Protocol(cfg.eval.label_size, cfg.data.val.resize, cfg.eval.flip, selection)
+
+
+def label_words(label_size: str, input_size: Sequence[int] | None = None) -> str:
+    """``label_size`` in words: "labels at full resolution", or "labels resized (nearest) with
+    the image to WxH"."""
+    if label_size == "full":
+        return "labels at full resolution"
+    if input_size is None:
+        return "labels at the images' size (nearest)"
+    return f"labels resized (nearest) with the image to {input_size[0]}x{input_size[1]}"
+
+
+def file_selection(path: str | Path) -> str:
+    """How one weights file given on the command line was chosen: "last" for a run's
+    ``last.pth``, else "file given: NAME"."""
+    name = Path(path).name
+    return "last" if name == "last.pth" else f"file given: {name}"
+
+
 def class_tables(
-    rows: dict[str, dict[int, list[float]]], classes: Sequence[int], mask_absent: bool
+    rows: dict[str, dict[int, list[float]]],
+    classes: Sequence[int],
+    mask_absent: bool,
+    protocol: Protocol | None = None,
 ) -> str:
     """One IoU table per reported class count (``rows``: label -> ``class_ious``; a row without
     a count is left out of its table), each subset's below a line that says how predictions of
-    the classes outside the set were scored."""
-    tables = []
+    the classes outside the set were scored; first, with ``protocol``, its ``line()``."""
+    tables = [protocol.line()] if protocol is not None else []
     for k in classes:
         if k != NUM_CLASSES:
             absent = ", ".join(c for i, c in enumerate(CLASS_NAMES) if i not in CLASS_SUBSETS[k])

@@ -35,6 +35,7 @@ from utils.evaluation.reports import (
     class_results,
     class_tables,
     class_views,
+    protocol_of,
 )
 from utils.logger import MetricWriter
 from utils.provenance import write_results
@@ -213,7 +214,9 @@ def _evaluate(
     ious = class_ious(cms, classes, mask)
     if writer is None:  # not rank 0: the matrices were all-reduced, rank 0 reports
         return class_mious(ious)
-    table = class_tables({f"step {step}": ious}, classes, mask)
+    # the weights scored: the run's last step, or a mid-run evaluation's
+    scored = protocol_of(state.cfg, "last" if step == state.cfg.train.max_steps else f"step {step}")
+    table = class_tables({f"step {step}": ious}, classes, mask, scored)
     log.info("target val at step %d:\n%s", step, table)
     results = class_results(ious, cms, mask, by_name=False)
     mious = {k: v for k, v in results.items() if k.startswith("mIoU")}
@@ -221,7 +224,8 @@ def _evaluate(
     writer.text("val/iou_table", table, step)
     # The resolved config is the run folder's config.yaml; its hash ties the two together.
     write_results(run_dir / "results.json", {"step": step, **results}, command,
-                  to_dict(state.cfg), state.device, with_config=False)  # fmt: skip
+                  to_dict(state.cfg), state.device, with_config=False,
+                  protocol=scored.fields())  # fmt: skip
     return class_mious(ious)
 
 
