@@ -3,6 +3,8 @@
     python -m benchmarks.seeds --config configs/demo/norm_only.yaml --seeds 0 1 2
     python -m benchmarks.seeds --config configs/gta5_to_cityscapes/clan_norm.yaml --seeds 0 1 2 \\
         model.init_from=weights/DeepLab_resnet_pretrained_init-f81d91e8.pth
+    python -m benchmarks.seeds --start configs/demo/maxsquare_source.yaml \\
+        --config configs/demo/maxsquare_norm.yaml --seeds 0 1 2
 
 Each seed trains in ``<runs>/<name>-seed<S>`` (``--runs``, default ``runs/seeds``; ``--name``,
 default the config's file name) with the script that trains the config (inferred from the
@@ -12,6 +14,11 @@ settings is an error naming them (it is never overwritten). The per-class table 
 sample std over the seeds, each run's final step, as DAFormer-style reporting does) is printed
 and written to ``<runs>/<name>.seeds.md``, with every run's results and provenance in
 ``<runs>/<name>.seeds.json``.
+
+A setup that starts from another run's G (MaxSquare starts from a source-only model) runs in two
+stages: ``--start CONFIG`` trains that first stage for each seed in ``<runs>/<its name>-seed<S>``
+(reused when finished, as any run) and starts the seed's run from its ``last.pth``
+(``model.init_from``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import train_clan_norm
+import train_maxsquare_norm
 import train_norm_only
 from dataset.labels import CLASS_SUBSETS, NUM_CLASSES
 from utils.config import ConfigError, config_from_dict, load_config, read_yaml, to_dict
@@ -36,13 +44,15 @@ from utils.logger import write_json
 from utils.protocols import flatten
 from utils.provenance import command_line, footer, provenance
 
-SCRIPTS = {"train_clan_norm.py": train_clan_norm, "train_norm_only.py": train_norm_only}
+SCRIPTS = {"train_clan_norm.py": train_clan_norm, "train_norm_only.py": train_norm_only,
+           "train_maxsquare_norm.py": train_maxsquare_norm}  # fmt: skip
 BY_CONFIG_NAME = {
     "clan_norm": "train_clan_norm.py",
     "clan": "train_clan_norm.py",
     "norm_only": "train_norm_only.py",
     "source_only": "train_norm_only.py",
 }
+BY_CONFIG_PREFIX = {"maxsquare": "train_maxsquare_norm.py"}  # maxsquare_iw_norm.yaml, ...
 # Settings that do not change what a run computes: a reused run may differ in these.
 NOT_RESULTS = {"train.device", "train.out_dir", "train.run_name", "train.log_every",
                "train.image_every", "train.save_every", "train.keep_checkpoints",
@@ -62,12 +72,14 @@ def script_for(config: str, script: str | None) -> str:
     if script is not None:
         return script
     stem = Path(config).stem
-    if stem not in BY_CONFIG_NAME:
+    by_prefix = [s for prefix, s in BY_CONFIG_PREFIX.items() if stem.startswith(prefix)]
+    if stem not in BY_CONFIG_NAME and not by_prefix:
         raise UsageError(
             f"--config {config}: cannot tell its training script from the name {stem!r} (known: "
-            f"{', '.join(BY_CONFIG_NAME)}): give --script train_clan_norm.py or train_norm_only.py"
+            f"{', '.join(BY_CONFIG_NAME)}, {', '.join(p + '*' for p in BY_CONFIG_PREFIX)}): "
+            f"give --script {' or '.join(SCRIPTS)}"
         )
-    return BY_CONFIG_NAME[stem]
+    return BY_CONFIG_NAME.get(stem) or by_prefix[0]
 
 
 def _check_same_settings(run_dir: Path, wanted: dict[str, Any]) -> None:
@@ -109,6 +121,25 @@ def run_seed(
         )
     print(f"{run_name}: {time.perf_counter() - start:.0f} s", flush=True)
     return json.loads(results.read_text())
+
+
+def run_staged(
+    script: str,
+    config: str,
+    seed: int,
+    runs: Path,
+    name: str,
+    overrides: Sequence[str],
+    start: str | None = None,
+) -> dict[str, Any]:
+    """``run_seed``, after its first stage when there is one: ``start`` (a config) trained for
+    the same seed with the same overrides, whose ``last.pth`` the run starts from."""
+    if start is None:
+        return run_seed(script, config, seed, runs, name, overrides)
+    stage = Path(start).stem
+    run_seed(script_for(start, None), start, seed, runs, stage, overrides)
+    init = runs / f"{stage}-seed{seed}" / "checkpoints" / "last.pth"
+    return run_seed(script, config, seed, runs, name, [*overrides, f"model.init_from={init}"])
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -169,14 +200,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--script", choices=list(SCRIPTS), help="default: from the config's name")
     parser.add_argument("--runs", type=Path, default=Path("runs/seeds"), help="run folders here")
     parser.add_argument("--name", help="run name prefix (default: the config's file name)")
+    parser.add_argument("--start", metavar="CONFIG",
+                        help="a first stage, trained per seed, that each run starts from")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     script = script_for(args.config, args.script)
     name = args.name or Path(args.config).stem
     cfg = load_config(args.config, args.overrides)  # a bad one fails before any run
+    if args.start:
+        load_config(args.start, args.overrides)
+        script_for(args.start, None)
     classes = cfg.eval.classes[0]  # the table's classes: 19, or SYNTHIA's 16 (and 13)
-    results = [run_seed(script, args.config, s, args.runs, name, args.overrides)
+    results = [run_staged(script, args.config, s, args.runs, name, args.overrides, args.start)
                for s in args.seeds]  # fmt: skip
     label = f"{name} ({len(results)} seed{'s' * (len(results) > 1)})"
     stamp = provenance(command_line(["-m", "benchmarks.seeds"], argv))
@@ -184,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs_json = [{"seed": s, "run": str(args.runs / f"{name}-seed{s}"), **r}
                  for s, r in zip(args.seeds, results)]  # fmt: skip
     write_json(args.runs / f"{name}.seeds.json", {
-        "config": args.config, "script": script, "overrides": args.overrides, "seeds": args.seeds,
+        "config": args.config, "script": script, "start": args.start,
+        "overrides": args.overrides, "seeds": args.seeds,
         "classes": classes, **summary(results, classes), "runs": runs_json, "provenance": stamp,
     })  # fmt: skip
     (args.runs / f"{name}.seeds.md").write_text(f"{table}\n\n{footer(stamp)}\n")

@@ -25,11 +25,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import ensemble
 import train_clan_norm
+import train_maxsquare_norm
 import train_norm_only
-from benchmarks.seeds import markdown_table, run_seed, summary
+from benchmarks.seeds import markdown_table, run_staged, summary
 from dataset.labels import NUM_CLASSES
 from utils.errors import UsageError, add_debug_flag, run
 from utils.logger import write_json
@@ -45,13 +47,32 @@ PAGES = {  # each table's block lives on its docs page; the main table's summary
     "synthetic-table-synthia": ("docs/synthia.md",),
 }
 
-# (row label, training script, config, extra overrides)
-SETUPS: dict[str, tuple[str, object, str, tuple[str, ...]]] = {
-    "source_only": ("Source only", train_norm_only, "configs/demo/source_only.yaml", ()),
-    "norm_only": ("Norm only", train_norm_only, "configs/demo/norm_only.yaml", ()),
-    "clan": ("CLAN", train_clan_norm, "configs/demo/clan.yaml", ()),
-    "clan_norm": ("CLAN + Norm", train_clan_norm, "configs/demo/clan_norm.yaml", ()),
-    "oracle": (
+class Setup(NamedTuple):
+    """A row: its label, training script, config and extra overrides, and the first stage
+    (a config) it starts from, if any (``benchmarks.seeds --start``)."""
+
+    label: str
+    script: object
+    config: str
+    extra: tuple[str, ...] = ()
+    start: str | None = None
+
+
+class Ensemble(NamedTuple):
+    """A row of ``ensemble.py`` over other rows' runs of the same seed, flip averaging on."""
+
+    label: str
+    members: tuple[str, ...]  # setups
+    weights: tuple[float, ...]
+
+
+MAXSQUARE_START = "configs/demo/maxsquare_source.yaml"
+SETUPS: dict[str, Setup | Ensemble] = {
+    "source_only": Setup("Source only", train_norm_only, "configs/demo/source_only.yaml", ()),
+    "norm_only": Setup("Norm only", train_norm_only, "configs/demo/norm_only.yaml", ()),
+    "clan": Setup("CLAN", train_clan_norm, "configs/demo/clan.yaml", ()),
+    "clan_norm": Setup("CLAN + Norm", train_clan_norm, "configs/demo/clan_norm.yaml", ()),
+    "oracle": Setup(
         "Oracle (target labels)",
         train_norm_only,
         "configs/demo/source_only.yaml",
@@ -62,63 +83,95 @@ SETUPS: dict[str, tuple[str, object, str, tuple[str, ...]]] = {
             "data.source.crop=null",
         ),
     ),
-    "norm_only_released": (
+    "norm_only_released": Setup(
         "Norm only, released protocol",
         train_norm_only,
         "configs/demo/released/norm_only.yaml",
         (),
     ),
-    "norm_only_released_once": (
+    "norm_only_released_once": Setup(
         "Norm only, released protocol but each weight updated once",
         train_norm_only,
         "configs/demo/released/norm_only.yaml",
         ("optim.backbone_updates=once",),
     ),
-    "clan_norm_released": (
+    "clan_norm_released": Setup(
         "CLAN + Norm, released protocol",
         train_clan_norm,
         "configs/demo/released/clan_norm.yaml",
         (),
     ),
-    "synthia_source_only": (
+    "synthia_source_only": Setup(
         "Source only (SYNTHIA)",
         train_norm_only,
         "configs/demo/synthia/source_only.yaml",
         (),
     ),
-    "synthia_norm_only": (
+    "synthia_norm_only": Setup(
         "Norm only (SYNTHIA)",
         train_norm_only,
         "configs/demo/synthia/norm_only.yaml",
         (),
     ),
-    "synthia_clan_norm": (
+    "synthia_clan_norm": Setup(
         "CLAN + Norm (SYNTHIA)",
         train_clan_norm,
         "configs/demo/synthia/clan_norm.yaml",
         (),
     ),
-    "norm_only_bn": (
+    "norm_only_bn": Setup(
         "Norm only, lambda_norm 1e-9 (target pass, no norm gradient)",
         train_norm_only,
         "configs/demo/norm_only.yaml",
         ("loss.lambda_norm=1e-9",),
     ),
-    "norm_only_strong": (
+    "norm_only_strong": Setup(
         "Norm only, lambda_norm 1e-2",
         train_norm_only,
         "configs/demo/norm_only.yaml",
         ("loss.lambda_norm=1e-2",),
     ),
+    "maxsquare_source": Setup("Source only (MaxSquare's start)", train_maxsquare_norm,
+                              MAXSQUARE_START),
+    "maxsquare": Setup("MaxSquare", train_maxsquare_norm, "configs/demo/maxsquare.yaml",
+                       start=MAXSQUARE_START),
+    "maxsquare_norm": Setup("MaxSquare + Norm", train_maxsquare_norm,
+                            "configs/demo/maxsquare_norm.yaml", start=MAXSQUARE_START),
+    "maxsquare_iw": Setup("MaxSquare + IW", train_maxsquare_norm, "configs/demo/maxsquare_iw.yaml",
+                          start=MAXSQUARE_START),
+    "maxsquare_iw_norm": Setup("MaxSquare + IW + Norm", train_maxsquare_norm,
+                               "configs/demo/maxsquare_iw_norm.yaml", start=MAXSQUARE_START),
+    # The paper's "Max Square + Norm *": 0.7 on the Norm-only model, 0.3 on MaxSquare, flip on.
+    "maxsquare_ensemble": Ensemble("Norm only (0.7) + MaxSquare (0.3) ensemble, flip",
+                                   ("norm_only", "maxsquare"), (0.7, 0.3)),
 }
+MAXSQUARE_ROWS = [s for s in SETUPS if s.startswith("maxsquare")]
 
 
 def run_setup(setup: str, seeds: Sequence[int], runs: Path, overrides: Sequence[str]) -> list[dict]:
     """Every seed of one setup (``benchmarks.seeds``: finished runs reused, interrupted ones
-    resumed); returns their ``results.json``."""
-    _, script, config, extra = SETUPS[setup]
-    name = Path(script.__file__).name
-    return [run_seed(name, config, s, runs, setup, [*extra, *overrides]) for s in seeds]
+    resumed, a first stage trained first); returns their ``results.json``."""
+    row = SETUPS[setup]
+    if isinstance(row, Ensemble):
+        return [_ensemble(row, setup, s, runs, overrides) for s in seeds]
+    name = Path(row.script.__file__).name
+    return [run_staged(name, row.config, s, runs, setup, [*row.extra, *overrides], row.start)
+            for s in seeds]  # fmt: skip
+
+
+def _ensemble(row: Ensemble, setup: str, seed: int, runs: Path, overrides: Sequence[str]) -> dict:
+    """``ensemble.py`` of the members' runs of ``seed`` (trained first where missing), with
+    flip averaging; reused when its results file exists."""
+    for member in row.members:
+        run_setup(member, [seed], runs, overrides)
+    results = runs / f"{setup}-seed{seed}.json"
+    if not results.is_file():
+        members = [str(runs / f"{m}-seed{seed}" / "checkpoints" / "last.pth") for m in row.members]
+        status = ensemble.main(["--restore", *members, "--weights", *map(str, row.weights),
+                                "--flip", "--results", str(results), *overrides])  # fmt: skip
+        if status != 0:
+            raise UsageError(f"ensemble.py for {setup}, seed {seed}, exited with {status}")
+    return json.loads(results.read_text())
 
 
 def table_data(
@@ -208,9 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--setups",
         nargs="+",
-        default=[s for s in SETUPS if "_released" not in s and not s.startswith("synthia")],
+        default=[s for s in SETUPS if "_released" not in s and not s.startswith("synthia")
+                 and s not in MAXSQUARE_ROWS],
         choices=list(SETUPS),
-        help="default: all but the released-protocol and SYNTHIA rows, which are run on their own",
+        help="default: all but the released-protocol, SYNTHIA and MaxSquare rows, which are run "
+        "on their own",
     )
     parser.add_argument(
         "--classes", type=int, choices=[19, 16], default=19,
@@ -237,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = json.loads(data_path.read_text())
     else:
         start = time.perf_counter()
-        rows = {SETUPS[s][0]: run_setup(s, args.seeds, args.runs, args.overrides)
+        rows = {SETUPS[s].label: run_setup(s, args.seeds, args.runs, args.overrides)
                 for s in args.setups}  # fmt: skip
         command = command_line(["-m", "benchmarks.synthetic_table"], argv)
         data = table_data(rows, args.seeds, args.classes, command)

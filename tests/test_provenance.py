@@ -209,8 +209,27 @@ def test_seeds_trains_reuses_and_refuses_a_folder_of_other_settings(
         seeds.main([*args, "optim.lr=0.02"])
 
 
+def test_seeds_trains_a_first_stage_once_per_seed_and_starts_from_it(tmp_path, tiny_run):
+    tiny = [*tiny_run, "train.device=cpu", "train.max_steps=2", "data.source.crop=[96,48]"]
+    args = ["--start", "configs/demo/maxsquare_source.yaml", "--config",
+            "configs/demo/maxsquare_norm.yaml", "--seeds", "0", "--runs", str(tmp_path), *tiny]
+    assert seeds.main(args) == 0
+    stage = tmp_path / "maxsquare_source-seed0"
+    run = tmp_path / "maxsquare_norm-seed0"
+    init = read_yaml(run / "config.yaml")["model"]["init_from"]
+    assert init == str(stage / "checkpoints" / "last.pth")
+    assert json.loads((run / "results.json").read_text())["step"] == 2
+    assert json.loads((tmp_path / "maxsquare_norm.seeds.json").read_text())["start"] == args[1]
+    # a second call trains neither stage again
+    before = {p: p.stat().st_mtime for p in (stage / "checkpoints" / "last.pth",
+                                            run / "checkpoints" / "last.pth")}  # fmt: skip
+    assert seeds.main(args) == 0
+    assert all(p.stat().st_mtime == t for p, t in before.items())
+
+
 def test_seeds_needs_a_script_it_can_tell():
     with pytest.raises(seeds.UsageError, match="give --script"):
         seeds.main(["--config", "configs/defaults.yaml", "--seeds", "0"])
     assert seeds.script_for("configs/x/clan.yaml", None) == "train_clan_norm.py"
     assert seeds.script_for("my.yaml", "train_norm_only.py") == "train_norm_only.py"
+    assert seeds.script_for("configs/demo/maxsquare_iw.yaml", None) == "train_maxsquare_norm.py"
