@@ -190,3 +190,25 @@ def tiny_cfg(*extra):
     from utils.config import load_config
 
     return load_config(None, [*TINY_EVAL, *extra]).model
+
+
+def spy_terms(monkeypatch, module, names):
+    """Wrap ``module``'s loss functions so that each returned term records the gradient that
+    reaches it in the backward passes: d(total)/d(term), i.e. its weight in the total (None if
+    the term was left out)."""
+    seen = []
+
+    def wrap(name, fn):
+        def spy(*args, **kwargs):
+            term = fn(*args, **kwargs)
+            record = {"name": name, "grad": None}
+            seen.append(record)
+            if term.requires_grad:
+                term.register_hook(lambda g, r=record: r.update(grad=float(g)))
+            return term
+
+        return spy
+
+    for name in names:
+        monkeypatch.setattr(module, name, wrap(name, getattr(module, name)))
+    return seen

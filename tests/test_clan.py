@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, spy_terms
 
 import train_clan_norm
 from dataset.datasets import Batch
@@ -94,33 +94,11 @@ def test_every_trainable_parameter_of_g_and_d_gets_a_gradient():
                 assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
 
 
-def _spy_terms(monkeypatch, module, names):
-    """Wrap ``module``'s loss functions so that each returned term records the gradient that
-    reaches it in the backward passes: d(total)/d(term), i.e. its weight in the total (None if
-    the term was left out)."""
-    seen = []
-
-    def wrap(name, fn):
-        def spy(*args, **kwargs):
-            term = fn(*args, **kwargs)
-            record = {"name": name, "grad": None}
-            seen.append(record)
-            if term.requires_grad:
-                term.register_hook(lambda g, r=record: r.update(grad=float(g)))
-            return term
-
-        return spy
-
-    for name in names:
-        monkeypatch.setattr(module, name, wrap(name, getattr(module, name)))
-    return seen
-
-
 def test_each_term_enters_the_total_with_its_weight(monkeypatch):
     state, source, target = _state_and_batches(
         ["loss.lambda_norm=0.5", "loss.lambda_adv=0.25", "loss.lambda_weight=0.125"]
     )
-    seen = _spy_terms(monkeypatch, train_clan_norm, [
+    seen = spy_terms(monkeypatch, train_clan_norm, [
         "segmentation_loss", "stepwise_norm_loss", "weighted_bce_with_logits",
         "weight_discrepancy_loss"])  # fmt: skip
     step = 5
@@ -147,7 +125,7 @@ def test_norm_only_terms_enter_the_total_with_their_weight(monkeypatch, small_mo
     torch.manual_seed(0)
     cfg = load_config(None, [*small_model, "loss.lambda_norm=0.5"])
     state = train_norm_only.build(cfg, torch.device("cpu"))
-    seen = _spy_terms(monkeypatch, train_norm_only,
+    seen = spy_terms(monkeypatch, train_norm_only,
                       ["segmentation_loss", "stepwise_norm_loss"])  # fmt: skip
     train_norm_only.train_step(state, *small_batches, 5)
     d_norm = 1 - 1.5 * 5 / cfg.optim.schedule_steps

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, write_layout
+from conftest import TINY_TRAIN, spy_terms, write_layout
 
 import train_maxsquare_norm
 from utils.config import ConfigError, load_config
@@ -24,22 +24,7 @@ def _state(small_model, *overrides):
 
 def _spy_terms(monkeypatch, names):
     """Each loss the step computes, with d(total)/d(term): its weight in the total."""
-    seen = []
-
-    def wrap(name, fn):
-        def spy(*args, **kwargs):
-            term = fn(*args, **kwargs)
-            record = {"name": name, "grad": None}
-            seen.append(record)
-            if term.requires_grad:
-                term.register_hook(lambda g, r=record: r.update(grad=float(g)))
-            return term
-
-        return spy
-
-    for name in names:
-        monkeypatch.setattr(train_maxsquare_norm, name, wrap(name, getattr(train_maxsquare_norm, name)))
-    return seen
+    return spy_terms(monkeypatch, train_maxsquare_norm, names)
 
 
 def test_maxsquare_norm_terms_enter_the_total_with_their_weight(
