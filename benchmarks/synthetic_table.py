@@ -142,6 +142,14 @@ SETUPS: dict[str, Setup | Ensemble] = {
     "maxsquare_iw_norm": Setup("MaxSquare + IW + Norm", train_maxsquare_norm,
                                "configs/demo/maxsquare_iw_norm.yaml", start=MAXSQUARE_START),
     # The paper's "Max Square + Norm *": 0.7 on the Norm-only model, 0.3 on MaxSquare, flip on.
+    # the controls: the same 200 steps from the same start, with the target pass but (almost) no
+    # target gradient, and with no target pass at all (continued source training)
+    "maxsquare_bn": Setup("MaxSquare, lambda_target 1e-9 (target pass, no target gradient)",
+                          train_maxsquare_norm, "configs/demo/maxsquare.yaml",
+                          ("loss.maxsquare.lambda_target=1e-9",), MAXSQUARE_START),
+    "maxsquare_continued": Setup("Source only, 200 more steps (no target pass)",
+                                 train_maxsquare_norm, "configs/demo/maxsquare.yaml",
+                                 ("loss.maxsquare.lambda_target=0",), MAXSQUARE_START),
     "maxsquare_ensemble": Ensemble("Norm only (0.7) + MaxSquare (0.3) ensemble, flip",
                                    ("norm_only", "maxsquare"), (0.7, 0.3)),
 }
