@@ -6,20 +6,24 @@ against the released code's procedure, on whatever device this runs on.
     python -m benchmarks.speed --crop 256 512 --amp off --steps 6 --device cpu \
         --eval-images 4 --eval-distinct 2 --eval-batch 1 --eval-workers 2      # this CPU
 
-For each setup (Source only, Norm only, CLAN, CLAN + Norm) it times our ``train_step`` eagerly,
-as one CUDA graph (``--cuda-graph``: ``train.cuda_graph``, CUDA only) and compiled
-(``--compile``: ``train.compile`` with ``--compile-mode``), and a reference step that follows
-the released code: a separate backward through the backbone for the norm term
-(``retain_graph``), classifier heads on every pass, float32, eager. Every variant runs on the
-same full-size DeepLab-v2/ResNet-101 (or ``model.*`` overrides) and the same random inputs,
-interleaved within each round in a shuffled order, with the same memory layout (channels_last
+For each setup (Source only, Norm only, CLAN, CLAN + Norm; with ``--setups`` also MaxSquare,
++ Norm, + IW and + IW + Norm) it times our ``train_step`` eagerly, as one CUDA graph
+(``--cuda-graph``: ``train.cuda_graph``, CUDA only) and compiled (``--compile``:
+``train.compile`` with ``--compile-mode``), and a reference step that follows the released
+code: a separate backward through the backbone for the norm term (``retain_graph``),
+classifier heads on every pass, float32, eager; for MaxSquare, its ``solve_gta5.py`` (the
+source backward, then the target's, IW's class histogram on the host, the loss read back each
+step). Every variant runs on the same full-size DeepLab-v2/ResNet-101 (or ``model.*``
+overrides) and the same random inputs, interleaved within each round in a shuffled order,
+with the same memory layout (channels_last
 on CUDA unless ``train.channels_last=false``). Per setup and variant the table gives the median
 step time, its spread over the rounds ((max - min) / median), the ratio to the reference, and
 on CUDA the step's peak memory (after the warm-up, which holds cudnn.benchmark's autotuning
 workspaces) and, from ``torch.profiler`` over ``--profile-steps`` steps, the GPU busy fraction
 (the union of kernel intervals over the wall time), the GPU kernels per step and the host's
-launch calls per step (a graph replay is one). Then the norm loss's overhead: CLAN + Norm over
-CLAN and Norm only over Source only (paired per round), and the norm term timed alone.
+launch calls per step (a graph replay is one). Then the norm loss's overhead: each setup with
+it over the same setup without (CLAN + Norm over CLAN, ...; paired per round), and the norm
+term timed alone.
 The loaders are timed as training runs them (``--loader-configs``, the configured workers and
 transforms) on synthetic images at the real sizes (GTA5 1914x1052, Cityscapes 2048x1024):
 source/target pairs per second. Evaluation is timed as ``evaluate_cityscapes.py`` runs it, on
@@ -44,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 import train_clan_norm
+import train_maxsquare_norm
 import train_norm_only
 from dataset.build import build_dataset
 from dataset.datasets import Batch, eval_loader, infinite_loader
@@ -59,13 +64,27 @@ from utils.schedules import damping, norm_damping
 from utils.training.graphs import CudaGraphBackend, GraphedStep
 from utils.training.state import TrainState, prepare
 
-# setup -> (script, loss overrides)
+# setup -> (script, overrides); MaxSquare's as its configs: its model, CE, lambda_target 0.1
+_MAXSQUARE = ["model.preset=maxsquare", "loss.seg=ce", "loss.maxsquare.lambda_target=0.1"]
+_IW = [*_MAXSQUARE, "loss.maxsquare.image_wise=true"]
 SETUPS = {
     "Source only": (train_norm_only, ["loss.lambda_norm=0"]),
     "Norm only": (train_norm_only, []),
     "CLAN": (train_clan_norm, ["loss.lambda_norm=0"]),
     "CLAN + Norm": (train_clan_norm, []),
+    "MaxSquare": (train_maxsquare_norm, [*_MAXSQUARE, "loss.lambda_norm=0"]),
+    "MaxSquare + Norm": (train_maxsquare_norm, _MAXSQUARE),
+    "MaxSquare + IW": (train_maxsquare_norm, [*_IW, "loss.lambda_norm=0"]),
+    "MaxSquare + IW + Norm": (train_maxsquare_norm, _IW),
 }
+PAPER_SETUPS = ["Source only", "Norm only", "CLAN", "CLAN + Norm"]  # timed by default
+# the norm loss's overhead: each setup with it over the same setup without
+NORM_PAIRS = [
+    ("CLAN + Norm", "CLAN"),
+    ("Norm only", "Source only"),
+    ("MaxSquare + Norm", "MaxSquare"),
+    ("MaxSquare + IW + Norm", "MaxSquare + IW"),
+]
 
 
 def reference_step(state: TrainState, source: Batch, target: Batch | None, step: int) -> None:
@@ -124,6 +143,62 @@ def reference_step(state: TrainState, source: Batch, target: Batch | None, step:
             loss_d.backward()
     for opt in state.optimizers.values():
         opt.step()
+
+
+def reference_maxsquare_step(
+    state: TrainState, source: Batch, target: Batch | None, step: int
+) -> None:
+    """MaxSquare's released procedure (``tools/solve_gta5.py``): float32; the source CE's
+    backward, then the target loss's; IW's class counts by ``torch.histc`` on the host, one
+    image at a time (``utils/loss.py``); the source loss read back every step for its log; and
+    the norm term, which their code lacks, with its own backward as the paper's code has it."""
+    cfg, g = state.cfg, state.run("G")
+    lo, ms = cfg.loss, cfg.loss.maxsquare
+    d_norm = norm_damping(step, cfg.optim.schedule_steps, lo.clamp_norm_damping)
+    optimizer = state.optimizers["G"]
+    optimizer.zero_grad(set_to_none=True)
+    y_s = state.to_device(source.label)
+    out_s = g(state.to_device(source.image))
+    if lo.lambda_norm > 0:
+        norm_s = lo.lambda_norm * d_norm * losses.stepwise_norm_loss(out_s.features, lo.delta_r)
+        norm_s.backward(retain_graph=True)
+    loss = losses.cross_entropy(losses.upsample_to(out_s.p2, y_s.shape[-2:]), y_s)
+    if ms.multi:
+        aux = losses.cross_entropy(losses.upsample_to(out_s.p1, y_s.shape[-2:]), y_s)
+        loss = loss + ms.lambda_aux * aux
+    loss.backward()
+    loss.item()  # their loss_seg_value += loss.cpu().item() / iter_num
+    if target is not None:
+        x_t = state.to_device(target.image)
+        out_t = g(x_t)
+        if lo.lambda_norm > 0:
+            norm_t = lo.lambda_norm * d_norm * losses.stepwise_norm_loss(out_t.features, lo.delta_r)
+            norm_t.backward(retain_graph=True)
+        prob = F.softmax(losses.upsample_to(out_t.p2, x_t.shape[-2:]), dim=1)
+        if ms.image_wise:
+            b, c = prob.shape[:2]
+            argmax = prob.detach().argmax(dim=1)
+            weights = []
+            for i in range(b):  # their histogram, on the host
+                hist = torch.histc(argmax[i].cpu().float(), bins=c, min=0, max=c - 1)
+                ratio = ms.iw_ratio
+                w = 1 / torch.clamp(hist**ratio * hist.sum() ** (1 - ratio), min=1)
+                weights.append(w.to(x_t.device)[argmax[i]])
+            loss_t = -(prob**2 * torch.stack(weights).unsqueeze(1)).sum() / (b * c)
+        else:
+            loss_t = losses.max_square_loss(prob)
+        loss_t = ms.lambda_target * loss_t
+        if ms.multi:
+            logits_aux = losses.upsample_to(out_t.p1, x_t.shape[-2:])
+            label = losses.multi_level_pseudo_label(prob, F.softmax(logits_aux, dim=1),
+                                                    ms.threshold)  # fmt: skip
+            loss_t = loss_t + ms.lambda_aux * ms.lambda_target * losses.cross_entropy(
+                logits_aux, label)  # fmt: skip
+        loss_t.backward()
+    optimizer.step()
+
+
+REFERENCES = {train_maxsquare_norm: reference_maxsquare_step}  # script -> its reference step
 
 
 def _sync(device: torch.device) -> None:
@@ -222,13 +297,14 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> tuple[list
     variants = _variants(args, device)
     runs = []  # (setup, variant, state, step function, target batch or None)
     layouts = {}
-    setups = getattr(args, "setups", None) or list(SETUPS)
+    setups = getattr(args, "setups", None) or PAPER_SETUPS
     for name in setups:
         script, extra = SETUPS[name]
         overrides = [f"train.device={device}", f"train.amp={args.amp}", *extra, *args.overrides]
         ours, ref = build_pair(script, overrides, device)
         tgt = target if ours.uses_target else None
-        states = {"eager": (ours, script.train_step), "ref": (ref, reference_step)}
+        states = {"eager": (ours, script.train_step),
+                  "ref": (ref, REFERENCES.get(script, reference_step))}  # fmt: skip
         if "graph" in variants:
             graphed = build_state(script, overrides, device)
             backend = CudaGraphBackend(device)
@@ -480,16 +556,16 @@ def markdown(
             f"{_cell(r, 'kernels', '.0f')} | {_cell(r, 'launches', '.0f')} | "
             f"{_cell(r, 'mem', '.2f')} |"
         )
-    if set(eager) == set(SETUPS):
-        lines += [
-            "",
-            "Norm loss overhead (ours, eager):",
-            f"- step times: {_overhead(eager, 'CLAN + Norm', 'CLAN')}; "
-            f"{_overhead(eager, 'Norm only', 'Source only')} (the target pass included)",
-            f"- the norm term timed alone (norm, loss, backward to the features, source and "
-            f"target): {norm_term * 1e3:.2f} ms = "
-            f"{100 * norm_term / eager['CLAN']['median']:.2f}% of the CLAN step",
-        ]
+    pairs = [(a, b) for a, b in NORM_PAIRS if a in eager and b in eager]
+    if pairs:
+        lines += ["", "Norm loss overhead (ours, eager; Norm only over Source only includes "
+                  "the target pass):"]  # fmt: skip
+        lines += [f"- step times: {_overhead(eager, a, b)}" for a, b in pairs]
+        shares = [f"{100 * norm_term / eager[b]['median']:.2f}% of the {b} step"
+                  for _, b in pairs if b != "Source only"]  # fmt: skip
+        lines.append(f"- the norm term timed alone (norm, loss, backward to the features, source "
+                     f"and target): {norm_term * 1e3:.2f} ms" + "".join(f" = {x}" if i == 0 else
+                     f", {x}" for i, x in enumerate(shares)))  # fmt: skip
     if loader:
         lines += ["", "Training loaders (synthetic images at the real sizes: GTA5 1914x1052, "
                   "Cityscapes 2048x1024; PNG decoding and transforms in the workers):"]  # fmt: skip
@@ -536,7 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--loader-overrides", nargs="*", default=[], metavar="key.sub=value",
                         help="e.g. data.num_workers=8")  # fmt: skip
     parser.add_argument("--setups", nargs="+", choices=list(SETUPS), metavar="SETUP",
-                        help=f"time these only (default: all of {', '.join(SETUPS)})")  # fmt: skip
+                        help=f"time these (default: {', '.join(PAPER_SETUPS)}; all: "
+                        f"{', '.join(SETUPS)})")  # fmt: skip
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto")

@@ -12,23 +12,21 @@ import pytest
 import torch
 
 import train_clan_norm
-import train_norm_only
+import train_maxsquare_norm
 from benchmarks import speed
 from utils.config import load_config
 from utils.errors import UsageError
 
+# every timed setup, and MaxSquare + IW + Multi (its pseudo-labels kept at threshold 0.1)
+CASES = {**speed.SETUPS, "MaxSquare + IW + Multi + Norm": (train_maxsquare_norm, [
+    *speed.SETUPS["MaxSquare + IW + Norm"][1], "loss.maxsquare.multi=true",
+    "loss.maxsquare.threshold=0.1"])}  # fmt: skip
 
-@pytest.mark.parametrize(
-    ("script", "extra"),
-    [
-        (train_norm_only, []),
-        (train_norm_only, ["loss.lambda_norm=0"]),
-        (train_clan_norm, []),
-        (train_clan_norm, ["loss.lambda_norm=0"]),
-    ],
-    ids=["norm_only", "source_only", "clan_norm", "clan"],
-)
-def test_reference_step_makes_the_same_update_as_ours(script, extra, small_model, small_batches):
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_reference_step_makes_the_same_update_as_ours(name, small_model, small_batches):
+    script, extra = CASES[name]
+    reference = speed.REFERENCES.get(script, speed.reference_step)
     # lambda_norm large enough that the norm term visibly moves the backbone
     cfg = load_config(None, [*small_model, "loss.lambda_norm=0.5", *extra])
     source, target = small_batches
@@ -41,7 +39,7 @@ def test_reference_step_makes_the_same_update_as_ours(script, extra, small_model
     before = {k: v.clone() for k, v in ours.model.state_dict().items()}
     for step in (20, 21):  # past warm-up: every weight map in use
         script.train_step(ours, source, tgt, step)
-        speed.reference_step(ref, source, tgt, step)
+        reference(ref, source, tgt, step)
     for name, module in ours.modules.items():
         theirs = ref.modules[name].state_dict()
         for key, a in module.state_dict().items():
@@ -79,7 +77,7 @@ def test_benchmark_runs_end_to_end_and_writes_its_table(tmp_path, capsys, small_
     rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ")][1:]
     cells = [[c.strip() for c in r] for r in rows]
     assert [(c[0], c[1]) for c in cells] == [
-        (setup, speed.VARIANTS[v]) for setup in speed.SETUPS for v in ("eager", "ref")
+        (setup, speed.VARIANTS[v]) for setup in speed.PAPER_SETUPS for v in ("eager", "ref")
     ]
     refs = {c[0]: float(c[2]) for c in cells if c[1] == "reference"}
     for c in cells:
@@ -128,14 +126,14 @@ def test_peak_memory_is_taken_after_the_warm_up(monkeypatch, small_model):
 
         def stop(self):
             Meter.calls += 1
-            return (100 if Meter.calls <= len(speed.SETUPS) * 2 else 1) * 2**30
+            return (100 if Meter.calls <= len(speed.PAPER_SETUPS) * 2 else 1) * 2**30
 
     monkeypatch.setattr(speed, "PeakMemory", Meter)
     args = argparse.Namespace(crop=[48, 64], amp="off", compile=False, cuda_graph=False, steps=1,
                               warmup=1, profile_steps=0, overrides=small_model)  # fmt: skip
     rows, _ = speed.bench_training(args, torch.device("cpu"))
-    assert Meter.calls == 2 * len(speed.SETUPS) * 2  # two rounds of eight steps
-    assert [r["mem"] for r in rows] == [1.0] * 2 * len(speed.SETUPS)
+    assert Meter.calls == 2 * len(speed.PAPER_SETUPS) * 2  # two rounds of eight steps
+    assert [r["mem"] for r in rows] == [1.0] * 2 * len(speed.PAPER_SETUPS)
 
 
 def test_feature_size_is_the_models():

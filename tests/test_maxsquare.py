@@ -79,7 +79,7 @@ def test_the_source_stage_has_no_target_pass(small_model):
     assert _state(small_model, "loss.lambda_norm=0").uses_target  # plain MaxSquare
 
 
-def test_a_maxsquare_source_checkpoint_loads_as_the_init_and_predicts_the_same(tmp_path, small_model):
+def test_a_maxsquare_source_checkpoint_loads_as_the_init_and_predicts_alike(tmp_path, small_model):
     path, released, _ = write_layout(tmp_path, "maxsquare")  # module. prefix, C1 on layer3
     state = _state(small_model, f"model.init_from={path}")
     model = state.model.eval()
@@ -116,8 +116,16 @@ def test_an_init_file_of_another_layout_is_refused_naming_it(tmp_path, small_mod
 )
 def test_keys_it_cannot_train_are_refused_before_any_file(tmp_path, synthetic, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        train_maxsquare_norm.main(["--config", "configs/demo/maxsquare_source.yaml", *synthetic,
-                                   *TINY, override, f"train.out_dir={tmp_path / 'runs'}"])  # fmt: skip
+        train_maxsquare_norm.main(
+            [
+                "--config",
+                "configs/demo/maxsquare_source.yaml",
+                *synthetic,
+                *TINY,
+                override,
+                f"train.out_dir={tmp_path / 'runs'}",
+            ]
+        )
     assert not (tmp_path / "runs").exists()
 
 
@@ -143,8 +151,11 @@ def test_resumed_iw_multi_norm_run_equals_uninterrupted(tmp_path, synthetic):
 
     def logged(folder):
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if "sec_per_step" not in k}
-                for r in rows if "train/loss_seg" in r]  # (not the evaluations)
+        return [
+            {k: v for k, v in r.items() if "sec_per_step" not in k}
+            for r in rows
+            if "train/loss_seg" in r
+        ]  # (not the evaluations)
 
     a, b = logged(full), logged(part)
     assert a == b and len(a) == 4
