@@ -22,7 +22,14 @@ import torch.nn.functional as F
 
 from dataset.datasets import Batch
 from model.discriminator import FCDiscriminator
-from utils.config import Config, ConfigError, apply_preset
+from utils.config import (
+    MAXSQUARE_KEYS,
+    MAXSQUARE_OWNER,
+    Config,
+    apply_preset,
+    foreign_keys,
+    refuse,
+)
 from utils.errors import run
 from utils.losses import (
     discrepancy_map,
@@ -182,16 +189,20 @@ def discriminator_step(
 
 
 def check(cfg: Config) -> None:
-    """CLAN's weight-discrepancy loss compares C1's and C2's weights, which differ in shape when
-    C1 reads layer3 (multi-level presets): refused before any work."""
+    """What this setup cannot train, refused before any work: a multi-level model (CLAN's
+    weight-discrepancy loss compares C1's and C2's weights, which then differ in shape), and
+    MaxSquare's keys (this setup has no MaxSquare loss)."""
+    problems = []
     if apply_preset(cfg.model).multi_level:
-        raise ConfigError(
+        problems.append(
             f"model.multi_level=true (model.preset={cfg.model.preset or 'custom'!r}): CLAN's "
             f"weight-discrepancy loss needs C1 and C2 of the same shape, and a multi-level C1 "
             f"reads layer3 ({cfg.model.base_width * 16} channels, C2 reads "
             f"{cfg.model.base_width * 32}); train CLAN with model.preset=clan, or the "
             f"multi-level model with train_norm_only.py"
         )
+    problems += foreign_keys(cfg, MAXSQUARE_KEYS, MAXSQUARE_OWNER, "train_clan_norm.py")
+    refuse("train_clan_norm.py", problems)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from dataset.datasets import Batch
-from utils.config import Config, ConfigError, apply_preset, changed_keys
+from utils.config import Config, apply_preset, foreign_keys, refuse
 from utils.errors import run
 from utils.losses import (
     IGNORE_INDEX,
@@ -165,13 +165,9 @@ def check(cfg: Config) -> None:
             "loss.maxsquare.multi=true needs C1 on layer3 (model.multi_level=true, as "
             "model.preset=maxsquare sets it)"
         )
-    problems += [
-        f"{key}={value!r}: a key of CLAN's discriminator and adversarial loss "
-        f"(train_clan_norm.py); train_maxsquare_norm.py has neither: remove it"
-        for key, value in changed_keys(cfg, CLAN_KEYS).items()
-    ]
-    if problems:
-        raise ConfigError("invalid config for train_maxsquare_norm.py:\n  " + "\n  ".join(problems))
+    problems += foreign_keys(cfg, CLAN_KEYS, "CLAN's discriminator and adversarial loss "
+                             "(train_clan_norm.py)", "train_maxsquare_norm.py")  # fmt: skip
+    refuse("train_maxsquare_norm.py", problems)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

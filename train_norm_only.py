@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from dataset.datasets import Batch
-from utils.config import Config
+from utils.config import MAXSQUARE_KEYS, MAXSQUARE_OWNER, Config, foreign_keys, refuse
 from utils.errors import run
 from utils.losses import feature_norm, segmentation_loss, stepwise_norm_loss
 from utils.schedules import norm_damping
@@ -92,8 +92,14 @@ def train_step(
     return terms
 
 
+def check(cfg: Config) -> None:
+    """MaxSquare's keys, which this setup would ignore, refused before any work."""
+    problems = foreign_keys(cfg, MAXSQUARE_KEYS, MAXSQUARE_OWNER, "train_norm_only.py")
+    refuse("train_norm_only.py", problems)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return engine_main(__doc__, SETUP, build, train_step, argv)
+    return engine_main(__doc__, SETUP, build, train_step, argv, check=check)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 initial weights it starts from, the config it refuses, and an exact resume."""
 
 import json
+import re
 
 import pytest
 import torch
 from conftest import TINY_TRAIN, spy_terms, write_layout
 
+import train_clan_norm
 import train_maxsquare_norm
+import train_norm_only
 from utils.config import ConfigError, load_config
 
 MAXSQUARE = ["model.preset=maxsquare", "train.device=cpu", "optim.warmup_steps=0",
@@ -179,3 +182,21 @@ def test_bf16_keeps_the_target_losses_in_float32_and_trains(small_model, small_b
     for name in ("G.layer1.0.conv1.weight", "G.layer5.conv2d_list.0.weight",
                  "G.layer6.conv2d_list.0.weight"):  # fmt: skip
         assert not torch.equal(before[name], after[name]), name
+
+
+@pytest.mark.parametrize("script", [train_clan_norm, train_norm_only], ids=["clan", "norm_only"])
+def test_the_other_scripts_refuse_maxsquare_keys_rather_than_ignore_them(
+    tmp_path, synthetic, script
+):
+    name = f"{script.__name__}.py"
+    message = (
+        f"invalid config for {name}:\n  loss.maxsquare.image_wise=True: a key of "
+        f"MaxSquare's target losses (train_maxsquare_norm.py); {name} has no use for it"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        script.main(["--config", f"configs/demo/{script.SETUP}.yaml", *synthetic, *TINY_TRAIN,
+                     "train.device=cpu", "loss.maxsquare.image_wise=true",
+                     f"train.out_dir={tmp_path / 'runs'}"])  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+    # at its default the key is no one's business: the script's own check passes
+    script.check(load_config(f"configs/demo/{script.SETUP}.yaml"))

@@ -505,8 +505,10 @@ def validate(cfg: Config) -> Config:
     ):
         problems.append(f"eval.classes: expected a list of distinct class counts from "
                         f"{', '.join(map(str, EVAL_CLASSES))}, got {list(classes)}")  # fmt: skip
-    for key, value in (("loss.maxsquare.iw_ratio", cfg.loss.maxsquare.iw_ratio),
-                       ("loss.maxsquare.threshold", cfg.loss.maxsquare.threshold)):
+    for key, value in (
+        ("loss.maxsquare.iw_ratio", cfg.loss.maxsquare.iw_ratio),
+        ("loss.maxsquare.threshold", cfg.loss.maxsquare.threshold),
+    ):
         if not value <= 1:
             problems.append(f"{key}: expected a number <= 1, got {value}")
     if not cfg.optim.momentum < 1:
@@ -535,6 +537,26 @@ def changed_keys(cfg: Config, keys: typing.Iterable[str]) -> dict[str, Any]:
         for key, value in _flat(cfg).items()
         if any(key == p or key.startswith(p + ".") for p in prefixes) and value != defaults[key]
     }
+
+
+# The keys of MaxSquare's losses, read by train_maxsquare_norm.py alone: the other scripts
+# refuse them (``foreign_keys``) rather than ignore them.
+MAXSQUARE_KEYS = ("loss.maxsquare",)
+MAXSQUARE_OWNER = "MaxSquare's target losses (train_maxsquare_norm.py)"
+
+
+def foreign_keys(cfg: Config, keys: typing.Iterable[str], owner: str, script: str) -> list[str]:
+    """A problem line for each of ``keys`` that ``cfg`` sets away from the defaults: a key of
+    ``owner`` (e.g. "MaxSquare's target loss (train_maxsquare_norm.py)") that ``script`` would
+    silently ignore."""
+    return [f"{key}={value!r}: a key of {owner}; {script} has no use for it: remove it"
+            for key, value in changed_keys(cfg, keys).items()]  # fmt: skip
+
+
+def refuse(script: str, problems: typing.Sequence[str]) -> None:
+    """A script's load-time check: one ConfigError listing every problem, if there are any."""
+    if problems:
+        raise ConfigError(f"invalid config for {script}:\n  " + "\n  ".join(problems))
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
