@@ -131,15 +131,19 @@ def run_staged(
     name: str,
     overrides: Sequence[str],
     start: str | None = None,
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``run_seed``, after its first stage when there is one: ``start`` (a config) trained for
-    the same seed with the same overrides, whose ``last.pth`` the run starts from."""
+    the same seed with the same ``overrides``, whose ``last.pth`` the run starts from. ``extra``
+    overrides are the run's alone (a control row's), so rows that differ only in them share
+    one first stage."""
     if start is None:
-        return run_seed(script, config, seed, runs, name, overrides)
+        return run_seed(script, config, seed, runs, name, [*extra, *overrides])
     stage = Path(start).stem
     run_seed(script_for(start, None), start, seed, runs, stage, overrides)
     init = runs / f"{stage}-seed{seed}" / "checkpoints" / "last.pth"
-    return run_seed(script, config, seed, runs, name, [*overrides, f"model.init_from={init}"])
+    return run_seed(script, config, seed, runs, name,
+                    [*extra, *overrides, f"model.init_from={init}"])  # fmt: skip
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

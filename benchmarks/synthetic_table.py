@@ -163,7 +163,7 @@ def run_setup(setup: str, seeds: Sequence[int], runs: Path, overrides: Sequence[
     if isinstance(row, Ensemble):
         return [_ensemble(row, setup, s, runs, overrides) for s in seeds]
     name = Path(row.script.__file__).name
-    return [run_staged(name, row.config, s, runs, setup, [*row.extra, *overrides], row.start)
+    return [run_staged(name, row.config, s, runs, setup, overrides, row.start, row.extra)
             for s in seeds]  # fmt: skip
 
 
