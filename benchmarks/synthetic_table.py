@@ -179,7 +179,17 @@ def _ensemble(row: Ensemble, setup: str, seed: int, runs: Path, overrides: Seque
                                 "--flip", "--results", str(results), *overrides])  # fmt: skip
         if status != 0:
             raise UsageError(f"ensemble.py for {setup}, seed {seed}, exited with {status}")
-    return json.loads(results.read_text())
+    return _iou_lists(json.loads(results.read_text()))
+
+
+def _iou_lists(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with its IoUs as lists in trainId order, as a training run's results hold
+    them (``ensemble.py`` writes them by class name)."""
+    out = dict(results)
+    for key, value in results.items():
+        if key.startswith("iou") and isinstance(value, dict):
+            out[key] = list(value.values())  # (written in trainId order)
+    return out
 
 
 def table_data(
