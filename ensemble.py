@@ -18,10 +18,11 @@ The paper's "*" rows weigh the Norm-only model 0.7 and the released model 0.3, w
     python ensemble.py --restore A.pth B.pth --classes 16 13  # SYNTHIA -> Cityscapes' class sets
 
 ``--classes`` and ``--mask-absent`` choose the class sets reported and how predictions of the
-classes outside a set count, and ``--label-size full|input`` the labels' size (full
-resolution, or resized with the image to ``data.val.resize``: MaxSquare's evaluation), as in
-``evaluate_cityscapes.py`` (default: the first member's ``eval.classes`` and
-``eval.label_size``).
+classes outside a set count, ``--label-size full|input`` the labels' size (full resolution, or
+resized with the image to ``data.val.resize``: MaxSquare's evaluation), and
+``--subset-protocol ignore_outside|full_matrix`` which pixels a set's IoUs count, as in
+``evaluate_cityscapes.py`` (default: the first member's ``eval.classes``, ``eval.label_size``
+and ``eval.subset_protocol``).
 
 Each member's config is ``--config`` if given, else the one stored in its checkpoint, else the
 defaults (files from elsewhere: preset from ``--presets`` or inferred from the file); the data
@@ -184,9 +185,9 @@ def _report(
     """The table (a row per member, the ensemble, the ensemble minus its best member), the
     results JSON and the final ``mIoU:`` lines."""
     cfg, flip = ev.cfg, ev.cfg.eval.flip
-    classes, mask = cfg.eval.classes, cfg.eval.mask_absent
-    member_ious = [reports.class_ious(cms, classes, mask) for cms in member_cms]
-    ious = reports.class_ious(ensemble_cms, classes, mask)
+    classes, mask, subsets = cfg.eval.classes, cfg.eval.mask_absent, cfg.eval.subset_protocol
+    member_ious = [reports.class_ious(cms, classes, mask, subsets) for cms in member_cms]
+    ious = reports.class_ious(ensemble_cms, classes, mask, subsets)
     first_set = classes[0]  # the best member is the best on the first class set
     best = max(range(len(member_ious)), key=lambda i: nanmean(member_ious[i][first_set]))
     rows = dict(zip(labels, member_ious))
@@ -200,7 +201,7 @@ def _report(
     fields = {
         "members": [
             {"restore": path, "preset": preset, "weight": w,
-             **reports.class_results(member_iou, cms, mask)}
+             **reports.class_results(member_iou, cms, mask, subsets)}
             for path, preset, w, member_iou, cms in zip(
                 args.restore, presets, weights, member_ious, member_cms
             )
@@ -209,7 +210,7 @@ def _report(
         "flip": flip,
         "val_root": cfg.data.val.root,
         "num_images": len(ev.val),
-        **reports.class_results(ious, ensemble_cms, mask),
+        **reports.class_results(ious, ensemble_cms, mask, subsets),
         "best_member": best + 1,
     }  # fmt: skip
     write_results(results, fields, command_line("ensemble.py", argv), to_dict(cfg), ev.device,

@@ -17,6 +17,8 @@ averages the softmax with the mirrored image's, as every number of the paper's T
     python evaluate_cityscapes.py --restore last.pth --panels 4          # + 4 prediction panels
     python evaluate_cityscapes.py --restore A.pth B.pth --panels 4     # a comparison of A and B
     python evaluate_cityscapes.py --restore SYNTHIA_run.pth --classes 16 13  # SYNTHIA's tables
+    python evaluate_cityscapes.py --restore SYNTHIA_run.pth --classes 16 13 \
+        --subset-protocol full_matrix                    # scored as DACS and DAFormer score
 
 ``--panels K`` draws K val images (``--panel-seed``; or those ``--panel-images`` names) as
 image | ground truth | prediction | error map | entropy map, one PNG each
@@ -30,18 +32,21 @@ chosen on the set it is measured on, as the paper's "Only Norm" row (the best of
 was, and so an optimistic one.
 
 ``--classes 19|16|13`` (default ``eval.classes``: [19], [16, 13] in the SYNTHIA configs) picks
-the class sets reported, each scored from the one confusion matrix restricted to its classes:
-16 drops terrain, truck and train, 13 also wall, fence and pole. A 19-output model's prediction
-of a class outside the set is an error (a false negative of the true class) unless
-``--mask-absent`` takes the argmax over the set's classes only; the tables say which.
+the class sets reported, each scored from the one confusion matrix: 16 drops terrain, truck and
+train, 13 also wall, fence and pole. A 19-output model's prediction of a class outside the set
+is an error (a false negative of the true class) unless ``--mask-absent`` takes the argmax over
+the set's classes only; the tables say which. ``--subset-protocol ignore_outside|full_matrix``
+(``eval.subset_protocol``) says which pixels a set's IoUs count: ignore_outside (the default)
+ignores the pixels labelled outside the set, full_matrix takes the IoUs of the 19-class matrix
+and averages them over the set (DACS's and DAFormer's evaluation; docs/synthia.md).
 
 ``--label-size full|input`` (``eval.label_size``): score against the labels at full resolution,
 the predictions upsampled to them (the default: AdaptSegNet's evaluation, which scored the
 paper's Table 1), or against the labels resized (nearest) with the image to
 ``data.val.resize`` (MaxSquare's evaluation). The tables open with the protocol (the labels'
-size, flip averaging, how the snapshot was chosen), which every results JSON holds under
-``protocol``; ``--compare-with`` names the protocol of the paper's row and warns where this
-run's differs.
+size, flip averaging, with a subset reported the subset protocol, how the snapshot was chosen),
+which every results JSON holds under ``protocol``; ``--compare-with`` names the protocol of the
+paper's row and warns where this run's differs.
 
 Without ``--config`` the config stored in the checkpoint is used (the defaults for files from
 elsewhere, whose preset is inferred from the file unless ``--preset`` names it); ``key.sub=value``
@@ -192,8 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("%d prediction panels written to %s", len(written), panels)
         notes = [preset, f"flip {'on' if flip else 'off'}", *mask_note(classes, mask)]
         row = f"{Path(files[0]).stem} ({', '.join(notes)})"
-        scored = protocol_of(cfg, file_selection(files[0]))
-    ious = class_ious(cms, classes, mask)
+        scored = protocol_of(cfg, file_selection(files[0]), ev.scored_model)
+    ious = class_ious(cms, classes, mask, cfg.eval.subset_protocol)
     rows = {row: ious}
     if args.compare_with:
         rows.update(_paper_rows(args.compare_with, ious[NUM_CLASSES]))
@@ -202,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fields = {
         "restore": files[0] if files else None, "pred_dir": args.pred_dir, "layout": layout,
         "preset": preset, "flip": flip, "val_root": cfg.data.val.root, "num_images": len(val),
-        **class_results(ious, cms, mask),
+        **class_results(ious, cms, mask, cfg.eval.subset_protocol),
     }  # fmt: skip
     write_results(results, fields, command_line(SCRIPT, argv), to_dict(cfg), ev.device,
                   protocol=scored.fields())  # fmt: skip
@@ -265,7 +270,8 @@ def sweep(args: argparse.Namespace, ev: Evaluation, argv: Sequence[str] | None) 
         marks += mask_note(classes, mask)
         rows[Path(r["restore"]).stem + (f" ({', '.join(marks)})" if marks else "")] = r["ious"]
     scored_as = protocol_of(cfg, f"best of {len(scored)} on val: {Path(best['restore']).name} "
-                                 f"(final: {Path(final['restore']).name})")  # fmt: skip
+                                 f"(final: {Path(final['restore']).name})",
+                            ev.scored_model)  # fmt: skip
     if args.compare_with:
         name, paper = paper_row(args.compare_with)
         theirs = [v / 100 for v in paper.iou]
@@ -297,6 +303,7 @@ def _score_snapshots(args: argparse.Namespace, ev: Evaluation) -> list[dict[str,
     """Every snapshot scored in turn (one model in memory at a time): its IoUs per class set
     and its results fields; with ``--panels``, one comparison panel of them all."""
     classes, mask, flip = ev.cfg.eval.classes, ev.cfg.eval.mask_absent, ev.cfg.eval.flip
+    subset_protocol = ev.cfg.eval.subset_protocol
     chosen = panel_indices(args, ev.val)
     comparison = (
         Path(args.panels_dir or Path(ev.files[-1]).parent / "sweep.panels") / "comparison.png"
@@ -308,10 +315,10 @@ def _score_snapshots(args: argparse.Namespace, ev: Evaluation) -> list[dict[str,
         model, model_cfg, _ = ev.restore(index)
         cms = evaluate_views(model.to(ev.device), ev.loader, ev.device, class_views(classes, mask),
                              progress=False, flip=flip)  # fmt: skip
-        ious = class_ious(cms, classes, mask)
+        ious = class_ious(cms, classes, mask, subset_protocol)
         scored.append({"restore": path, "step": step_in_name(path), "ious": ious,
                        "preset": preset_name(model_cfg),
-                       **class_results(ious, cms, mask)})  # fmt: skip
+                       **class_results(ious, cms, mask, subset_protocol)})  # fmt: skip
         if chosen:
             probs = model_probs(model, ev.device, flip)
             panel_preds.append(predicted_labels(ev.val, chosen, probs))

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from dataset.datasets import Batch
 from model.discriminator import FCDiscriminator
 from utils.config import (
+    DACS_KEYS,
+    DACS_OWNER,
     MAXSQUARE_KEYS,
     MAXSQUARE_OWNER,
     Config,
@@ -191,7 +193,7 @@ def discriminator_step(
 def check(cfg: Config) -> None:
     """What this setup cannot train, refused before any work: a multi-level model (CLAN's
     weight-discrepancy loss compares C1's and C2's weights, which then differ in shape), and
-    MaxSquare's keys (this setup has no MaxSquare loss)."""
+    MaxSquare's and DACS's keys (this setup has no MaxSquare loss and no teacher)."""
     problems = []
     if apply_preset(cfg.model).multi_level:
         problems.append(
@@ -202,6 +204,7 @@ def check(cfg: Config) -> None:
             f"multi-level model with train_norm_only.py"
         )
     problems += foreign_keys(cfg, MAXSQUARE_KEYS, MAXSQUARE_OWNER, "train_clan_norm.py")
+    problems += foreign_keys(cfg, DACS_KEYS, DACS_OWNER, "train_clan_norm.py")
     refuse("train_clan_norm.py", problems)
 
 

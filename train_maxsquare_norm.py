@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from dataset.datasets import Batch
-from utils.config import Config, apply_preset, foreign_keys, refuse
+from utils.config import DACS_KEYS, DACS_OWNER, Config, apply_preset, foreign_keys, refuse
 from utils.errors import run
 from utils.losses import (
     IGNORE_INDEX,
@@ -152,7 +152,8 @@ def _target_terms(
 
 def check(cfg: Config) -> None:
     """What this setup cannot train, refused before any work: a model whose output is not C2,
-    + Multi without a layer3 C1, and CLAN's keys (this setup has no discriminator)."""
+    + Multi without a layer3 C1, and CLAN's and DACS's keys (this setup has no discriminator and
+    no teacher)."""
     model = apply_preset(cfg.model)
     problems = []
     if model.predict_with != "c2":
@@ -167,6 +168,7 @@ def check(cfg: Config) -> None:
         )
     problems += foreign_keys(cfg, CLAN_KEYS, "CLAN's discriminator and adversarial loss "
                              "(train_clan_norm.py)", "train_maxsquare_norm.py")  # fmt: skip
+    problems += foreign_keys(cfg, DACS_KEYS, DACS_OWNER, "train_maxsquare_norm.py")
     refuse("train_maxsquare_norm.py", problems)
 
 

@@ -18,7 +18,15 @@ from collections.abc import Sequence
 import torch
 
 from dataset.datasets import Batch
-from utils.config import MAXSQUARE_KEYS, MAXSQUARE_OWNER, Config, foreign_keys, refuse
+from utils.config import (
+    DACS_KEYS,
+    DACS_OWNER,
+    MAXSQUARE_KEYS,
+    MAXSQUARE_OWNER,
+    Config,
+    foreign_keys,
+    refuse,
+)
 from utils.errors import run
 from utils.losses import feature_norm, segmentation_loss, stepwise_norm_loss
 from utils.schedules import norm_damping
@@ -93,8 +101,9 @@ def train_step(
 
 
 def check(cfg: Config) -> None:
-    """MaxSquare's keys, which this setup would ignore, refused before any work."""
+    """MaxSquare's and DACS's keys, which this setup would ignore, refused before any work."""
     problems = foreign_keys(cfg, MAXSQUARE_KEYS, MAXSQUARE_OWNER, "train_norm_only.py")
+    problems += foreign_keys(cfg, DACS_KEYS, DACS_OWNER, "train_norm_only.py")
     refuse("train_norm_only.py", problems)
 
 

@@ -34,25 +34,29 @@ from pathlib import Path
 from typing import Any
 
 import train_clan_norm
+import train_dacs_norm
 import train_maxsquare_norm
 import train_norm_only
 from dataset.labels import CLASS_SUBSETS, NUM_CLASSES
 from utils.config import ConfigError, config_from_dict, load_config, read_yaml, to_dict
 from utils.errors import UsageError, UserError, add_debug_flag, run
 from utils.evaluation.metrics import SHORT_NAMES, miou_name
+from utils.evaluation.reports import recorded_subset_protocol
 from utils.logger import write_json
 from utils.protocols import flatten
 from utils.provenance import command_line, footer, provenance
 
 SCRIPTS = {"train_clan_norm.py": train_clan_norm, "train_norm_only.py": train_norm_only,
-           "train_maxsquare_norm.py": train_maxsquare_norm}  # fmt: skip
+           "train_maxsquare_norm.py": train_maxsquare_norm,
+           "train_dacs_norm.py": train_dacs_norm}  # fmt: skip
 BY_CONFIG_NAME = {
     "clan_norm": "train_clan_norm.py",
     "clan": "train_clan_norm.py",
     "norm_only": "train_norm_only.py",
     "source_only": "train_norm_only.py",
 }
-BY_CONFIG_PREFIX = {"maxsquare": "train_maxsquare_norm.py"}  # maxsquare_iw_norm.yaml, ...
+BY_CONFIG_PREFIX = {"maxsquare": "train_maxsquare_norm.py",  # maxsquare_iw_norm.yaml, ...
+                    "dacs": "train_dacs_norm.py"}  # dacs.yaml, dacs_norm.yaml
 # Settings that do not change what a run computes: a reused run may differ in these.
 NOT_RESULTS = {"train.device", "train.out_dir", "train.run_name", "train.log_every",
                "train.image_every", "train.save_every", "train.keep_checkpoints",
@@ -171,6 +175,22 @@ def summary(results: Sequence[dict[str, Any]], classes: int = NUM_CLASSES) -> di
     }
 
 
+def subset_protocol(rows: dict[str, Sequence[dict[str, Any]]]) -> str:
+    """The one ``eval.subset_protocol`` the runs of ``rows`` (label -> results) scored their
+    subsets with, a results file without the field read as ``ignore_outside``; an error naming
+    each row's where they differ, since their mIoU16 and mIoU13 would not compare."""
+    by_row = {label: sorted({recorded_subset_protocol(r) for r in results})
+              for label, results in rows.items()}  # fmt: skip
+    found = {p for protocols in by_row.values() for p in protocols}
+    if len(found) > 1:
+        each = "; ".join(f"{label}: {', '.join(p)}" for label, p in by_row.items())
+        raise UsageError(
+            f"the runs' subsets were scored with different eval.subset_protocol ({each}): "
+            f"score them with one (evaluate_cityscapes.py --subset-protocol) before tabling them"
+        )
+    return found.pop() if found else "ignore_outside"
+
+
 def _cell(mean: float, std: float, count: int) -> str:
     if math.isnan(mean):
         return "nan"
@@ -179,7 +199,10 @@ def _cell(mean: float, std: float, count: int) -> str:
 
 def markdown_table(rows: dict[str, Sequence[dict[str, Any]]], classes: int = NUM_CLASSES) -> str:
     """Rows of per-class IoU and mIoU, each cell mean ± std over the row's runs (percent). On
-    16 classes (SYNTHIA) the mIoU over SYNTHIA's 13 follows, as its papers report."""
+    16 classes (SYNTHIA) the mIoU over SYNTHIA's 13 follows, as its papers report; a subset's
+    rows must share one ``eval.subset_protocol`` (``subset_protocol``)."""
+    if classes != NUM_CLASSES:
+        subset_protocol(rows)
     means = [16, 13] if classes == 16 else [classes]
     head = ["method", *(SHORT_NAMES[c] for c in CLASS_SUBSETS[classes]),
             *(miou_name(k) for k in means)]  # fmt: skip
@@ -223,10 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = markdown_table({label: results}, classes)
     runs_json = [{"seed": s, "run": str(args.runs / f"{name}-seed{s}"), **r}
                  for s, r in zip(args.seeds, results)]  # fmt: skip
+    subsets = (
+        {"subset_protocol": subset_protocol({label: results})} if classes != NUM_CLASSES else {}
+    )
     write_json(args.runs / f"{name}.seeds.json", {
         "config": args.config, "script": script, "start": args.start,
-        "overrides": args.overrides, "seeds": args.seeds,
-        "classes": classes, **summary(results, classes), "runs": runs_json, "provenance": stamp,
+        "overrides": args.overrides, "seeds": args.seeds, "classes": classes, **subsets,
+        **summary(results, classes), "runs": runs_json, "provenance": stamp,
     })  # fmt: skip
     (args.runs / f"{name}.seeds.md").write_text(f"{table}\n\n{footer(stamp)}\n")
     print(table)

@@ -48,11 +48,13 @@ import torch
 import torch.nn.functional as F
 
 import train_clan_norm
+import train_dacs_norm
 import train_maxsquare_norm
 import train_norm_only
 from dataset.build import build_dataset
 from dataset.datasets import Batch, eval_loader, infinite_loader
 from dataset.synthetic import SyntheticSpec, generate
+from dataset.transforms import IMG_MEAN_BGR
 from utils import losses
 from utils.config import load_config
 from utils.distributed import DistInfo, resolve_device
@@ -61,12 +63,15 @@ from utils.evaluation.inference import evaluate, predict_logits
 from utils.evaluation.metrics import ConfusionMatrix
 from utils.provenance import command_line, footer, provenance
 from utils.schedules import damping, norm_damping
+from utils.self_training import blur_kernel_size, color_jitter, gaussian_blur
 from utils.training.graphs import CudaGraphBackend, GraphedStep
 from utils.training.state import TrainState, prepare
 
 # setup -> (script, overrides); MaxSquare's as its configs: its model, CE, lambda_target 0.1
 _MAXSQUARE = ["model.preset=maxsquare", "loss.seg=ce", "loss.maxsquare.lambda_target=0.1"]
 _IW = [*_MAXSQUARE, "loss.maxsquare.image_wise=true"]
+# DACS's as its configs: its one classifier, and the ignore label in ClassMix's pool
+_DACS = ["model.preset=dacs", "loss.seg=ce", "loss.dacs.mix_ignore=true"]
 SETUPS = {
     "Source only": (train_norm_only, ["loss.lambda_norm=0"]),
     "Norm only": (train_norm_only, []),
@@ -76,6 +81,9 @@ SETUPS = {
     "MaxSquare + Norm": (train_maxsquare_norm, _MAXSQUARE),
     "MaxSquare + IW": (train_maxsquare_norm, [*_IW, "loss.lambda_norm=0"]),
     "MaxSquare + IW + Norm": (train_maxsquare_norm, _IW),
+    "DACS": (train_dacs_norm, [*_DACS, "loss.lambda_norm=0"]),
+    "DACS + Norm": (train_dacs_norm, _DACS),
+    "DACS + Norm, one pass": (train_dacs_norm, [*_DACS, "loss.dacs.student_passes=one"]),
 }
 PAPER_SETUPS = ["Source only", "Norm only", "CLAN", "CLAN + Norm"]  # timed by default
 # the norm loss's overhead: each setup with it over the same setup without
@@ -84,6 +92,7 @@ NORM_PAIRS = [
     ("Norm only", "Source only"),
     ("MaxSquare + Norm", "MaxSquare"),
     ("MaxSquare + IW + Norm", "MaxSquare + IW"),
+    ("DACS + Norm", "DACS"),
 ]
 
 
@@ -198,7 +207,76 @@ def reference_maxsquare_step(
     optimizer.step()
 
 
-REFERENCES = {train_maxsquare_norm: reference_maxsquare_step}  # script -> its reference step
+def reference_dacs_step(state: TrainState, source: Batch, target: Batch | None, step: int) -> None:
+    """DACS's released procedure (``trainUDA.py``), from the same random draws as ours: float32;
+    the teacher's forward; per image, the classes by ``torch.unique`` (a host sync) and the mask
+    by comparing the label with each drawn class; the mix, jitter and blur one image at a time;
+    the pixel weight read back (``.item()``); ``L_l + L_u`` (and the norm term with its own
+    backward, as the paper's code has it) backward; the losses read back for the log; the
+    teacher's update one parameter at a time."""
+    cfg, g = state.cfg, state.run("G")
+    lo, ds = cfg.loss, cfg.loss.dacs
+    v = train_dacs_norm.step_values(cfg, step)
+    optimizer = state.optimizers["G"]
+    optimizer.zero_grad(set_to_none=True)
+    teacher, student = state.modules["teacher"], state.modules["G"]
+    x_s, y_s = state.to_device(source.image), state.to_device(source.label)
+    x_t = state.to_device(target.image)
+    size = y_s.shape[-2:]
+    with torch.no_grad():
+        logits_t = losses.upsample_to(teacher.predict(teacher(x_t)), size)
+        max_probs, label_t = torch.max(torch.softmax(logits_t, dim=1), dim=1)
+    weight = torch.sum(max_probs.ge(ds.threshold).long() == 1).item() / max_probs.numel()
+    keys = v["mix_keys"]
+    mixed, labels, weights = [], [], []
+    mean = torch.tensor(IMG_MEAN_BGR, device=x_s.device).view(3, 1, 1)
+    ky, kx = (blur_kernel_size(n, ds.blur_kernel) for n in x_s.shape[-2:])
+    for i in range(x_s.shape[0]):
+        classes = torch.unique(y_s[i])
+        if not ds.mix_ignore:
+            classes = classes[classes != losses.IGNORE_INDEX]
+        drawn = classes[keys[i, classes.cpu()].argsort()[: (len(classes) + 1) // 2]]
+        mask = y_s[i].unsqueeze(0).eq(drawn.view(-1, 1, 1)).sum(0).float()  # generate_class_mask
+        image = mask * x_s[i] + (1 - mask) * x_t[i]
+        if v["jitter_on"] > 0:
+            rgb = ((image + mean) / 255).flip(0)
+            rgb = color_jitter(rgb.unsqueeze(0), v["jitter"][i : i + 1])[0]
+            image = rgb.flip(0) * 255 - mean
+        if v["blur_on"] > 0:
+            rgb = ((image + mean) / 255).flip(0)
+            rgb = gaussian_blur(rgb.unsqueeze(0), float(v["blur_sigma"]), (ky, kx))[0]
+            image = rgb.flip(0) * 255 - mean
+        mixed.append(image)
+        labels.append((mask * y_s[i] + (1 - mask) * label_t[i]).long())
+        weights.append(mask + (1 - mask) * weight)
+    if ds.student_passes == "two":  # images, then inputs_u_s
+        out_s, out_m = g(x_s), g(torch.stack(mixed))
+    else:  # the one-pass variant: both batches through one forward
+        out = g(torch.cat([x_s, torch.stack(mixed)]))
+        out_s, out_m = (type(out)(*(t.chunk(2)[i] for t in out)) for i in (0, 1))
+    if lo.lambda_norm > 0:
+        d_norm = norm_damping(step, cfg.optim.schedule_steps, lo.clamp_norm_damping)
+        norm = losses.stepwise_norm_loss(out_s.features, lo.delta_r) + losses.stepwise_norm_loss(
+            out_m.features, lo.delta_r)  # fmt: skip
+        (lo.lambda_norm * d_norm * norm).backward(retain_graph=True)
+    heads = ("p2",) if student.predict_with == "c2" else ("p1", "p2")
+    loss_l = sum(losses.cross_entropy(losses.upsample_to(getattr(out_s, h), size), y_s)
+                 for h in heads)  # fmt: skip
+    y_mix, w_mix = torch.stack(labels), torch.stack(weights)
+    ce = torch.nn.CrossEntropyLoss(ignore_index=losses.IGNORE_INDEX, reduction="none")
+    loss_u = sum(torch.mean(ce(losses.upsample_to(getattr(out_m, h), size), y_mix) * w_mix)
+                 for h in heads)  # fmt: skip
+    (loss_l + ds.lambda_mix * loss_u).backward()
+    loss_l.item(), loss_u.item()  # their loss_l_value, loss_u_value
+    optimizer.step()
+    alpha = min(1 - 1 / (step + 1), ds.ema_alpha)  # update_ema_variables
+    with torch.no_grad():
+        for ema_param, param in zip(teacher.parameters(), student.parameters(), strict=True):
+            ema_param.data[:] = alpha * ema_param.data[:] + (1 - alpha) * param.data[:]
+
+
+REFERENCES = {train_maxsquare_norm: reference_maxsquare_step,
+              train_dacs_norm: reference_dacs_step}  # fmt: skip  # script -> its reference step
 
 
 def _sync(device: torch.device) -> None:

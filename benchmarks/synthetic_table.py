@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import ensemble
 import train_clan_norm
+import train_dacs_norm
 import train_maxsquare_norm
 import train_norm_only
 from benchmarks.seeds import markdown_table, run_staged, summary
@@ -45,6 +46,7 @@ PAGES = {  # each table's block lives on its docs page; the main table's summary
     "synthetic-table": ("docs/synthetic.md", "README.md"),
     "synthetic-table-released": ("docs/protocols.md",),
     "synthetic-table-synthia": ("docs/synthia.md",),
+    "synthetic-table-maxsquare": ("docs/maxsquare.md",),
 }
 
 class Setup(NamedTuple):
@@ -152,8 +154,14 @@ SETUPS: dict[str, Setup | Ensemble] = {
                                  ("loss.maxsquare.lambda_target=0",), MAXSQUARE_START),
     "maxsquare_ensemble": Ensemble("Norm only (0.7) + MaxSquare (0.3) ensemble, flip",
                                    ("norm_only", "maxsquare"), (0.7, 0.3)),
+    "dacs": Setup("DACS", train_dacs_norm, "configs/demo/dacs.yaml"),
+    "dacs_norm": Setup("DACS + Norm", train_dacs_norm, "configs/demo/dacs_norm.yaml"),
+    "synthia_dacs": Setup("DACS (SYNTHIA)", train_dacs_norm, "configs/demo/synthia/dacs.yaml"),
+    "synthia_dacs_norm": Setup("DACS + Norm (SYNTHIA)", train_dacs_norm,
+                               "configs/demo/synthia/dacs_norm.yaml"),
 }
 MAXSQUARE_ROWS = [s for s in SETUPS if s.startswith("maxsquare")]
+DACS_ROWS = [s for s in SETUPS if "dacs" in s]
 
 
 def run_setup(setup: str, seeds: Sequence[int], runs: Path, overrides: Sequence[str]) -> list[dict]:
@@ -280,10 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--setups",
         nargs="+",
         default=[s for s in SETUPS if "_released" not in s and not s.startswith("synthia")
-                 and s not in MAXSQUARE_ROWS],
+                 and s not in MAXSQUARE_ROWS and s not in DACS_ROWS],
         choices=list(SETUPS),
-        help="default: all but the released-protocol, SYNTHIA and MaxSquare rows, which are run "
-        "on their own",
+        help="default: all but the released-protocol, SYNTHIA, MaxSquare and DACS rows, which "
+        "are run on their own",
     )
     parser.add_argument(
         "--classes", type=int, choices=[19, 16], default=19,

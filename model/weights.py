@@ -93,6 +93,7 @@ class Weights:
     state: dict[str, Tensor]
     config: dict[str, Any] | None  # the stored config (this repository's checkpoints)
     notes: tuple[str, ...]  # conversions applied while reading
+    teacher: dict[str, Tensor] | None = None  # a self-training run's mean teacher (DACS)
 
 
 @dataclass(frozen=True)
@@ -134,10 +135,12 @@ def read_weights(path: str | Path) -> Weights:
         obj = load_checkpoint(path)
     notes: list[str] = []
     config = None
+    teacher = None
     if is_training_checkpoint(obj):
         state, config, note = generator_of(obj, path)
         layout = "checkpoint"
         notes.append(note)
+        teacher = obj["models"].get("teacher")
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         layout, state = "maxsquare", obj["state_dict"]
         notes.append("unwrapped state_dict")
@@ -159,7 +162,22 @@ def read_weights(path: str | Path) -> Weights:
                 f"{path}: unknown weights layout; tried {', '.join(LAYOUTS.values())}; "
                 f"first keys: {', '.join(list(state)[:8]) or '(none)'}"
             )
-    return Weights(path, layout, state, config, tuple(notes))
+    return Weights(path, layout, state, config, tuple(notes), teacher)
+
+
+def scored_weights(weights: Weights, model: str) -> Weights:
+    """The weights ``eval.model`` scores: G's (``student``), or a self-training run's mean
+    teacher (``teacher``: its checkpoint's ``models.teacher``); an error naming the file when it
+    holds no teacher."""
+    if model != "teacher":
+        return weights
+    if weights.teacher is None:
+        raise CheckpointError(
+            f"{weights.path}: eval.model=teacher, but the file holds no teacher (only a "
+            f"self-training run's checkpoint, train_dacs_norm.py's, has models.teacher)"
+        )
+    notes = (*weights.notes, "the mean teacher (models.teacher)")
+    return replace(weights, state=weights.teacher, notes=notes)
 
 
 def infer_preset(weights: Weights) -> str:

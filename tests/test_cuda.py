@@ -29,6 +29,7 @@ import torch
 import ensemble
 import evaluate_cityscapes
 import train_clan_norm
+import train_dacs_norm
 import train_maxsquare_norm
 import train_norm_only
 from benchmarks import speed
@@ -154,10 +155,13 @@ def test_compiled_step_matches_eager_on_cuda(setup, small_model, small_batches, 
 
 # MaxSquare + IW + Multi: the image-wise counts and the pseudo-labels stay on the device too.
 SETUP_KEYS = {train_maxsquare_norm: ["model.preset=maxsquare", "loss.maxsquare.image_wise=true",
-                                     "loss.maxsquare.multi=true"]}  # fmt: skip
+                                     "loss.maxsquare.multi=true"],
+              train_dacs_norm: ["model.preset=dacs"]}  # fmt: skip
+# DACS: ClassMix, the teacher's weight and the augmentation stay on the device as well.
 
 
-@pytest.mark.parametrize("script", [train_clan_norm, train_norm_only, train_maxsquare_norm])
+@pytest.mark.parametrize("script", [train_clan_norm, train_norm_only, train_maxsquare_norm,
+                                    train_dacs_norm])
 def test_a_training_step_never_waits_for_the_gpu(script, small_model, small_batches):
     state = _state(script, [*small_model, "train.amp=bf16", *SETUP_KEYS.get(script, [])], CUDA)
     source, target = _pinned(small_batches)
@@ -366,7 +370,8 @@ def test_cuda_graph_step_matches_eager(setup, amp, small_model, no_tf32):
         torch.testing.assert_close(w_g[key], w_e[key], rtol=1e-3, atol=1e-5, msg=key)
 
 
-@pytest.mark.parametrize("script", [train_clan_norm, train_norm_only, train_maxsquare_norm])
+@pytest.mark.parametrize("script", [train_clan_norm, train_norm_only, train_maxsquare_norm,
+                                    train_dacs_norm])
 def test_a_graphed_step_never_waits_for_the_gpu(script, small_model):
     from utils.training.graphs import CudaGraphBackend, GraphedStep
 

@@ -15,6 +15,7 @@ import torch
 
 import evaluate_cityscapes
 import train_clan_norm
+import train_dacs_norm
 import train_maxsquare_norm
 import train_norm_only
 import utils.training.loop as engine
@@ -62,8 +63,10 @@ def test_a_steps_logged_values_are_on_its_device_or_plain_numbers(
             else:
                 assert isinstance(value, (int, float)), f"{setup}: {key} is {type(value)}"
         accumulate(sums, terms)
-    # the backward passes ran on the device too; MaxSquare without + Multi leaves C1 untrained
-    c1_untrained = script is train_maxsquare_norm and not state.cfg.loss.maxsquare.multi
+    # the backward passes ran on the device too; MaxSquare without + Multi and DACS leave C1
+    # untrained
+    c1_untrained = (script is train_maxsquare_norm and not state.cfg.loss.maxsquare.multi) or (
+        script is train_dacs_norm and state.model.predict_with == "c2")  # DACS's one classifier
     grads = {f"{name}.{n}": p.grad for name, m in state.modules.items()
              for n, p in m.named_parameters() if p.requires_grad}  # fmt: skip
     for name, grad in grads.items():

@@ -75,6 +75,7 @@ RELEASED = ["data.source.crop=null", "data.source.resize=[96,52]", "data.target.
         ("train_norm_only", "configs/demo/source_only.yaml", []),
         ("train_maxsquare_norm", "configs/demo/maxsquare_iw_multi_norm.yaml", ["model.init_from="]),
         ("train_maxsquare_norm", "configs/demo/maxsquare_norm.yaml", ["model.init_from="]),
+        ("train_dacs_norm", "configs/demo/dacs_norm.yaml", []),
     ],
 )
 def test_two_gloo_processes_keep_identical_weights(tmp_path, synthetic, script, config, extra):

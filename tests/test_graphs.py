@@ -22,6 +22,7 @@ import torch
 from conftest import state_weights
 
 import train_clan_norm
+import train_dacs_norm
 import train_maxsquare_norm
 import train_norm_only
 from dataset.datasets import Batch
@@ -42,6 +43,11 @@ SETUPS = {
     "maxsquare_iw_multi_norm": (train_maxsquare_norm, [
         "loss.lambda_norm=0.5", "model.preset=maxsquare", "loss.maxsquare.image_wise=true",
         "loss.maxsquare.multi=true", "loss.maxsquare.threshold=0.2"]),
+    # the random draws (ClassMix's keys, the augmentation) are tensors the runner copies in
+    "dacs_norm": (train_dacs_norm, ["loss.lambda_norm=0.5", "model.preset=dacs",
+                                    "loss.dacs.threshold=0.2"]),
+    "dacs_one_pass": (train_dacs_norm, ["loss.lambda_norm=0", "model.preset=clan",
+                                        "loss.dacs.student_passes=one"]),
 }
 # Warm-up over at step 3 (D's map switches on after the capture) and a short schedule, so the
 # learning rates and dampings move every step; a large norm weight makes the term count.

@@ -1,7 +1,10 @@
 """Label table and IoU (19 classes, and the 16 and 13 of SYNTHIA -> Cityscapes) against
-cityscapesscripts, the dataset's official scripts; the confusion matrix of labels resized with
-the image (``eval.label_size=input``) against one made by hand."""
+cityscapesscripts, the dataset's official scripts; the two subset protocols
+(``eval.subset_protocol``) on a matrix made by hand, where results record them and how old
+results read back; the confusion matrix of labels resized with the image
+(``eval.label_size=input``) against one made by hand."""
 
+import json
 import math
 
 import numpy as np
@@ -9,9 +12,12 @@ import pytest
 import torch
 from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_eval
 from cityscapesscripts.helpers.labels import labels as cs_labels
-from conftest import TINY_EVAL
+from conftest import TINY_EVAL, TINY_TRAIN, write_layout
 from PIL import Image
 
+import evaluate_cityscapes
+import train_norm_only
+from benchmarks import seeds
 from dataset.labels import (
     CLASS_NAMES,
     CLASS_SUBSETS,
@@ -23,9 +29,16 @@ from dataset.labels import (
     colorize,
 )
 from utils.config import load_config
+from utils.errors import UsageError
 from utils.evaluation.inference import evaluate_views, predicted_train_ids
 from utils.evaluation.metrics import ConfusionMatrix, format_iou_table
 from utils.evaluation.prepare import val_dataset, val_loader
+from utils.evaluation.reports import (
+    class_ious,
+    class_results,
+    protocol_of,
+    recorded_subset_protocol,
+)
 
 CS_NAMES = {"light": "traffic light", "sign": "traffic sign"}
 
@@ -192,6 +205,10 @@ def test_subset_miou_matches_cityscapesscripts(tmp_path, monkeypatch, num_classe
     cm = ConfusionMatrix(19)
     for p, g in zip(preds, gts):
         cm.update(torch.from_numpy(p.astype(np.int64)), torch.from_numpy(ID_TO_TRAIN_ID[g]).long())
+    # full_matrix: cityscapesscripts' own 19-class IoUs, read at the set's classes
+    (tmp_path / "all").mkdir()
+    all19, _ = _cityscapes_result(tmp_path / "all", preds, gts)
+    assert cm.iou(classes, "full_matrix") == pytest.approx([all19[c] for c in classes], abs=1e-12)
     per_class, average = _restricted_oracle(tmp_path, preds, gts, absent, monkeypatch)
     assert cm.iou(classes) == pytest.approx([per_class[c] for c in classes], abs=1e-12)
     assert cm.miou(classes) == pytest.approx(average, abs=1e-12)
@@ -201,6 +218,182 @@ def test_subset_miou_matches_cityscapesscripts(tmp_path, monkeypatch, num_classe
     full = cm.iou()
     assert all(cm.iou(classes)[i] > full[c] for i, c in enumerate(classes))
     assert cm.miou(classes) != pytest.approx(cm.miou() * 19 / num_classes, abs=1e-3)
+
+
+def _matrix(cells: dict[tuple[int, int], int]) -> ConfusionMatrix:
+    """A 19-class matrix holding ``cells``: (true class, predicted class) -> pixels."""
+    target = [t for (t, _), n in cells.items() for _ in range(n)]
+    pred = [p for (_, p), n in cells.items() for _ in range(n)]
+    cm = ConfusionMatrix(19)
+    cm.update(torch.tensor(pred), torch.tensor(target))
+    return cm
+
+
+# 10 pixels of each of SYNTHIA's 16 classes predicted right; 2 of road predicted sidewalk, 1 of
+# building predicted terrain (outside the 16); pixels labelled outside the 16, never predicted
+# right: 4 of terrain predicted vegetation, 2 of truck predicted car, 3 of train predicted bus.
+HAND = {**{(c, c): 10 for c in SYNTHIA_16},
+        (0, 1): 2, (2, 9): 1, (9, 8): 4, (14, 13): 2, (16, 15): 3}  # fmt: skip
+
+
+def test_the_two_subset_protocols_on_a_matrix_made_by_hand():
+    cm = _matrix(HAND)
+    # ignore_outside: the rows of terrain, truck and train are not counted. Road: TP 10, FN 2
+    # (its whole row) -> 10/12; sidewalk: FP 2 (road's row is in the set) -> 10/12; building:
+    # FN 1 (predicted terrain: a false negative, a false positive of nothing) -> 10/11;
+    # vegetation, car, bus: their false positives lie in the uncounted rows -> 1.
+    ignore = {**dict.fromkeys(SYNTHIA_16, 1.0), 0: 10 / 12, 1: 10 / 12, 2: 10 / 11}
+    # full_matrix: every row counts, so vegetation 10/(10 + 4), car 10/(10 + 2), bus 10/(10 + 3)
+    full = {**ignore, 8: 10 / 14, 13: 10 / 12, 15: 10 / 13}
+    assert cm.iou(SYNTHIA_16) == pytest.approx([ignore[c] for c in SYNTHIA_16])
+    assert cm.iou(SYNTHIA_16, "ignore_outside") == cm.iou(SYNTHIA_16)  # the default
+    assert cm.iou(SYNTHIA_16, "full_matrix") == pytest.approx([full[c] for c in SYNTHIA_16])
+    assert cm.iou(SYNTHIA_13) == pytest.approx([ignore[c] for c in SYNTHIA_13])
+    assert cm.iou(SYNTHIA_13, "full_matrix") == pytest.approx([full[c] for c in SYNTHIA_13])
+    assert cm.miou(SYNTHIA_16, "full_matrix") == pytest.approx(sum(full.values()) / 16)
+    # the 19 classes: terrain (row 4, column 1), truck (row 2) and train (row 3), never right,
+    # have IoU 0; the full matrix's IoUs are full_matrix's, and so mIoU16 = mIoU19 x 19/16
+    full19 = {**full, 9: 0.0, 14: 0.0, 16: 0.0}
+    assert cm.iou() == pytest.approx([full19[c] for c in range(19)])
+    assert cm.miou(SYNTHIA_16, "full_matrix") == pytest.approx(cm.miou() * 19 / 16)
+    assert cm.miou(SYNTHIA_16) != pytest.approx(cm.miou() * 19 / 16)  # not ignore_outside
+    # 19 classes: the two protocols are the same
+    for classes in (None, range(19)):
+        assert cm.iou(classes, "full_matrix") == cm.iou(classes, "ignore_outside") == cm.iou()
+
+
+def test_the_identity_needs_the_absent_classes_at_iou_0_not_nan():
+    # Nothing labelled or predicted outside the 16: terrain, truck and train have no union,
+    # IoU NaN, and the 19-class nan-mean skips them: mIoU16 is mIoU19, not mIoU19 x 19/16.
+    inside = {cell: n for cell, n in HAND.items() if all(c in SYNTHIA_16 for c in cell)}
+    cm = _matrix(inside)
+    assert all(math.isnan(cm.iou()[c]) for c in (9, 14, 16))
+    assert cm.miou(SYNTHIA_16, "full_matrix") == cm.miou(SYNTHIA_16) == pytest.approx(cm.miou())
+    # Predicted but never labelled (building's pixel predicted terrain): IoU 0 again
+    cm = _matrix({**inside, (2, 9): 1})
+    assert cm.iou()[9] == 0.0 and math.isnan(cm.iou()[14])
+    assert cm.miou(SYNTHIA_16, "full_matrix") == pytest.approx(cm.miou() * 17 / 16)
+
+
+def test_an_unknown_subset_protocol_is_an_error_naming_the_choices():
+    named = (r"subset protocol 'full' \(eval\.subset_protocol, --subset-protocol\): expected "
+             r"one of ignore_outside, full_matrix")  # fmt: skip
+    with pytest.raises(ValueError, match=named):
+        _matrix(HAND).iou(SYNTHIA_16, "full")
+    with pytest.raises(ValueError, match="expected one of ignore_outside, full_matrix"):
+        _matrix(HAND).miou(None, "all")
+
+
+def test_mask_absent_and_the_subset_protocol_combine():
+    cm = _matrix(HAND)
+    # the masked view's argmax over the 16: building's pixel is predicted building
+    masked = _matrix({**HAND, (2, 9): 0, (2, 2): 11})
+    for protocol in ("ignore_outside", "full_matrix"):
+        ious = class_ious([cm, masked, masked], [19, 16, 13], True, protocol)
+        assert ious[19] == cm.iou()  # the model's own argmax, whatever the protocol
+        assert ious[16] == masked.iou(SYNTHIA_16, protocol)
+        assert ious[13] == masked.iou(SYNTHIA_13, protocol)
+        assert class_ious([cm], [19, 16], False, protocol)[16] == cm.iou(SYNTHIA_16, protocol)
+        results = class_results(ious, [cm, masked, masked], True, protocol)
+        assert results["mask_absent"] is True and results["subset_protocol"] == protocol
+    # masked, an absent class is never predicted: labelled, its IoU is 0 and the identity holds
+    assert masked.iou()[2] == 1.0 and [masked.iou()[c] for c in (9, 14, 16)] == [0.0] * 3
+    assert masked.miou(SYNTHIA_16, "full_matrix") == pytest.approx(masked.miou() * 19 / 16)
+    # 19 classes only: no subset, so neither rule is recorded
+    assert set(class_results({19: cm.iou()}, [cm], False, "full_matrix")) == {"mIoU", "iou"}
+
+
+def test_the_protocol_records_the_subset_protocol_where_a_subset_is_reported():
+    subsets = load_config(None, ["eval.classes=[16,13]", "eval.subset_protocol=full_matrix"])
+    scored = protocol_of(subsets, "last")
+    assert scored.fields()["subset_protocol"] == "full_matrix"
+    assert scored.line() == (
+        "protocol: labels at full resolution (eval.label_size=full), flip off, subsets: IoUs "
+        "of the 19-class matrix, averaged over a set (eval.subset_protocol=full_matrix), "
+        "snapshot: last"
+    )
+    default = protocol_of(load_config(None, ["eval.classes=[19,16]"]), "last")
+    assert default.fields()["subset_protocol"] == "ignore_outside"
+    assert "subsets: pixels labelled outside a set ignored (eval.subset_protocol=ignore_" in (
+        default.line()
+    )
+    # 19 classes only: the two protocols agree, and neither the JSON nor the line names one
+    only19 = protocol_of(load_config(None, ["eval.subset_protocol=full_matrix"]), "last")
+    assert "subset_protocol" not in only19.fields() and "subsets" not in only19.line()
+
+
+def test_results_without_the_field_read_as_ignore_outside():
+    old = {"mIoU16": 0.3, "mask_absent": False,
+           "protocol": {"label_size": "full", "input_size": [1024, 512], "flip": True,
+                        "selection": "last"}}  # fmt: skip
+    assert recorded_subset_protocol(old) == "ignore_outside"
+    assert recorded_subset_protocol({"mIoU16": 0.3}) == "ignore_outside"  # no protocol at all
+    new = {**old, "protocol": {**old["protocol"], "subset_protocol": "full_matrix"}}
+    assert recorded_subset_protocol(new) == "full_matrix"
+    assert recorded_subset_protocol({"subset_protocol": "full_matrix"}) == "full_matrix"
+    with pytest.raises(ValueError, match="'whole': expected one of ignore_outside, full_matrix"):
+        recorded_subset_protocol({"subset_protocol": "whole"})
+    # benchmarks.seeds (and benchmarks.synthetic_table) read runs' results.json: an old run
+    # tables with one of ignore_outside, and not with one of full_matrix
+    row = {"iou": [0.5] * 19, "mIoU": 0.5, "iou16": [0.5] * 16, "mIoU16": 0.5,
+           "iou13": [0.5] * 13, "mIoU13": 0.5}  # fmt: skip
+    ignore = {**row, "protocol": {"subset_protocol": "ignore_outside"}}
+    full = {**row, "protocol": {"subset_protocol": "full_matrix"}}
+    assert seeds.subset_protocol({"a": [{**old, **row}], "b": [ignore]}) == "ignore_outside"
+    assert "| a | 50.0 |" in seeds.markdown_table({"a": [{**old, **row}], "b": [ignore]}, 16)
+    mixed = r"different eval\.subset_protocol \(a: ignore_outside; b: full_matrix\)"
+    with pytest.raises(UsageError, match=mixed):
+        seeds.markdown_table({"a": [{**old, **row}], "b": [full]}, 16)
+    assert "| b | 50.0 |" in seeds.markdown_table({"a": [row], "b": [full]})  # 19: no subset
+
+
+def test_evaluate_records_the_subset_protocol_flag(tmp_path, synthetic, capsys):
+    path, _, _ = write_layout(tmp_path, "clan", synthetic)
+    common = ["--restore", str(path), "--classes", "19", "16", "13", *TINY_EVAL, *synthetic]
+    plain_json, full_json = tmp_path / "plain.json", tmp_path / "full.json"
+    assert evaluate_cityscapes.main([*common, "--results", str(plain_json)]) == 0
+    assert "(eval.subset_protocol=ignore_outside), snapshot: " in capsys.readouterr().out
+    assert evaluate_cityscapes.main([*common, "--subset-protocol", "full_matrix",
+                                     "--results", str(full_json)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    header = ("subsets: IoUs of the 19-class matrix, averaged over a set "
+              "(eval.subset_protocol=full_matrix), snapshot: file given: clan.pth")  # fmt: skip
+    assert header in out
+    plain, full = json.loads(plain_json.read_text()), json.loads(full_json.read_text())
+    assert plain["protocol"]["subset_protocol"] == plain["subset_protocol"] == "ignore_outside"
+    assert full["protocol"]["subset_protocol"] == full["subset_protocol"] == "full_matrix"
+    assert full["config"]["eval"]["subset_protocol"] == "full_matrix"
+    assert recorded_subset_protocol(full) == "full_matrix"
+    # full_matrix's subset IoUs are the 19-class IoUs; the 19 classes are the same under both
+    assert plain["iou"] == full["iou"] and plain["mIoU"] == full["mIoU"]
+    for k, subset in ((16, SYNTHIA_16), (13, SYNTHIA_13)):
+        names = [CLASS_NAMES[c] for c in subset]
+        assert list(full[f"iou{k}"].values()) == pytest.approx([full["iou"][n] for n in names],
+                                                               nan_ok=True)  # fmt: skip
+    assert full["mIoU13"] != plain["mIoU13"]  # wall, fence and pole are labelled
+    assert out.rstrip().splitlines()[-2] == f"mIoU16: {100 * full['mIoU16']:.2f}"
+    # 19 classes only: the flag changes nothing and is recorded nowhere but the config
+    only19 = tmp_path / "19.json"
+    args = ["--restore", str(path), "--subset-protocol", "full_matrix", "--results", str(only19),
+            *TINY_EVAL, *synthetic]  # fmt: skip
+    assert evaluate_cityscapes.main(args) == 0
+    saved = json.loads(only19.read_text())
+    assert saved["mIoU"] == plain["mIoU"] and "subset_protocol" not in saved["protocol"]
+    assert "subset_protocol" not in saved
+    with pytest.raises(SystemExit):
+        evaluate_cityscapes.main([*common, "--subset-protocol", "whole"])
+
+
+def test_training_records_the_subset_protocol_in_results_json(tmp_path, synthetic, capsys):
+    args = ["--config", "configs/demo/norm_only.yaml", *TINY_TRAIN, *synthetic,
+            "train.device=cpu", "train.max_steps=1", f"train.out_dir={tmp_path}",
+            "train.run_name=full", "eval.classes=[19,16]",
+            "eval.subset_protocol=full_matrix"]  # fmt: skip
+    assert train_norm_only.main(args) == 0
+    assert "(eval.subset_protocol=full_matrix), snapshot: last" in capsys.readouterr().out
+    results = json.loads((tmp_path / "full" / "results.json").read_text())
+    assert results["protocol"]["subset_protocol"] == results["subset_protocol"] == "full_matrix"
+    assert results["iou16"] == pytest.approx([results["iou"][c] for c in SYNTHIA_16], nan_ok=True)
 
 
 def test_format_iou_table_subset_columns():

@@ -59,6 +59,7 @@ PRESETS: dict[str, Preset] = {
     "adaptsegnet": Preset(True, 2, "c2"),  # released forward used 2 of the 4 stored branches
     "maxsquare": Preset(True, 2, "c2"),  # same network as AdaptSegNet's multi-level model
     "advent": Preset(True, 4, "c2"),  # ADVENT's multi-level model uses all four
+    "dacs": Preset(False, 4, "c2"),  # DACS's one classifier: C2, four branches on layer4
 }
 
 
@@ -121,6 +122,21 @@ class MaxSquareConfig:
 
 
 @dataclass(frozen=True)
+class DacsConfig:
+    lambda_mix: float
+    threshold: float
+    mix_ignore: bool
+    ema_alpha: float
+    teacher_bn: str
+    jitter_p: float
+    jitter_strength: float
+    blur_p: float
+    blur_sigma: tuple[float, float]
+    blur_kernel: float
+    student_passes: str
+
+
+@dataclass(frozen=True)
 class LossConfig:
     seg: str
     focal_gamma: float
@@ -132,6 +148,7 @@ class LossConfig:
     lambda_local: float
     eps: float
     maxsquare: MaxSquareConfig
+    dacs: DacsConfig
 
 
 @dataclass(frozen=True)
@@ -177,6 +194,8 @@ class EvalConfig:
     label_size: str
     classes: tuple[int, ...]
     mask_absent: bool
+    subset_protocol: str
+    model: str
 
 
 @dataclass(frozen=True)
@@ -368,6 +387,11 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 DATASETS = ("gta5", "synthia", "cityscapes")
 EVAL_CLASSES = (19, 16, 13)  # all 19 classes, SYNTHIA's 16 and 13 (dataset.labels.CLASS_SUBSETS)
 LABEL_SIZES = ("full", "input")  # val labels at full size (AdaptSegNet's) | resized (MaxSquare's)
+SUBSET_PROTOCOLS = ("ignore_outside", "full_matrix")  # a class subset's IoU: its own matrix, or
+# the full one's (utils.evaluation.metrics.ConfusionMatrix.iou)
+EVAL_MODELS = ("student", "teacher")  # which of a self-training run's models is scored
+TEACHER_BN = ("keep", "copy")  # the teacher's BatchNorm statistics: its own | the student's
+STUDENT_PASSES = ("two", "one")  # DACS's student forward: a pass per batch | one joint batch
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.predict_with": PREDICT_WITH,
     "data.source.dataset": DATASETS,
@@ -380,6 +404,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.amp": AMP_CHOICES,
     "train.compile_mode": COMPILE_MODES,
     "eval.label_size": LABEL_SIZES,
+    "eval.subset_protocol": SUBSET_PROTOCOLS,
+    "eval.model": EVAL_MODELS,
+    "loss.dacs.teacher_bn": TEACHER_BN,
+    "loss.dacs.student_passes": STUDENT_PASSES,
 }
 AT_LEAST: dict[str, float] = {  # key: smallest valid value
     "model.num_classes": 1, "model.base_width": 1, "model.d_width": 1,
@@ -389,6 +417,9 @@ AT_LEAST: dict[str, float] = {  # key: smallest valid value
     "loss.focal_gamma": 0, "loss.lambda_norm": 0, "loss.lambda_adv": 0, "loss.lambda_weight": 0,
     "loss.lambda_local": 0, "loss.eps": 0, "loss.maxsquare.lambda_target": 0,
     "loss.maxsquare.iw_ratio": 0, "loss.maxsquare.lambda_aux": 0, "loss.maxsquare.threshold": 0,
+    "loss.dacs.lambda_mix": 0, "loss.dacs.threshold": 0, "loss.dacs.ema_alpha": 0,
+    "loss.dacs.jitter_p": 0, "loss.dacs.jitter_strength": 0, "loss.dacs.blur_p": 0,
+    "loss.dacs.blur_kernel": 0,
     "optim.lr": 0, "optim.momentum": 0, "optim.weight_decay": 0, "optim.power": 0,
     "optim.warmup_steps": 0, "optim.schedule_steps": 1, "optim.lr_d": 0, "optim.weight_decay_d": 0,
     "train.max_steps": 1, "train.log_every": 1, "train.image_every": 0, "train.eval_every": 0,
@@ -508,9 +539,17 @@ def validate(cfg: Config) -> Config:
     for key, value in (
         ("loss.maxsquare.iw_ratio", cfg.loss.maxsquare.iw_ratio),
         ("loss.maxsquare.threshold", cfg.loss.maxsquare.threshold),
+        ("loss.dacs.threshold", cfg.loss.dacs.threshold),
+        ("loss.dacs.ema_alpha", cfg.loss.dacs.ema_alpha),
+        ("loss.dacs.jitter_p", cfg.loss.dacs.jitter_p),
+        ("loss.dacs.blur_p", cfg.loss.dacs.blur_p),
+        ("loss.dacs.blur_kernel", cfg.loss.dacs.blur_kernel),
     ):
         if not value <= 1:
             problems.append(f"{key}: expected a number <= 1, got {value}")
+    lo, hi = cfg.loss.dacs.blur_sigma
+    if not 0 < lo <= hi:
+        problems.append(f"loss.dacs.blur_sigma: expected 0 < low <= high, got [{lo}, {hi}]")
     if not cfg.optim.momentum < 1:
         problems.append(f"optim.momentum: expected a number < 1, got {cfg.optim.momentum}")
     if cfg.train.device != "auto":
@@ -543,6 +582,8 @@ def changed_keys(cfg: Config, keys: typing.Iterable[str]) -> dict[str, Any]:
 # refuse them (``foreign_keys``) rather than ignore them.
 MAXSQUARE_KEYS = ("loss.maxsquare",)
 MAXSQUARE_OWNER = "MaxSquare's target losses (train_maxsquare_norm.py)"
+DACS_KEYS = ("loss.dacs", "eval.model")
+DACS_OWNER = "DACS's self-training (train_dacs_norm.py)"
 
 
 def foreign_keys(cfg: Config, keys: typing.Iterable[str], owner: str, script: str) -> list[str]:

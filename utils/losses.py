@@ -176,3 +176,17 @@ def multi_level_pseudo_label(
     label = ((prob_main + prob_aux) / 2).argmax(dim=1)
     confident = (prob_main.amax(dim=1) > threshold) | (prob_aux.amax(dim=1) > threshold)
     return torch.where(confident, label, torch.full_like(label, ignore_index))
+
+
+def pixel_weighted_cross_entropy(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    weight: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """DACS's loss on the mixed images: ``mean(w * CE)`` over all ``B x H x W`` pixels, an
+    ignored pixel counting 0 (and still counted in the mean, as DACS's
+    ``CrossEntropyLoss2dPixelWiseWeighted``); ``logits`` already at label size, ``weight``
+    ``B x H x W`` (no gradient)."""
+    ce = F.cross_entropy(logits.float(), label, ignore_index=ignore_index, reduction="none")
+    return (ce * weight.detach().float()).mean()

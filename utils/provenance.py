@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # What a training or evaluation result depends on: a commit touching these after a result's
 # own commit makes the result stale (``stale``).
 CODE_PATHS = ("train_clan_norm.py", "train_norm_only.py", "train_maxsquare_norm.py",
-              "evaluate_cityscapes.py", "ensemble.py", "model", "dataset", "utils",
-              "configs")  # fmt: skip
+              "train_dacs_norm.py", "evaluate_cityscapes.py", "ensemble.py", "model", "dataset",
+              "utils", "configs")  # fmt: skip
 
 
 def _git(*args: str) -> str | None:

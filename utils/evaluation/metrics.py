@@ -1,5 +1,6 @@
 """Confusion matrix, per-class IoU and mIoU (one matrix over the whole split), on all 19
-classes or on a subset of them (SYNTHIA -> Cityscapes: 16 and 13)."""
+classes or on a subset of them (SYNTHIA -> Cityscapes: 16 and 13), a subset's IoUs counted by
+one of two protocols (``eval.subset_protocol``: ``ConfusionMatrix.iou``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from dataset.labels import CLASS_SUBSETS, IGNORE_INDEX, NUM_CLASSES
+from utils.config import SUBSET_PROTOCOLS
 
 
 class ConfusionMatrix:
@@ -61,23 +63,39 @@ class ConfusionMatrix:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.counts)
 
-    def iou(self, classes: Sequence[int] | None = None) -> list[float]:
+    def iou(
+        self, classes: Sequence[int] | None = None, protocol: str = "ignore_outside"
+    ) -> list[float]:
         """Per-class ``TP / (TP + FP + FN)`` of ``classes`` (default: all), in their order; NaN
-        for a class absent from labels and predictions.
+        for a class whose union is empty (neither labelled nor predicted on the pixels counted).
 
-        Restricted to a subset S, a pixel labelled outside S is ignored, and a pixel of class
-        c in S predicted as a class outside S is a false negative of c and a false positive of
-        nothing: FN counts c's whole row, FP c's column over the rows of S. This is
-        cityscapesscripts' IoU with the classes outside S marked ``ignoreInEval``."""
+        ``protocol`` (``eval.subset_protocol``) says what a subset S counts; on all the classes
+        the two are the same.
+
+        - ``ignore_outside``: a pixel labelled outside S is ignored, and a pixel of class c in
+          S predicted as a class outside S is a false negative of c and a false positive of
+          nothing: FN counts c's whole row, FP c's column over the rows of S. This is
+          cityscapesscripts' IoU with the classes outside S marked ``ignoreInEval``.
+        - ``full_matrix``: the IoUs of the whole matrix, read at the classes of S: FN counts
+          c's whole row, FP c's whole column, so a pixel labelled outside S and predicted as c
+          is a false positive of c: the 19-class scores of DACS's and DAFormer's evaluations,
+          averaged over S (docs/synthia.md, "Scoring a subset: two protocols")."""
+        if protocol not in SUBSET_PROTOCOLS:
+            raise ValueError(
+                f"subset protocol {protocol!r} (eval.subset_protocol, --subset-protocol): "
+                f"expected one of {', '.join(SUBSET_PROTOCOLS)}"
+            )
         m = self.mat.double().cpu()
         rows = list(range(self.num_classes)) if classes is None else list(classes)
         tp = m.diag()
-        union = m.sum(1) + m[rows].sum(0) - tp
+        predicted = m.sum(0) if protocol == "full_matrix" else m[rows].sum(0)
+        union = m.sum(1) + predicted - tp
         return [float(tp[c] / union[c]) if union[c] > 0 else math.nan for c in rows]
 
-    def miou(self, classes: Sequence[int] | None = None) -> float:
-        """Mean IoU over the classes of ``classes`` (default: all) that occur (nan-mean)."""
-        return nanmean(self.iou(classes))
+    def miou(self, classes: Sequence[int] | None = None, protocol: str = "ignore_outside") -> float:
+        """Mean IoU over the classes of ``classes`` (default: all) that occur (nan-mean), each
+        class's IoU counted as ``protocol`` says (``iou``)."""
+        return nanmean(self.iou(classes, protocol))
 
     def pixel_accuracy(self) -> float:
         m = self.mat.double()

@@ -6,7 +6,7 @@ data where it is generated, builds the val split and its loader and picks the de
 scripts then restore each file in turn with ``Evaluation.restore``. ``val_loader`` is the val
 split and loader alone, which training's own evaluation shares. Below it, the command-line
 flags that configure a checkpoint (``--config``, ``--preset``, ``--flip``, ``--classes``,
-``--mask-absent``, ``--label-size``) and the overrides they stand for.
+``--mask-absent``, ``--label-size``, ``--subset-protocol``) and the overrides they stand for.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from dataset.build import build_dataset, ensure_data
 from dataset.datasets import SegmentationDataset, eval_loader
 from dataset.labels import CLASS_SUBSETS
 from model.build import Restored, restore_model
-from model.weights import Weights, read_weights
+from model.weights import Weights, read_weights, scored_weights
 from utils.checkpoint import CheckpointError
 from utils.config import (
     LABEL_SIZES,
     PRESETS,
+    SUBSET_PROTOCOLS,
     Config,
     config_from_dict,
     load_config,
@@ -77,6 +78,7 @@ class Evaluation:
     config_path: str | None
     overrides: list[list[str]]  # per file
     first: Weights | None = field(default=None, repr=False)  # read already, until restored
+    teacher_seen: bool = False  # a file restored so far is a self-training run's (has a teacher)
 
     @functools.cached_property
     def loader(self) -> torch.utils.data.DataLoader:
@@ -88,13 +90,21 @@ class Evaluation:
     def restore(self, index: int) -> Restored:
         """File ``index`` read (the first one was already) and restored into a G built from its
         own config, with this evaluation's overrides and the file's preset (given, stored or
-        inferred from the file); on the CPU."""
+        inferred from the file), the student's weights or the teacher's (``eval.model``); on
+        the CPU."""
         weights = self.first if index == 0 and self.first is not None else None
         if weights is None:
             weights = read_weights(self.files[index])
         self.first = None  # the model holds the weights now
         own = eval_config(self.config_path, weights.config, self.overrides[index])
-        return restore_model(own.model, weights)
+        self.teacher_seen = self.teacher_seen or weights.teacher is not None
+        return restore_model(own.model, scored_weights(weights, own.eval.model))
+
+    @property
+    def scored_model(self) -> str | None:
+        """What results record as ``protocol.model``: ``eval.model`` where a self-training
+        run's file was scored (student or teacher), else None."""
+        return self.cfg.eval.model if self.teacher_seen else None
 
 
 def prepare_eval(
@@ -165,9 +175,10 @@ def add_output_flags(parser: argparse.ArgumentParser, save_help: str) -> None:
 
 
 def add_class_flags(parser: argparse.ArgumentParser) -> None:
-    """``--classes``, ``--mask-absent`` and ``--label-size``, which ``check_class_flags`` and
-    ``class_overrides`` read: which class sets a score reports, how predictions of the classes
-    outside a set count, and at which size the labels are scored."""
+    """``--classes``, ``--mask-absent``, ``--label-size`` and ``--subset-protocol``, which
+    ``check_class_flags`` and ``class_overrides`` read: which class sets a score reports, how
+    predictions of the classes outside a set count, at which size the labels are scored, and
+    which pixels a set's IoUs count."""
     parser.add_argument(
         "--classes", nargs="+", metavar="{19,16,13}",
         help="class sets to report (sets eval.classes; default: the config's, [19], or [16, "
@@ -184,6 +195,13 @@ def add_class_flags(parser: argparse.ArgumentParser) -> None:
         help="sets eval.label_size: full = labels at full resolution, predictions upsampled to "
         "them (AdaptSegNet's evaluation, the paper's Table 1); input = labels resized (nearest) "
         "with the image to data.val.resize (MaxSquare's evaluation)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--subset-protocol", choices=SUBSET_PROTOCOLS,
+        help="sets eval.subset_protocol, how a subset's (16, 13) IoUs are counted: "
+        "ignore_outside = pixels labelled outside the set are ignored (this repository's "
+        "default); full_matrix = the IoUs of the 19-class matrix averaged over the set (DACS's "
+        "and DAFormer's evaluation)",
     )  # fmt: skip
 
 
@@ -202,7 +220,8 @@ def check_class_flags(parser: argparse.ArgumentParser, args: argparse.Namespace)
 
 
 def class_overrides(args: argparse.Namespace) -> list[str]:
-    """``--classes``, ``--mask-absent`` and ``--label-size`` as the overrides they stand for."""
+    """``--classes``, ``--mask-absent``, ``--label-size`` and ``--subset-protocol`` as the
+    overrides they stand for."""
     overrides = []
     if args.classes:
         overrides.append(f"eval.classes=[{','.join(map(str, args.classes))}]")
@@ -210,6 +229,8 @@ def class_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append("eval.mask_absent=true")
     if args.label_size:
         overrides.append(f"eval.label_size={args.label_size}")
+    if args.subset_protocol:
+        overrides.append(f"eval.subset_protocol={args.subset_protocol}")
     return overrides
 
 

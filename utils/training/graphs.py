@@ -4,8 +4,9 @@ step, so the host launches one graph instead of thousands of kernels.
 The step's code is the eager ``train_step`` itself. What a replay cannot redo, the runner
 provides instead:
 - inputs: each batch is copied into static device buffers that the graph reads;
-- step-dependent scalars: ``state.values(step)`` returns 0-dim device tensors that the runner
-  fills from ``state.schedule(cfg, step)`` before each step, and every learning rate is a
+- step-dependent values: ``state.values(step)`` returns device tensors that the runner fills
+  from ``state.schedule(cfg, step)`` before each step (0-dim for a number; a tensor's shape for
+  a tensor, such as a self-training step's random draws), and every learning rate is a
   device tensor that the loop fills (``fill_``), read by fused SGD and capturable Adam (or by
   ``ReleasedSGD``, which takes tensor rates too);
 - outputs: the logged values live in the graph's own memory and are overwritten by the next
@@ -132,8 +133,10 @@ class GraphedStep:
         make_capturable(state.optimizers, state.device)
         values = state.schedule(state.cfg, 0)
         state.static_values = {
-            k: torch.zeros((), device=state.device, dtype=torch.float32) for k in values
-        }
+            k: torch.zeros(torch.as_tensor(v).shape, device=state.device,
+                           dtype=v.dtype if torch.is_tensor(v) else torch.float32)
+            for k, v in values.items()
+        }  # fmt: skip
         self.source = _static_batch(state, source)
         self.target = None if target is None else _static_batch(state, target)
 
@@ -155,7 +158,11 @@ class GraphedStep:
                     )
                 dst.copy_(src, non_blocking=True)
         for key, value in state.schedule(state.cfg, step).items():
-            state.static_values[key].fill_(value)
+            static = state.static_values[key]
+            if torch.is_tensor(value):  # drawn on the host (a self-training step's randomness)
+                static.copy_(value, non_blocking=True)
+            else:
+                static.fill_(value)
 
 
 def _static_batch(state: Any, batch: Batch) -> Batch:

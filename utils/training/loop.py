@@ -92,7 +92,7 @@ def train(
                 and t.image_every
                 and (done % t.image_every == 0 or done == 1)
             ):
-                log_images(progress.writer, state.model, (source, target), done, device)
+                log_images(progress.writer, state.scored_model, (source, target), done, device)
             if t.eval_every and done % t.eval_every == 0 and not last:
                 mious = _evaluate(state, data.val, progress.writer, run_dir, done, command)
             if saving and info.is_main:
@@ -209,16 +209,18 @@ def _evaluate(
     each set, in that order."""
     # float32, as evaluate_cityscapes.py: results.json must be what it reports for last.pth.
     classes, mask = state.cfg.eval.classes, state.cfg.eval.mask_absent
-    cms = evaluate_views(state.model, loader, state.device, class_views(classes, mask),
+    cms = evaluate_views(state.scored_model, loader, state.device, class_views(classes, mask),
                          progress=writer is not None, flip=state.cfg.eval.flip)  # fmt: skip
-    ious = class_ious(cms, classes, mask)
+    ious = class_ious(cms, classes, mask, state.cfg.eval.subset_protocol)
     if writer is None:  # not rank 0: the matrices were all-reduced, rank 0 reports
         return class_mious(ious)
     # the weights scored: the run's last step, or a mid-run evaluation's
-    scored = protocol_of(state.cfg, "last" if step == state.cfg.train.max_steps else f"step {step}")
+    selection = "last" if step == state.cfg.train.max_steps else f"step {step}"
+    model = state.cfg.eval.model if "teacher" in state.modules else None  # self-training
+    scored = protocol_of(state.cfg, selection, model)
     table = class_tables({f"step {step}": ious}, classes, mask, scored)
     log.info("target val at step %d:\n%s", step, table)
-    results = class_results(ious, cms, mask, by_name=False)
+    results = class_results(ious, cms, mask, state.cfg.eval.subset_protocol, by_name=False)
     mious = {k: v for k, v in results.items() if k.startswith("mIoU")}
     writer.scalars(step, {**mious, "pixel_acc": cms[0].pixel_accuracy()}, prefix="val/")
     writer.text("val/iou_table", table, step)

@@ -40,8 +40,9 @@ class TrainState:
     (what a step calls for a training forward: the module itself, or its DDP / compiled
     wrapper), ``amp_dtype`` and ``scaler`` (a GradScaler, enabled for float16 only, that serves
     every optimizer); ``modules`` stay the plain modules (checkpoints, methods, evaluation).
-    ``schedule(cfg, step)`` gives the step's scalars (dampings, switches) as numbers; a step
-    reads them through ``values(step)``.
+    ``schedule(cfg, step)`` gives the step's scalars (dampings, switches) as numbers, and any
+    random draws as CPU tensors, each a function of the step; a step reads them through
+    ``values(step)``. Every module is checkpointed; ``scored`` names the one evaluated.
     """
 
     cfg: Config
@@ -52,19 +53,25 @@ class TrainState:
     base_lrs: dict[str, float]
     uses_target: bool
     partial_g_passes: bool = False  # some of G's passes leave parameters unused (DDP must look)
-    schedule: Callable[[Config, int], dict[str, float]] = lambda cfg, step: {}
+    schedule: Callable[[Config, int], dict[str, Any]] = lambda cfg, step: {}
+    scored: str = "G"  # the module that evaluation and image grids use (a teacher's name)
     static_values: dict[str, torch.Tensor] | None = None  # set by a CUDA graph's runner
     runners: dict[str, nn.Module] = field(default_factory=dict)
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
 
-    def values(self, step: int) -> dict[str, torch.Tensor | float]:
-        """The step's scalars: ``schedule(cfg, step)``, or under ``train.cuda_graph`` the 0-dim
-        device tensors that the graph reads them from (its runner fills them before each step,
-        so the step's code must only compute with them, never branch on them)."""
+    def values(self, step: int) -> dict[str, Any]:
+        """The step's values: ``schedule(cfg, step)``, or under ``train.cuda_graph`` the device
+        tensors that the graph reads them from (its runner fills them before each step, so the
+        step's code must only compute with them, never branch on them)."""
         if self.static_values is not None:
             return self.static_values
         return self.schedule(self.cfg, step)
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The model that evaluation scores and image grids show (``scored``)."""
+        return self.modules[self.scored]
 
     def run(self, name: str) -> nn.Module:
         """The module to call for a training forward (DDP/compiled wrapper when there is one)."""
@@ -127,7 +134,8 @@ def prepare(state: TrainState, info: DistInfo) -> None:
         if device.type == "cuda" and t.channels_last:
             module.to(memory_format=torch.channels_last)
         runner = module
-        if info.distributed:
+        trained = any(p.requires_grad for p in module.parameters())
+        if info.distributed and trained:  # (a mean teacher is no DDP module: it has no grads)
             ids = [device.index] if device.type == "cuda" else None
             # Looking for unused parameters costs a graph traversal per pass: only where some
             # go unused (G in Norm only, whose target pass skips the heads) and for the small D.

@@ -1,0 +1,216 @@
+"""DACS + Norm: DACS's self-training (Tranheden et al., WACV 2021) with the step-wise L2
+feature-norm loss; plain DACS with ``loss.lambda_norm=0``.
+
+Each step, a mean teacher (an EMA of G, never trained) labels the target images; half of the
+classes of each source image are pasted onto a target image (ClassMix), with their labels over
+the teacher's; the mixed images are colour-jittered and blurred. G is trained with
+
+    L = L_src + lambda_mix L_mix + lambda_norm d_norm (L_norm(F_s) + L_norm(F_mix))
+
+L_src the source CE, L_mix the CE on the mixed images against the mixed labels, each target
+pixel weighted by the share of the teacher's confident pixels (source pixels weigh 1), and the
+norm loss on the layer4 features of the source and mixed images: one backward per step. The
+teacher then moves towards G. The pieces are ``utils.self_training``.
+
+    python train_dacs_norm.py --config configs/demo/dacs_norm.yaml       # synthetic, CPU
+    python train_dacs_norm.py --config configs/gta5_to_cityscapes/dacs_norm.yaml \\
+        model.init_from=weights/resnet101COCO-41f33a49.pth
+    python train_dacs_norm.py --resume runs/dacs_norm-20261203-120000     # continue a run
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from dataset.datasets import Batch
+from dataset.transforms import IMG_MEAN_BGR
+from utils.config import MAXSQUARE_KEYS, MAXSQUARE_OWNER, Config, apply_preset, foreign_keys, refuse
+from utils.errors import run
+from utils.losses import (
+    cross_entropy,
+    feature_norm,
+    focal_loss,
+    pixel_weighted_cross_entropy,
+    stepwise_norm_loss,
+    upsample_to,
+)
+from utils.schedules import norm_damping
+from utils.self_training import (
+    LABEL_VALUES,
+    class_mix_mask,
+    draw_augmentation,
+    ema_alpha,
+    ema_blend,
+    make_teacher,
+    mix,
+    pseudo_label,
+    pseudo_label_weight,
+    strong_augment,
+)
+from utils.training.cli import main as engine_main
+from utils.training.state import TrainState, build_generator
+
+SETUP = "dacs_norm"
+# Keys of CLAN's discriminator and adversarial loss: this setup has neither.
+CLAN_KEYS = ("loss.lambda_adv", "loss.lambda_weight", "loss.lambda_local", "loss.eps",
+             "optim.lr_d", "optim.betas_d", "optim.weight_decay_d")  # fmt: skip
+
+
+def build(cfg: Config, device: torch.device) -> TrainState:
+    """G (the student) and its SGD optimizer (backbone x1, classifiers x10), and the teacher:
+    G's copy, checkpointed with the run, never optimized."""
+    model, optimizer = build_generator(cfg, device)
+    teacher = make_teacher(model)
+    return TrainState(
+        cfg=cfg,
+        device=device,
+        model=model,
+        modules={"G": model, "teacher": teacher},
+        optimizers={"G": optimizer},
+        base_lrs={"G": cfg.optim.lr},
+        uses_target=True,
+        partial_g_passes=apply_preset(cfg.model).predict_with == "c2",  # C1 untrained
+        schedule=step_values,
+        scored="teacher" if cfg.eval.model == "teacher" else "G",
+    )
+
+
+def step_values(cfg: Config, step: int) -> dict[str, float | torch.Tensor]:
+    """The step's values, a pure function of the step: d_norm, the teacher's EMA rate, and the
+    random draws (ClassMix's class keys, the augmentation's parameters) from a stream seeded by
+    the run's seed, the process's rank and the step, so a resumed run draws what the
+    uninterrupted one would have."""
+    n, ds = cfg.optim.schedule_steps, cfg.loss.dacs
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    seed = np.random.SeedSequence([cfg.train.seed, rank, step]).generate_state(1)[0]
+    g = torch.Generator().manual_seed(int(seed))
+    b = cfg.data.batch_size
+    return {
+        "damping_norm": norm_damping(step, n, cfg.loss.clamp_norm_damping),
+        "ema_alpha": ema_alpha(step, ds.ema_alpha),
+        "mix_keys": torch.rand(b, LABEL_VALUES, generator=g),
+        **draw_augmentation(g, b, ds.jitter_p, ds.jitter_strength, ds.blur_p, ds.blur_sigma),
+    }
+
+
+def _on_device(state: TrainState, value: float | torch.Tensor) -> float | torch.Tensor:
+    """A step value where the step computes: numbers stay numbers; the CPU draws go to the
+    device from pinned memory, without a sync (the CUDA graph's are there already)."""
+    if not torch.is_tensor(value) or value.device.type != "cpu" or state.device.type == "cpu":
+        return value
+    if state.device.type == "cuda":
+        value = value.pin_memory()
+    return value.to(state.device, non_blocking=True)
+
+
+def _heads(state: TrainState, out) -> tuple[torch.Tensor, ...]:
+    """The trained heads' logits: C2 alone (``model.predict_with=c2``, DACS's one classifier)
+    or C1 and C2 (``sum``, the paper's two classifiers)."""
+    return (out.p2,) if state.model.predict_with == "c2" else (out.p1, out.p2)
+
+
+def _seg_loss(cfg: Config, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    logits = upsample_to(logits, label.shape[-2:])
+    if cfg.loss.seg == "focal":
+        return focal_loss(logits, label, cfg.loss.focal_gamma)
+    return cross_entropy(logits, label)
+
+
+def train_step(
+    state: TrainState, source: Batch, target: Batch | None, step: int
+) -> dict[str, torch.Tensor | float]:
+    """The teacher's labels, the mix, then G on the source and mixed images: one backward; the
+    optimizer step, then the teacher's EMA update."""
+    assert target is not None  # (uses_target)
+    cfg, g, teacher = state.cfg, state.run("G"), state.run("teacher")
+    lo, ds = cfg.loss, cfg.loss.dacs
+    state.optimizers["G"].zero_grad(set_to_none=True)
+    v = {k: _on_device(state, x) for k, x in state.values(step).items()}
+    d_norm = v["damping_norm"]
+    x_s, y_s = state.to_device(source.image), state.to_device(source.label)
+    x_t = state.to_device(target.image)
+    if x_t.shape != x_s.shape:
+        raise ValueError(f"DACS mixes source and target images pixel for pixel: source crops "
+                         f"{tuple(x_s.shape)}, target {tuple(x_t.shape)}; give data.source and "
+                         f"data.target the same crop")  # fmt: skip
+
+    # The teacher's pseudo-labels, without gradient, in the step's precision.
+    with torch.no_grad(), state.autocast():
+        logits_t = state.modules["teacher"].predict(teacher(x_t))
+    prob_t = F.softmax(upsample_to(logits_t, y_s.shape[-2:]), dim=1)
+    label_t, _ = pseudo_label(prob_t)
+    weight_t = pseudo_label_weight(prob_t, ds.threshold)
+
+    # ClassMix: source pixels of the drawn classes over the target, label and weight alike.
+    mask = class_mix_mask(y_s, keys=v["mix_keys"], include_ignore=ds.mix_ignore)
+    augment = {k: v[k] for k in ("jitter_on", "jitter", "blur_on", "blur_sigma")}
+    x_mix = strong_augment(mix(mask, x_s, x_t), augment, IMG_MEAN_BGR, ds.blur_kernel)
+    y_mix = mix(mask, y_s, label_t)
+    w_mix = mix(mask, torch.ones_like(prob_t[:, 0]), weight_t.expand_as(prob_t[:, 0]))
+
+    with state.autocast():
+        if ds.student_passes == "one":  # BatchNorm sees both batches' statistics together
+            out = g(torch.cat([x_s, x_mix]))
+            out_s, out_m = (type(out)(*(t.chunk(2)[i] for t in out)) for i in (0, 1))
+        else:  # DACS: a forward per batch
+            out_s = g(x_s)
+            out_m = g(x_mix)
+    loss_seg = sum(_seg_loss(cfg, p, y_s) for p in _heads(state, out_s))
+    loss_mix = sum(pixel_weighted_cross_entropy(upsample_to(p, y_mix.shape[-2:]), y_mix, w_mix)
+                   for p in _heads(state, out_m))  # fmt: skip
+
+    def norm_term(features: torch.Tensor) -> torch.Tensor:
+        # With lambda_norm 0 (plain DACS) the features are detached: no norm backward.
+        return stepwise_norm_loss(features if lo.lambda_norm > 0 else features.detach(),
+                                  lo.delta_r)  # fmt: skip
+
+    loss_norm_s, loss_norm_m = norm_term(out_s.features), norm_term(out_m.features)
+    loss_norm = loss_norm_s + loss_norm_m
+    loss = loss_seg + ds.lambda_mix * loss_mix + lo.lambda_norm * d_norm * loss_norm
+    state.backward(loss)
+    state.step_optimizers()
+    ema_blend(state.modules["teacher"], state.modules["G"], v["ema_alpha"], ds.teacher_bn)
+    return {
+        "loss_seg": loss_seg.detach(),
+        "loss_mix": loss_mix.detach(),
+        "loss_norm_s": loss_norm_s.detach(),
+        "loss_norm_m": loss_norm_m.detach(),
+        "feat_norm_s": feature_norm(out_s.features.detach()).mean(),
+        "feat_norm_m": feature_norm(out_m.features.detach()).mean(),
+        "pseudo_weight": weight_t,
+        "mix_share": mask.float().mean(),
+        "damping_norm": d_norm,
+        "ema_alpha": v["ema_alpha"],
+    }
+
+
+def check(cfg: Config) -> None:
+    """What this setup cannot train, refused before any work: CLAN's and MaxSquare's keys (it
+    has no discriminator and no MaxSquare loss), and source and target crops that differ (the
+    mix is pixel for pixel)."""
+    problems = foreign_keys(cfg, CLAN_KEYS, "CLAN's discriminator and adversarial loss "
+                            "(train_clan_norm.py)", "train_dacs_norm.py")  # fmt: skip
+    problems += foreign_keys(cfg, MAXSQUARE_KEYS, MAXSQUARE_OWNER, "train_dacs_norm.py")
+    s, t = cfg.data.source, cfg.data.target
+    size_s, size_t = s.crop or s.resize, t.crop or t.resize
+    if size_s is None or size_t is None or tuple(size_s) != tuple(size_t):
+        problems.append(
+            f"data.source.crop / data.target.crop: DACS pastes source pixels onto target images "
+            f"of the same size; got source {list(size_s) if size_s else None}, target "
+            f"{list(size_t) if size_t else None} (set both crops, as the DACS configs do)"
+        )
+    refuse("train_dacs_norm.py", problems)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return engine_main(__doc__, SETUP, build, train_step, argv, check=check)
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
