@@ -47,6 +47,8 @@ PAGES = {  # each table's block lives on its docs page; the main table's summary
     "synthetic-table-released": ("docs/protocols.md",),
     "synthetic-table-synthia": ("docs/synthia.md",),
     "synthetic-table-maxsquare": ("docs/maxsquare.md",),
+    "synthetic-table-dacs": ("docs/dacs.md",),
+    "synthetic-table-dacs-synthia": ("docs/dacs.md",),
 }
 
 class Setup(NamedTuple):
