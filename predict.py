@@ -15,6 +15,7 @@ For ``photos/a/b.jpg`` it writes:
     preds/a/b.png            trainIds 0..18 (what evaluate_cityscapes.py --pred-dir reads)
     preds/color/a/b.png      the Cityscapes colours
     preds/overlay/a/b.png    the image blended with them (--alpha: the colours' weight)
+    preds/legend.png         once: the colour of each class the model predicts (kept if there)
 
 The checkpoint is loaded as ``evaluate_cityscapes.py`` loads it: its stored config (or
 ``--config``, or the defaults for files from elsewhere, whose preset is inferred unless
@@ -37,14 +38,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from dataset.datasets import CorruptImageError
+from dataset.folder import find_images, read_upright
+from dataset.labels import output_train_ids
 from dataset.transforms import PairedTransform, TransformSpec
 from model.build import preset_name
 from model.deeplabv2 import DeepLabV2
-from utils.analysis.panels import overlay, save_png
+from utils.analysis.panels import legend, overlay, save_png
 from utils.distributed import DistInfo, describe
 from utils.errors import UsageError, add_debug_flag, refuse_overwrite, run
 from utils.evaluation.inference import predict_scores, predicted_train_ids
@@ -59,6 +61,7 @@ from utils.logger import setup_logging
 log = logging.getLogger("predict")
 
 EXIT_UNREADABLE = 1
+LEGEND = "legend.png"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -88,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     root, out = Path(args.input), Path(args.out)
-    images = find_images(root, out)
+    images = input_images(root, out)
     if not args.overwrite:
         refuse_overwrite(out, "--out", [p for path in images for p in outputs(root, path, out)])
 
@@ -105,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              len(images), root, preset_name(model_cfg), cfg.data.val.resize or "(unchanged)",
              "on" if flip else "off", describe(DistInfo(), device))  # fmt: skip
 
+    if args.overwrite or not (out / LEGEND).exists():  # the colours of an earlier run are kept
+        save_png(legend(output_train_ids(model_cfg.num_classes)), out / LEGEND)
     unreadable = []
     for path in tqdm(images, desc="predict", unit="image"):
         try:
@@ -128,22 +133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def find_images(root: Path, out: Path) -> list[Path]:
+def input_images(root: Path, out: Path) -> list[Path]:
     """Every file under ``root`` whose extension PIL opens (outside ``out``), sorted; an error
     when there are none, or when two would write the same output (``a.jpg`` and ``a.png``)."""
     if not root.is_dir():
         raise UsageError(f"--input {root}: not a folder")
-    opened = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    skip = out.resolve()  # outputs written inside --input are not inputs
-    files = sorted(p for p in root.rglob("*") if p.is_file() and skip not in p.resolve().parents)
-    images = [p for p in files if p.suffix.lower() in opened]
+    images, others = find_images(root, exclude=[out])  # outputs inside --input are not inputs
     if not images:
         raise UsageError(f"--input {root}: no images (no file with an extension PIL reads, such "
                          f"as .png, .jpg, .tif, .webp)")  # fmt: skip
-    if len(images) < len(files):
-        log.info(
-            "skipping %d files that are not images by their extension", len(files) - len(images)
-        )
+    if others:
+        log.info("skipping %d files that are not images by their extension", others)
     owner: dict[Path, Path] = {}
     for path in images:
         for target in outputs(root, path, out):
@@ -163,11 +163,7 @@ def outputs(root: Path, path: Path, out: Path) -> tuple[Path, Path, Path]:
 def read_photo(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB of any image PIL reads, upright by its EXIF orientation; a
     ``CorruptImageError`` naming the file when it cannot be decoded."""
-    try:
-        with Image.open(path) as pil:
-            return np.array(ImageOps.exif_transpose(pil).convert("RGB"))
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
-        raise CorruptImageError(f"cannot read image {path}: {err}") from err
+    return read_upright(path).permute(1, 2, 0).numpy()
 
 
 @torch.no_grad()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dataset.datasets import GTA5, SYNTHIA, Cityscapes, SegmentationDataset
+from dataset.datasets import GTA5, SYNTHIA, Cityscapes, DatasetLayoutError, SegmentationDataset
+from dataset.folder import FolderDataset, read_label_map
+from dataset.targets import ACDC, CrossCity, DarkZurich
 from dataset.transforms import PairedTransform, TransformSpec
-from utils.config import DataConfig, DomainConfig
+from utils.config import DATASETS, NO_VAL, DataConfig, DomainConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ def ensure_data(cfg: DataConfig) -> None:
         target_size=cfg.synthetic.target_size,
         num_synthia=cfg.synthetic.num_synthia,
         synthia_size=cfg.synthetic.synthia_size,
+        num_night=cfg.synthetic.num_night,
+        num_night_val=cfg.synthetic.num_night_val,
     )
     ensure_synthetic(Path(cfg.synthetic.root), spec)
 
@@ -39,6 +43,11 @@ def build_dataset(
     ``evaluation=True`` resizes the image only and keeps labels at full resolution
     (docs/method.md, "Evaluation").
     """
+    if cfg.dataset == NO_VAL:
+        raise DatasetLayoutError(
+            "data.val.dataset is none: this needs a labelled val set; set data.val.dataset, "
+            "data.val.root (and for a folder data.val.label_root)"
+        )
     spec = TransformSpec(
         resize=cfg.resize,
         scale_range=cfg.scale_range,
@@ -58,4 +67,23 @@ def build_dataset(
         return Cityscapes(
             cfg.root, cfg.split, transform, list_file=list_file, with_labels=with_labels
         )
-    raise ValueError(f"dataset: expected 'gta5', 'synthia' or 'cityscapes', got {cfg.dataset!r}")
+    if cfg.dataset == "folder":
+        labelled = with_labels and bool(cfg.label_root)
+        return FolderDataset(
+            cfg.root,
+            transform,
+            list_file=list_file,
+            label_root=cfg.label_root if labelled else None,
+            label_suffix=cfg.label_suffix,
+            image_suffix=cfg.image_suffix,
+            label_lut=read_label_map(cfg.label_map) if labelled and cfg.label_map else None,
+            skip_unreadable=cfg.skip_unreadable and not evaluation,
+        )
+    labelled = {"with_labels": with_labels, "list_file": list_file}
+    if cfg.dataset == "acdc":
+        return ACDC(cfg.root, cfg.condition, cfg.split, transform, **labelled)
+    if cfg.dataset == "darkzurich":
+        return DarkZurich(cfg.root, cfg.condition, cfg.split, transform, **labelled)
+    if cfg.dataset == "crosscity":
+        return CrossCity(cfg.root, cfg.city, cfg.split, transform, **labelled)
+    raise ValueError(f"dataset: expected one of {', '.join(DATASETS)}, got {cfg.dataset!r}")

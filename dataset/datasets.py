@@ -108,8 +108,9 @@ def read_image(path: Path) -> Tensor:
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 
-def read_label(path: Path) -> Tensor:
-    """Read a label-id PNG (mode "P" indices or "L") and map it to uint8 trainIds (H, W)."""
+def read_label(path: Path, lut: np.ndarray | None = ID_TO_TRAIN_ID) -> Tensor:
+    """Read a label-id PNG (mode "P" indices or "L") and map it with ``lut`` (a 256-entry
+    table, default Cityscapes label ids -> trainIds; None: the ids as stored) to (H, W) uint8."""
     try:
         with Image.open(path) as pil:
             pil.load()
@@ -121,7 +122,7 @@ def read_label(path: Path) -> Tensor:
             ids = np.asarray(pil)  # (H, W) uint8 label ids; palette indices for mode "P"
     except (OSError, SyntaxError) as error:
         raise CorruptImageError(f"cannot decode label {path}: {error}") from error
-    return torch.from_numpy(ID_TO_TRAIN_ID[ids])
+    return torch.from_numpy(ids.copy() if lut is None else lut[ids])
 
 
 def read_synthia_label(path: Path) -> Tensor:
@@ -181,12 +182,16 @@ class SegmentationDataset(Dataset[Sample]):
         if not 0 <= index < len(self.items):
             raise IndexError(f"index {index} out of range for {len(self.items)} items")
         image_path, label_path, name = self.items[index]
-        image = read_image(image_path)
+        image = self.read_image(image_path)
         label = None
         if label_path is not None:
             label = self.fit_label(self.read_label(label_path), image, label_path)
         image, label = self.transform(image, label, torch.Generator().manual_seed(seed))
         return Sample(image, label, name)
+
+    def read_image(self, path: Path) -> Tensor:
+        """The uint8 RGB (3, H, W) of image file ``path``."""
+        return read_image(path)
 
     def read_label(self, path: Path) -> Tensor:
         """The (H, W) uint8 trainIds of label file ``path`` (Cityscapes label ids)."""

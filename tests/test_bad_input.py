@@ -132,6 +132,37 @@ def _synthia(env: Env, case: Path, label: Callable[[Path], None]) -> list[str]:
     return env.train(case, "data.source.dataset=synthia", f"data.source.root={root}")
 
 
+def _folder(case: Path, images: int = 2, labels: bool = True) -> tuple[Path, Path]:
+    """``case/img/seq/<i>.jpg`` with ``case/lab/seq/<i>.png`` trainId labels (or none)."""
+    for i in range(images):
+        (case / "img" / "seq").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((48, 96, 3), 90, np.uint8)).save(case / "img" / "seq" / f"{i}.jpg")
+        if labels:
+            (case / "lab" / "seq").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((48, 96), np.uint8)).save(case / "lab" / "seq" / f"{i}.png")
+    return case / "img", case / "lab"
+
+
+def _folder_val(env: Env, case: Path, change: Callable[[Path, Path], None]) -> list[str]:
+    """evaluate_cityscapes.py on a labelled folder that ``change`` breaks."""
+    images, labels = _folder(case)
+    change(images, labels)
+    return ["evaluate_cityscapes.py", "--restore", env.ckpt, *env.data, "data.val.dataset=folder",
+            f"data.val.root={images}", f"data.val.label_root={labels}"]  # fmt: skip
+
+
+def _label_map(case: Path, text: str) -> list[str]:
+    (case / "ids.yaml").write_text(text)
+    return [f"data.val.label_map={case / 'ids.yaml'}"]
+
+
+def _folder_target(env: Env, case: Path, change: Callable[[Path], None]) -> list[str]:
+    """A Norm-only run whose target is a folder of frames that ``change`` breaks."""
+    images, _ = _folder(case, labels=False)
+    change(images)
+    return env.train(case, "data.target.dataset=folder", f"data.target.root={images}")
+
+
 def _ensemble_save_dir(env: Env, case: Path) -> list[str]:
     (case / "ens").mkdir()
     (case / "ens" / "results.json").write_text("{}\n")  # from an earlier ensemble
@@ -203,6 +234,24 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str, tuple[str, ...]]] 
      "LABELS/0000000.png: 8-bit with 1 channel", ()),
     ("dataset: missing training root (the new run folder is removed)",
      lambda e, c: e.train(c, f"data.source.root={c / 'GTA5'}"), "GTA5", ()),
+    ("folder: empty (the new run folder is removed)",
+     lambda e, c: _folder_target(e, c, lambda d: [p.unlink() for p in d.rglob("*.jpg")]),
+     "no images under", ()),
+    ("folder: an unreadable frame in training",
+     lambda e, c: _folder_target(e, c, lambda d: (d / "seq" / "1.jpg").write_bytes(b"no jpeg")),
+     "seq/1.jpg", ()),
+    ("folder: an image without its label",
+     lambda e, c: _folder_val(e, c, lambda i, lab: (lab / "seq" / "1.png").unlink()),
+     "lab/seq/1.png", ()),
+    ("folder: a label of another size",
+     lambda e, c: _folder_val(e, c, lambda i, lab: Image.fromarray(
+         np.zeros((20, 30), np.uint8)).save(lab / "seq" / "0.png")), "30x20", ()),
+    ("folder: a label map id outside 0-255",
+     lambda e, c: [*_folder_val(e, c, lambda i, lab: None), *_label_map(c, "300: 0\n")],
+     "ids.yaml: id 300", ()),
+    ("folder: a label map trainId beyond the classes",
+     lambda e, c: [*_folder_val(e, c, lambda i, lab: None), *_label_map(c, "7: 19\n")],
+     "ids.yaml: id 7 maps to 19", ()),
     ("predictions: missing",
      lambda e, c: _pred_dir(e, c, lambda p: p.unlink()), "no prediction", ()),
     ("predictions: wrong size",

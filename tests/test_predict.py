@@ -83,7 +83,8 @@ def test_a_mixed_folder_with_a_corrupt_file(tmp_path, photos, model_and_ckpt, ca
         blend = np.array(Image.open(out / "overlay" / f"{stem}.png")).astype(np.float64)
         assert np.abs(blend - (0.75 * image + 0.25 * colorize(ids))).max() <= 0.5 + 1e-9
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert len(written) == 3 * len(GOOD) and not any("broken" in p for p in written)
+    assert len(written) == 3 * len(GOOD) + 1 and not any("broken" in p for p in written)
+    assert "legend.png" in written  # once per run, a swatch of each class the model predicts
     assert len(set(np.unique(np.array(Image.open(out / "a.png"))))) > 1  # not a constant map
 
     # existing outputs are kept unless --overwrite

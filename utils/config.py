@@ -86,6 +86,13 @@ class DomainConfig:
     crop: tuple[int, int] | None
     mirror: bool
     blur: bool
+    label_root: str  # dataset folder: its labels ("": none)
+    label_suffix: str
+    image_suffix: str
+    label_map: str  # dataset folder: YAML id -> trainId ("": the labels are trainIds)
+    skip_unreadable: bool  # dataset folder, training: skip and count unreadable images
+    condition: str  # acdc, darkzurich
+    city: str  # crosscity
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,8 @@ class SyntheticConfig:
     target_size: tuple[int, int]
     num_synthia: int
     synthia_size: tuple[int, int]
+    num_night: int
+    num_night_val: int
 
 
 @dataclass(frozen=True)
@@ -384,7 +393,16 @@ LR_SCALINGS = ("none", "linear")
 BACKBONE_UPDATES = ("once", "released", "released_torch14")
 PREDICT_WITH = ("sum", "c2")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-DATASETS = ("gta5", "synthia", "cityscapes")
+DATASETS = ("gta5", "synthia", "cityscapes", "folder", "acdc", "darkzurich", "crosscity")
+# Each real benchmark's parts (dataset.targets): conditions, times of day, cities and splits.
+ACDC_CONDITIONS = ("fog", "night", "rain", "snow", "all")
+DARKZURICH_CONDITIONS = ("night", "twilight", "day")
+CROSSCITY_CITIES = ("Rome", "Rio", "Tokyo", "Taipei")
+SPLITS = {"acdc": ("train", "val", "test"), "darkzurich": ("train", "val", "test"),
+          "crosscity": ("train", "test")}  # fmt: skip
+NO_VAL = "none"  # data.val.dataset: no labelled val set; training runs without evaluating
+LABELLED_SPLITS = {"acdc": ("train", "val"), "darkzurich": ("val",), "crosscity": ("test",)}
+FOLDER_KEYS = ("label_root", "label_suffix", "image_suffix", "label_map", "skip_unreadable")
 EVAL_CLASSES = (19, 16, 13)  # all 19 classes, SYNTHIA's 16 and 13 (dataset.labels.CLASS_SUBSETS)
 LABEL_SIZES = ("full", "input")  # val labels at full size (AdaptSegNet's) | resized (MaxSquare's)
 SUBSET_PROTOCOLS = ("ignore_outside", "full_matrix")  # a class subset's IoU: its own matrix, or
@@ -396,7 +414,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.predict_with": PREDICT_WITH,
     "data.source.dataset": DATASETS,
     "data.target.dataset": DATASETS,
-    "data.val.dataset": DATASETS,
+    "data.val.dataset": (*DATASETS, "none"),
     "loss.seg": SEG_LOSSES,
     "optim.lr_scaling": LR_SCALINGS,
     "optim.backbone_updates": BACKBONE_UPDATES,
@@ -413,7 +431,8 @@ AT_LEAST: dict[str, float] = {  # key: smallest valid value
     "model.num_classes": 1, "model.base_width": 1, "model.d_width": 1,
     "data.batch_size": 1, "data.num_workers": 0, "eval.batch_size": 1, "eval.num_workers": 0,
     "data.synthetic.num_source": 0, "data.synthetic.num_train": 0, "data.synthetic.num_val": 0,
-    "data.synthetic.num_synthia": 0,
+    "data.synthetic.num_synthia": 0, "data.synthetic.num_night": 0,
+    "data.synthetic.num_night_val": 0,
     "loss.focal_gamma": 0, "loss.lambda_norm": 0, "loss.lambda_adv": 0, "loss.lambda_weight": 0,
     "loss.lambda_local": 0, "loss.eps": 0, "loss.maxsquare.lambda_target": 0,
     "loss.maxsquare.iw_ratio": 0, "loss.maxsquare.lambda_aux": 0, "loss.maxsquare.threshold": 0,
@@ -455,6 +474,7 @@ def _domain_problems(name: str, d: DomainConfig, batch_size: int) -> list[str]:
             f"{k}.image_rescale: expected [scale > 0, probability] pairs whose probabilities sum "
             f"to at most 1, got {[list(x) for x in d.image_rescale]}"
         )
+    problems += _dataset_problems(name, d)
     if name == "val":
         if d.crop is not None:
             problems.append(f"{k}.crop: evaluation scores whole images (labels at full size): null")
@@ -473,6 +493,49 @@ def _domain_problems(name: str, d: DomainConfig, batch_size: int) -> list[str]:
             f"data.batch_size={batch_size} images cannot be stacked: use data.batch_size=1 (as "
             f"the released code) or a crop"
         )
+    return problems
+
+
+def _dataset_problems(name: str, d: DomainConfig) -> list[str]:
+    """The keys a section's dataset reads: a folder's label keys, a benchmark's part and
+    split; a key that its dataset would ignore is a problem, as an unknown key is."""
+    k, problems = f"data.{name}", []
+    if d.dataset == NO_VAL:
+        return problems
+    defaults = {"label_root": "", "label_suffix": ".png", "image_suffix": "", "label_map": "",
+                "skip_unreadable": False}  # fmt: skip
+    if d.dataset != "folder":
+        problems += [f"{k}.{key}={getattr(d, key)!r}: only dataset folder reads it"
+                     for key in FOLDER_KEYS if getattr(d, key) != defaults[key]]  # fmt: skip
+    else:
+        if not d.label_root and name != "target":
+            problems.append(f"{k}.label_root: a folder {name} set needs its labels: set it")
+        if d.label_map and not d.label_root:
+            problems.append(f"{k}.label_map: a map of labels, but {k}.label_root is not set")
+        if not d.label_suffix:
+            problems.append(f"{k}.label_suffix: expected the end of a label's name, e.g. .png")
+        if name == "val" and d.skip_unreadable:
+            problems.append(f"{k}.skip_unreadable: evaluation scores every image: false")
+    parts = {"acdc": ("condition", ACDC_CONDITIONS), "darkzurich": ("condition",
+             DARKZURICH_CONDITIONS), "crosscity": ("city", CROSSCITY_CITIES)}  # fmt: skip
+    key, choices = parts.get(d.dataset, ("", ()))
+    for other in ("condition", "city"):
+        value = getattr(d, other)
+        if other == key and value not in choices:
+            problems.append(f"{k}.{other}: expected one of {', '.join(choices)} for dataset "
+                            f"{d.dataset}, got {value!r}")  # fmt: skip
+        elif other != key and value:
+            problems.append(f"{k}.{other}={value!r}: dataset {d.dataset} has no {other} to choose")
+    if d.dataset in SPLITS and d.split not in SPLITS[d.dataset]:
+        problems.append(f"{k}.split: expected one of {', '.join(SPLITS[d.dataset])} for dataset "
+                        f"{d.dataset}, got {d.split!r}")  # fmt: skip
+    elif name != "target" and d.dataset in LABELLED_SPLITS:
+        labelled = LABELLED_SPLITS[d.dataset]
+        if d.split not in labelled or (d.dataset == "darkzurich" and d.condition != "night"):
+            where = "val/night" if d.dataset == "darkzurich" else " and ".join(labelled)
+            problems.append(f"{k}: {d.dataset} has labels for {where} only, and the {name} set "
+                            f"needs them: got split {d.split!r}"
+                            + (f", condition {d.condition!r}" if d.condition else ""))  # fmt: skip
     return problems
 
 
@@ -560,6 +623,11 @@ def validate(cfg: Config) -> Config:
                             f"{cfg.train.device!r}")  # fmt: skip
     for name in ("source", "target", "val"):
         problems += _domain_problems(name, getattr(cfg.data, name), cfg.data.batch_size)
+    if cfg.data.val.dataset == NO_VAL and cfg.train.eval_every:
+        problems.append(
+            f"train.eval_every={cfg.train.eval_every}: data.val.dataset is none, so there is "
+            f"nothing to evaluate on: set it to 0, or name a val set"
+        )
     problems += _graph_problems(cfg)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -17,7 +17,11 @@ the appearance differs, the way game frames differ from camera frames:
   another viewpoint (a higher camera, a wider lens, the horizon higher in the frame, no
   bonnet), a pale, low-contrast palette (the target's hues washed towards a cool white) with
   hard side shading and little haze, and a world without terrain, trucks and trains, as
-  SYNTHIA's.
+  SYNTHIA's;
+- night (plain folders, ``num_night`` and ``num_night_val`` images, none by default): the
+  target's world and camera after dark and in fog, underexposed and blue-shifted, lit by
+  headlights and street lamps, a fog veil at the horizon and stronger sensor noise: "your own
+  camera", as JPEG frames in drive folders with no labels, and a labelled val folder.
 
 Each image draws from its own ``numpy.random.Generator`` seeded with (seed, domain, split,
 index): a file's bytes depend on those alone, never on the counts or the order.
@@ -29,7 +33,10 @@ label ids), ``<out>/Cityscapes/leftImg8bit/{train,val}/<city>/<city>_<seq>_<fram
 with grey ``gtFine/.../*_gtFine_labelIds.png`` beside, and last ``<out>/synthetic.json`` with
 the generation parameters, whose presence marks a complete dataset. ``--num-synthia N`` adds
 ``<out>/SYNTHIA/RGB/0000000.png ...`` with ``GT/LABELS/<same>.png``: 16-bit 3-channel PNGs
-with SYNTHIA's class ids in the first channel (RGB order), written by OpenCV.
+with SYNTHIA's class ids in the first channel (RGB order), written by OpenCV. ``--num-night N
+--num-night-val M`` adds ``<out>/Night/frames/drive_00/000000.jpg ...`` (50 a drive) and
+``<out>/Night/val/images/000000.jpg ...`` with ``Night/val/labels/000000.png`` (8-bit trainIds,
+255 ignored).
 
 The modules, by role: ``domains`` (class colours and each domain's look), ``geometry`` (the
 camera, world rectangles and the street's layout), ``painter`` (one drawing into the image and
@@ -102,6 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--synthia-size", type=int, nargs=2, default=defaults.synthia_size, metavar=("W", "H")
     )
+    parser.add_argument(
+        "--num-night", type=int, default=defaults.num_night,
+        help="night-and-fog frames in a plain folder (a third domain, unlabelled)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num-night-val", type=int, default=defaults.num_night_val,
+        help="labelled night-and-fog frames",
+    )  # fmt: skip
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -116,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         target_size=tuple(args.target_size),
         num_synthia=args.num_synthia,
         synthia_size=tuple(args.synthia_size),
+        num_night=args.num_night,
+        num_night_val=args.num_night_val,
     )
     start = time.perf_counter()
     out = generate(args.out, spec)

@@ -110,13 +110,16 @@ _SYNTHIA = Domain(
     absent=frozenset({"terrain", "truck", "train"}),
 )
 
-DOMAINS = {"source": _SOURCE, "target": _TARGET, "synthia": _SYNTHIA}
+# The night domain is the target's world and camera after dark and in fog (effects.night).
+DOMAINS = {"source": _SOURCE, "target": _TARGET, "synthia": _SYNTHIA, "night": _TARGET}
 # (domain, split) -> the two seed words after the dataset seed.
 STREAMS = {
     ("source", "all"): (0, 0),
     ("target", "train"): (1, 1),
     ("target", "val"): (1, 2),
     ("synthia", "all"): (2, 0),
+    ("night", "train"): (3, 1),
+    ("night", "val"): (3, 2),
 }
 
 # Classes whose instances vary more than the rest (in both domains).

@@ -24,7 +24,7 @@ from dataset.synthetic.domains import (
     UNLABELED_ID,
     jitter,
 )
-from dataset.synthetic.effects import photograph
+from dataset.synthetic.effects import night, photograph
 from dataset.synthetic.geometry import SIDES, Street, sample_camera, sample_street
 from dataset.synthetic.objects import person, pole, static, tree, two_wheeler, vehicle
 from dataset.synthetic.painter import Painter
@@ -145,7 +145,8 @@ def render(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One scene: (H, W, 3) uint8 RGB and (H, W) uint8 Cityscapes label ids.
 
-    ``domain`` is "source" or "synthia" (split "all") or "target" (split "train" or "val").
+    ``domain`` is "source" or "synthia" (split "all"), or "target" or "night" (split "train" or
+    "val").
     """
     rng = np.random.default_rng([seed, *STREAMS[(domain, split)], index])
     look = DOMAINS[domain]
@@ -161,5 +162,7 @@ def render(
     rgb, ids = np.asarray(painter.image), np.array(painter.label)
     if look.photographic:
         rgb = photograph(rgb, ids, rng)
+        if domain == "night":
+            rgb = night(rgb, ids, rng)
         ids[-2:, :] = ids[:, :2] = ids[:, -2:] = OUT_OF_ROI_ID  # a thin border, as Cityscapes
     return rgb, ids

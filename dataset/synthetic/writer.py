@@ -1,6 +1,6 @@
 """The dataset on disk: what to generate (``SyntheticSpec``), the files of every image (GTA5,
-SYNTHIA and Cityscapes layouts), the manifest ``synthetic.json``, ``generate`` (atomic) and
-``ensure_synthetic`` (reuse or generate)."""
+SYNTHIA and Cityscapes layouts, and the night domain's plain folders), the manifest
+``synthetic.json``, ``generate`` (atomic) and ``ensure_synthetic`` (reuse or generate)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from dataset.labels import LABEL_IDS, PALETTE, SYNTHIA_TO_TRAIN_ID
+from dataset.labels import ID_TO_TRAIN_ID, LABEL_IDS, PALETTE, SYNTHIA_TO_TRAIN_ID
 from dataset.synthetic.scene import render
 from utils.errors import OutputExistsError
 
@@ -31,6 +31,8 @@ logger = logging.getLogger("dataset.synthetic")  # the package's name, as before
 
 FORMAT_VERSION = 2  # bump whenever the pictures change, so stale datasets are not reused
 SYNTHIA_FORMAT_VERSION = 1  # the same for the SYNTHIA-layout pictures alone
+NIGHT_FORMAT_VERSION = 1  # the same for the night domain's pictures alone
+NIGHT_DRIVE = 50  # night frames per drive folder
 MANIFEST = "synthetic.json"
 TRAIN_CITIES = ("aachen", "bochum")
 VAL_CITIES = ("frankfurt", "lindau", "munster")
@@ -49,9 +51,13 @@ class SyntheticSpec:
     target_size: tuple[int, int] = (512, 256)
     num_synthia: int = 0  # SYNTHIA-layout images (a second source)
     synthia_size: tuple[int, int] = (480, 285)  # 1280x760's aspect
+    num_night: int = 0  # night-and-fog frames in the folder layout, unlabelled (a third domain)
+    num_night_val: int = 0  # labelled night-and-fog frames (at target_size, as num_night's)
 
     def __post_init__(self) -> None:
-        for name in ("seed", "num_source", "num_train", "num_val", "num_synthia"):
+        counts = ("seed", "num_source", "num_train", "num_val", "num_synthia", "num_night",
+                  "num_night_val")  # fmt: skip
+        for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"SyntheticSpec.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("source_size", "target_size", "synthia_size"):
@@ -66,7 +72,7 @@ class _Job(NamedTuple):
     index: int
     size: tuple[int, int]
     image: str  # relative paths
-    label: str
+    label: str  # "" for an unlabelled image
 
 
 def _gta5_palette() -> list[int]:
@@ -141,6 +147,16 @@ def _jobs(spec: SyntheticSpec) -> list[_Job]:
                     f"Cityscapes/gtFine/{split}/{stem}_gtFine_labelIds.png",
                 )
             )
+    jobs += [
+        _Job("night", "train", i, spec.target_size,
+             f"Night/frames/drive_{i // NIGHT_DRIVE:02d}/{i % NIGHT_DRIVE:06d}.jpg", "")
+        for i in range(spec.num_night)
+    ]  # fmt: skip
+    jobs += [
+        _Job("night", "val", i, spec.target_size, f"Night/val/images/{i:06d}.jpg",
+             f"Night/val/labels/{i:06d}.png")
+        for i in range(spec.num_night_val)
+    ]  # fmt: skip
     return jobs
 
 
@@ -148,6 +164,12 @@ def _write(root: Path, job: _Job, seed: int, palette: list[int]) -> None:
     rgb, ids = render(seed, job.domain, job.split, job.index, job.size)
     image_path, label_path = root / job.image, root / job.label
     image_path.parent.mkdir(parents=True, exist_ok=True)
+    if job.domain == "night":  # a dashcam's JPEGs; labels are trainIds, as a user's own
+        Image.fromarray(rgb).save(image_path, quality=90)
+        if job.label:
+            label_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(ID_TO_TRAIN_ID[ids]).save(label_path)
+        return
     label_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(image_path, compress_level=1)
     if job.domain == "synthia":
@@ -166,9 +188,13 @@ def _manifest(spec: SyntheticSpec) -> dict:
     for key, value in dataclasses.asdict(spec).items():
         if spec.num_synthia == 0 and key in ("num_synthia", "synthia_size"):
             continue
+        if spec.num_night == spec.num_night_val == 0 and key in ("num_night", "num_night_val"):
+            continue
         record[key] = list(value) if isinstance(value, tuple) else value
     if spec.num_synthia:
         record["synthia_format_version"] = SYNTHIA_FORMAT_VERSION
+    if spec.num_night or spec.num_night_val:
+        record["night_format_version"] = NIGHT_FORMAT_VERSION
     return record
 
 
@@ -240,7 +266,8 @@ def ensure_synthetic(out: str | Path, spec: SyntheticSpec) -> Path:
     if _existing_matches(out, spec):
         logger.info("using the synthetic dataset at %s", out)
         return out
-    total = spec.num_source + spec.num_train + spec.num_val + spec.num_synthia
+    total = (spec.num_source + spec.num_train + spec.num_val + spec.num_synthia + spec.num_night
+             + spec.num_night_val)  # fmt: skip
     logger.info(
         "generating the synthetic dataset (%d images, seed %d) at %s", total, spec.seed, out
     )

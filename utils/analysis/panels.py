@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from dataset.datasets import SegmentationDataset
-from dataset.labels import IGNORE_INDEX, colorize
+from dataset.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colorize
 from dataset.transforms import denormalize
 from model.deeplabv2 import DeepLabV2
 from utils.config import split_overrides
@@ -81,6 +81,21 @@ def overlay(image: np.ndarray, pred: np.ndarray, alpha: float) -> np.ndarray:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     blend = (1 - alpha) * image.astype(np.float32) + alpha * colorize(pred).astype(np.float32)
     return blend.round().astype(np.uint8)
+
+
+def legend(classes: Sequence[int], swatch: int = 18) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: one row per trainId in ``classes``, its colour's swatch beside its
+    name."""
+    font = _font(swatch - 4)
+    names = [CLASS_NAMES[c] for c in classes]
+    width = 2 * swatch + max(math.ceil(font.getlength(name)) for name in names)
+    image = Image.new("RGB", (width, len(names) * (swatch + 4) + 4), "white")
+    draw = ImageDraw.Draw(image)
+    for row, (c, name) in enumerate(zip(classes, names)):
+        top = 4 + row * (swatch + 4)
+        draw.rectangle((4, top, 3 + swatch, top + swatch - 1), fill=PALETTE[c], outline="black")
+        draw.text((swatch + 10, top + 1), name, fill="black", font=font)
+    return np.asarray(image)
 
 
 def prediction_panel(image: np.ndarray, label: np.ndarray, probs: torch.Tensor) -> np.ndarray:

@@ -134,5 +134,5 @@ def main(
     finally:
         cleanup()
     if info.is_main:
-        print("\n".join(miou_lines(mious)))
+        print("\n".join(miou_lines(mious)) if mious else "not evaluated (data.val.dataset=none)")
     return 0

@@ -25,7 +25,7 @@ import torch
 from dataset.build import build_dataset, ensure_data
 from dataset.datasets import Batch, infinite_loader
 from utils.checkpoint import save_checkpoint, step_in_name
-from utils.config import Config, to_dict
+from utils.config import NO_VAL, Config, to_dict
 from utils.distributed import DistInfo, all_reduce_max, broadcast_object, resolve_device
 from utils.evaluation.inference import evaluate_views
 from utils.evaluation.prepare import val_dataset, val_loader
@@ -93,7 +93,7 @@ def train(
                 and (done % t.image_every == 0 or done == 1)
             ):
                 log_images(progress.writer, state.scored_model, (source, target), done, device)
-            if t.eval_every and done % t.eval_every == 0 and not last:
+            if t.eval_every and done % t.eval_every == 0 and not last and data.val is not None:
                 mious = _evaluate(state, data.val, progress.writer, run_dir, done, command)
             if saving and info.is_main:
                 checkpoints.save(state.checkpoint(setup, done, _metric(mious)), periodic)
@@ -103,7 +103,8 @@ def train(
                     log.warning("saved %s at step %d", run_dir / "checkpoints" / "last.pth", done)
                 raise Interrupted(stop.signum or signal.SIGTERM, done)
     progress.bar.close()
-    mious = _evaluate(state, data.val, progress.writer, run_dir, t.max_steps, command)
+    if data.val is not None:
+        mious = _evaluate(state, data.val, progress.writer, run_dir, t.max_steps, command)
     progress.close()
     return mious
 
@@ -138,7 +139,7 @@ def _start(
 class _Data(NamedTuple):
     source: Iterator[Batch]
     target: Iterator[Batch] | None  # None: the setup has no target pass
-    val: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader | None  # None: no labelled val set (data.val.dataset=none)
 
 
 def _data(state: TrainState, start: int, info: DistInfo) -> _Data:
@@ -154,13 +155,14 @@ def _data(state: TrainState, start: int, info: DistInfo) -> _Data:
     if state.uses_target:
         target = build_dataset(cfg.data.target, with_labels=False)
         target_iter = infinite_loader(target, bs, seed + 1, start, workers, pin, **ranks)
-    val = val_dataset(cfg)
-    loader = val_loader(cfg, val, device, **ranks)
+    val = val_dataset(cfg) if cfg.data.val.dataset != NO_VAL else None
+    loader = val_loader(cfg, val, device, **ranks) if val is not None else None
     log.info(
-        "data: source %d images (%s), target %s, val %d images; batch %d per process x %d",
+        "data: source %d images (%s), target %s, val %s; batch %d per process x %d",
         len(source), cfg.data.source.root,
         f"{len(target)} images ({cfg.data.target.root})" if state.uses_target else "unused",
-        len(val), bs, info.world_size,
+        f"{len(val)} images" if val is not None else "none (not evaluated: score the "
+        "checkpoints with evaluate_cityscapes.py and a labelled set)", bs, info.world_size,
     )  # fmt: skip
     return _Data(source_iter, target_iter, loader)
 
