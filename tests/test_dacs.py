@@ -219,3 +219,26 @@ def test_evaluate_cityscapes_scores_the_model_eval_model_names(tmp_path, synthet
     torch.save(ckpt, tmp_path / "no_teacher.pth")
     with pytest.raises(CheckpointError, match="eval.model=teacher, but the file holds no teacher"):
         score(tmp_path / "no_teacher.pth")
+
+
+def test_step_values_reach_a_cuda_device_pinned_and_without_a_sync(monkeypatch):
+    """``_on_device`` on a CUDA state, with the copy recorded instead of run (no GPU here):
+    a host-drawn tensor is pinned, then copied non-blocking; numbers, and tensors already on
+    the device or on a CPU state, pass through untouched."""
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+
+    def to(self, device, non_blocking=False):
+        calls.append(("to", str(device), non_blocking))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    cuda = type("State", (), {"device": torch.device("cuda", 0)})()
+    drawn = torch.ones(3)
+    assert train_dacs_norm._on_device(cuda, drawn) is drawn
+    assert calls == ["pin", ("to", "cuda:0", True)]
+    calls.clear()
+    assert train_dacs_norm._on_device(cuda, 0.5) == 0.5
+    cpu = type("State", (), {"device": torch.device("cpu")})()
+    assert train_dacs_norm._on_device(cpu, drawn) is drawn
+    assert calls == []
