@@ -50,29 +50,32 @@ CROSSCITY_LAYOUT = (
 ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
 
 
-class _SuffixPairs(SegmentationDataset):
-    """Images ``<images>/<part>/.../<name><image_suffix>`` with labels at the same relative
-    path under ``<labels>``, ``<name><label_suffix>``: every image under each part folder (at
-    ``depth`` levels below it), or those a list file names relative to ``<images>``."""
+class _AnonymisedPairs(SegmentationDataset):
+    """ACDC's and Dark Zurich's naming: images ``<root>/rgb_anon/<part>/.../<name>_rgb_anon.png``
+    with trainId labels at the same relative path under ``<root>/gt/``,
+    ``<name>_gt_labelTrainIds.png``. Every image ``depth`` levels below each part folder that
+    ``_parts`` names for (condition, split), or those a list file names relative to
+    ``rgb_anon/``."""
 
     NAME, LAYOUT = "", ""
 
     def __init__(
         self,
-        images: Path,
-        parts: list[str],
-        labels: Path | None,
-        suffixes: tuple[str, str],
+        root: str | os.PathLike,
+        condition: str,
+        split: str,
         transform: PairedTransform,
-        list_file: str | os.PathLike | None,
-        depth: int,
+        list_file: str | os.PathLike | None = None,
+        with_labels: bool = True,
     ) -> None:
-        image_suffix, label_suffix = suffixes
+        root = Path(root)
+        images, labels = root / "rgb_anon", (root / "gt" if with_labels else None)
+        parts, depth = self._parts(root, condition, split)
         for folder in (images, *(images / p for p in parts)):
             if not folder.is_dir():
                 raise DatasetLayoutError(f"{self.NAME} folder {folder} not found: {self.LAYOUT}")
         if list_file is None:
-            pattern = "/".join(["*"] * depth + [f"*{image_suffix}"])
+            pattern = "/".join(["*"] * depth + [f"*{ANON_SUFFIX}"])
             found = [p for part in parts for p in (images / part).glob(pattern)]
             names = sorted(p.relative_to(images).as_posix() for p in found)
             if not names:
@@ -80,82 +83,59 @@ class _SuffixPairs(SegmentationDataset):
                     f"no images in {', '.join(str(images / p) for p in parts)}: {self.LAYOUT}"
                 )
         else:
-            entries = _read_list(list_file)
-            names = [self._entry(images, list_file, number, entry) for number, entry in entries]
+            names = []
+            for number, entry in _read_list(list_file):
+                if not (images / entry).is_file():
+                    raise MissingFileError(
+                        f"{list_file}:{number}: entry '{entry}': image {images / entry} not found"
+                    )
+                names.append(entry)
         items = []
         for name in names:
             label = None
             if labels is not None:
-                label = labels / (name.removesuffix(image_suffix) + label_suffix)
+                label = labels / (name.removesuffix(ANON_SUFFIX) + TRAIN_ID_SUFFIX)
                 if not label.is_file():
                     raise MissingFileError(f"label {label} of image {images / name} not found")
             items.append((images / name, label, name))
         super().__init__(items, transform)
+        self.root, self.condition, self.split = root, condition, split
 
-    def _entry(self, images: Path, list_file: str | os.PathLike, number: int, entry: str) -> str:
-        if not (images / entry).is_file():
-            raise MissingFileError(
-                f"{list_file}:{number}: entry '{entry}': image {images / entry} not found"
-            )
-        return entry
+    def _parts(self, root: Path, condition: str, split: str) -> tuple[list[str], int]:
+        """The part folders under ``rgb_anon/`` and how deep their images lie below them."""
+        raise NotImplementedError
+
+    def read_label(self, path: Path) -> Tensor:
+        return read_train_ids(path)
 
 
-class ACDC(_SuffixPairs):
+class ACDC(_AnonymisedPairs):
     """ACDC's ``condition`` (fog, night, rain, snow, or all four) and ``split`` (train, val, or
     test, whose labels are withheld); labels are trainIds."""
 
     NAME, LAYOUT = "ACDC", ACDC_LAYOUT
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        condition: str,
-        split: str,
-        transform: PairedTransform,
-        list_file: str | os.PathLike | None = None,
-        with_labels: bool = True,
-    ) -> None:
-        root = Path(root)
-        merged = (root / "rgb_anon" / split).is_dir()
-        if merged and condition != "all":
-            raise DatasetLayoutError(
-                f"ACDC at {root} has its conditions merged into rgb_anon/{split}/, so condition "
-                f"{condition!r} cannot be selected: use condition all, or the original layout"
-            )
+    def _parts(self, root: Path, condition: str, split: str) -> tuple[list[str], int]:
+        if (root / "rgb_anon" / split).is_dir():  # DAFormer's merged layout: flat split folders
+            if condition != "all":
+                raise DatasetLayoutError(
+                    f"ACDC at {root} has its conditions merged into rgb_anon/{split}/, so "
+                    f"condition {condition!r} cannot be selected: use condition all, or the "
+                    f"original layout"
+                )
+            return [split], 0
         conditions = ACDC_CONDITIONS if condition == "all" else (condition,)
-        parts = [split] if merged else [f"{c}/{split}" for c in conditions]
-        labels = root / "gt" if with_labels else None
-        super().__init__(root / "rgb_anon", parts, labels, (ANON_SUFFIX, TRAIN_ID_SUFFIX),
-                         transform, list_file, depth=0 if merged else 1)  # fmt: skip
-        self.root, self.condition, self.split = root, condition, split
-
-    def read_label(self, path: Path) -> Tensor:
-        return read_train_ids(path)
+        return [f"{c}/{split}" for c in conditions], 1  # <condition>/<split>/<sequence>/
 
 
-class DarkZurich(_SuffixPairs):
+class DarkZurich(_AnonymisedPairs):
     """Dark Zurich's ``split`` and ``condition`` (night, twilight, day); only val/night is
     labelled (trainIds)."""
 
     NAME, LAYOUT = "Dark Zurich", DARKZURICH_LAYOUT
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        condition: str,
-        split: str,
-        transform: PairedTransform,
-        list_file: str | os.PathLike | None = None,
-        with_labels: bool = True,
-    ) -> None:
-        root = Path(root)
-        labels = root / "gt" if with_labels else None
-        super().__init__(root / "rgb_anon", [f"{split}/{condition}"], labels,
-                         (ANON_SUFFIX, TRAIN_ID_SUFFIX), transform, list_file, depth=1)  # fmt: skip
-        self.root, self.condition, self.split = root, condition, split
-
-    def read_label(self, path: Path) -> Tensor:
-        return read_train_ids(path)
+    def _parts(self, root: Path, condition: str, split: str) -> tuple[list[str], int]:
+        return [f"{split}/{condition}"], 1  # <split>/<condition>/<sequence>/
 
 
 class CrossCity(SegmentationDataset):
