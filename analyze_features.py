@@ -63,7 +63,7 @@ from utils.analysis.features import (
     mean_norms,
     proxy_a_distance,
 )
-from utils.config import PRESETS, DomainConfig, split_overrides, to_dict
+from utils.config import PRESETS, DomainConfig, take_overrides, to_dict
 from utils.errors import OutputExistsError, UsageError, add_debug_flag, refuse_overwrite, run
 from utils.evaluation.metrics import SHORT_NAMES
 from utils.evaluation.prepare import prepare_eval
@@ -123,10 +123,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    args.restore, moved = split_overrides(args.restore)
-    args.overrides = [*moved, *args.overrides]
-    if not args.restore:
-        parser.error("--restore: no checkpoint given")
+    take_overrides(parser, args, "restore")
     if args.images < 2:
         parser.error(f"--images {args.images}: at least 2 (PAD holds out half of the images)")
     if args.pixels_per_domain < args.images:

@@ -53,7 +53,7 @@ from utils.analysis.panels import (
     panel_indices,
     write_prediction_panels,
 )
-from utils.config import PRESETS, split_overrides, to_dict
+from utils.config import PRESETS, take_overrides, to_dict
 from utils.errors import UsageError, add_debug_flag, run
 from utils.evaluation import reports
 from utils.evaluation.inference import (
@@ -86,15 +86,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--restore", nargs="+", required=True, metavar="CKPT", help="two or more weights files"
     )
+    parser.add_argument("--weights", nargs="+", metavar="W", help="one per member (default: equal)")
     parser.add_argument(
-        "--weights", nargs="+", type=float, metavar="W", help="one per member (default: equal)"
-    )
-    parser.add_argument(
-        "--presets",
-        nargs="+",
-        choices=[*PRESETS, "auto"],
-        help="one per member; auto: the checkpoint's config, or inferred from the file",
-    )
+        "--presets", nargs="+", metavar="PRESET",
+        help=f"one per member: {', '.join(PRESETS)} or auto (the checkpoint's config, or "
+        "inferred from the file)",
+    )  # fmt: skip
     parser.add_argument("--combine", choices=SPACES, default="prob", help="weigh probs or logits")
     parser.add_argument(
         "--flip", action="store_true", help="each member averaged with the mirrored image"
@@ -113,8 +110,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    args.restore, moved = split_overrides(args.restore)
-    args.overrides = [*moved, *args.overrides]
+    take_overrides(parser, args, "restore")
+    take_overrides(parser, args, "weights", float, "numbers")
+    take_overrides(parser, args, "presets", choices=[*PRESETS, "auto"])
     if len(args.restore) < 2:
         parser.error("--restore needs two or more checkpoints")
     if args.presets and len(args.presets) != len(args.restore):

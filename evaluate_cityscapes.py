@@ -77,7 +77,7 @@ from utils.analysis.panels import (
     write_prediction_panels,
 )
 from utils.checkpoint import step_in_name
-from utils.config import Config, split_overrides, to_dict
+from utils.config import Config, take_overrides, to_dict
 from utils.distributed import DistInfo, describe
 from utils.errors import UsageError, add_debug_flag, refuse_overwrite, run
 from utils.evaluation.inference import evaluate_views
@@ -142,11 +142,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    if args.restore:
-        args.restore, moved = split_overrides(args.restore)
-        args.overrides = [*moved, *args.overrides]
-        if not args.restore:
-            parser.error("--restore: no checkpoint given")
+    take_overrides(parser, args, "restore")
     if args.restore and len(args.restore) > 1 and args.save_dir:
         parser.error("--save-dir writes one model's predictions: give a single --restore")
     if args.pred_dir and (args.flip or args.preset or args.mask_absent):

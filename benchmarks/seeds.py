@@ -38,7 +38,14 @@ import train_dacs_norm
 import train_maxsquare_norm
 import train_norm_only
 from dataset.labels import CLASS_SUBSETS, NUM_CLASSES
-from utils.config import ConfigError, config_from_dict, load_config, read_yaml, to_dict
+from utils.config import (
+    ConfigError,
+    config_from_dict,
+    load_config,
+    read_yaml,
+    take_overrides,
+    to_dict,
+)
 from utils.errors import UsageError, UserError, add_debug_flag, run
 from utils.evaluation.metrics import SHORT_NAMES, miou_name
 from utils.evaluation.reports import recorded_subset_protocol
@@ -223,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", required=True, help="experiment YAML")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", default=[0, 1, 2], metavar="S")
     parser.add_argument("--script", choices=list(SCRIPTS), help="default: from the config's name")
     parser.add_argument("--runs", type=Path, default=Path("runs/seeds"), help="run folders here")
     parser.add_argument("--name", help="run name prefix (default: the config's file name)")
@@ -232,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
+    take_overrides(parser, args, "seeds", int, "integers")
     script = script_for(args.config, args.script)
     name = args.name or Path(args.config).stem
     cfg = load_config(args.config, args.overrides)  # a bad one fails before any run

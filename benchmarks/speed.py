@@ -56,7 +56,7 @@ from dataset.datasets import Batch, eval_loader, infinite_loader
 from dataset.synthetic import SyntheticSpec, generate
 from dataset.transforms import IMG_MEAN_BGR
 from utils import losses
-from utils.config import load_config
+from utils.config import load_config, take_overrides
 from utils.distributed import DistInfo, resolve_device
 from utils.errors import UsageError, add_debug_flag, run
 from utils.evaluation.inference import evaluate, predict_logits
@@ -689,7 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--loader-distinct", type=int, default=8, help="synthetic images each")
     parser.add_argument("--loader-overrides", nargs="*", default=[], metavar="key.sub=value",
                         help="e.g. data.num_workers=8")  # fmt: skip
-    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), metavar="SETUP",
+    parser.add_argument("--setups", nargs="+", metavar="SETUP",
                         help=f"time these (default: {', '.join(PAPER_SETUPS)}; all: "
                         f"{', '.join(SETUPS)})")  # fmt: skip
     parser.add_argument("--steps", type=int, default=20)
@@ -709,6 +709,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
+    take_overrides(parser, args, "loader_configs", at_least_one=False)
+    take_overrides(parser, args, "setups", choices=list(SETUPS))
     device = resolve_device(args.device)
     name = (
         torch.cuda.get_device_name(device)

@@ -34,6 +34,7 @@ import train_maxsquare_norm
 import train_norm_only
 from benchmarks.seeds import markdown_table, run_staged, summary
 from dataset.labels import NUM_CLASSES
+from utils.config import take_overrides
 from utils.errors import UsageError, add_debug_flag, run
 from utils.logger import write_json
 from utils.provenance import command_line, footer, provenance, short_commit, stale
@@ -285,15 +286,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", default=[0, 1, 2], metavar="S")
     parser.add_argument(
         "--setups",
         nargs="+",
         default=[s for s in SETUPS if "_released" not in s and not s.startswith("synthia")
                  and s not in MAXSQUARE_ROWS and s not in DACS_ROWS],
-        choices=list(SETUPS),
-        help="default: all but the released-protocol, SYNTHIA, MaxSquare and DACS rows, which "
-        "are run on their own",
+        metavar="SETUP",
+        help=f"{', '.join(SETUPS)} (default: all but the released-protocol, SYNTHIA, MaxSquare "
+        "and DACS rows, which are run on their own)",
     )
     parser.add_argument(
         "--classes", type=int, choices=[19, 16], default=19,
@@ -315,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
+    take_overrides(parser, args, "seeds", int, "integers")
+    take_overrides(parser, args, "setups", choices=list(SETUPS))
     data_path = args.out.with_suffix(".json")
     if args.from_json:
         data = json.loads(data_path.read_text())

@@ -12,7 +12,7 @@ import torch
 from benchmarks import seeds, synthetic_table
 from utils import provenance as prov
 from utils import readme
-from utils.config import config_from_dict, read_yaml, to_dict
+from utils.config import ConfigError, config_from_dict, read_yaml, to_dict
 from utils.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,6 +207,29 @@ def test_seeds_trains_reuses_and_refuses_a_folder_of_other_settings(
         seeds.main([*args[:5], "2", *args[5:]])
     with pytest.raises(seeds.RunMismatchError, match=r"optim.lr: [0-9.e-]+ there, 0.02 now"):
         seeds.main([*args, "optim.lr=0.02"])
+
+
+def test_seeds_takes_overrides_after_the_seeds_as_the_docs_write_them(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_training(argv):  # writes the results a finished run leaves
+        calls.append(argv)
+        run = dict(a.split("=", 1) for a in argv if "=" in a)["train.run_name"]
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "results.json").write_text(json.dumps(
+            {"step": 2, "mIoU": 0.5, "iou": [0.5] * 19}))  # fmt: skip
+        return 0
+
+    monkeypatch.setitem(seeds.SCRIPTS, "train_norm_only.py", type("S", (), {"main": fake_training}))
+    assert seeds.main(["--config", "configs/demo/norm_only.yaml", "--runs", str(tmp_path),
+                       "--seeds", "0", "1", "train.max_steps=2", "optim.lr=0.02"]) == 0  # fmt: skip
+    # each seed's run gets the overrides, then its seed
+    assert [a[2:5] for a in calls] == [
+        ["train.max_steps=2", "optim.lr=0.02", f"train.seed={seed}"] for seed in (0, 1)
+    ]
+    assert json.loads((tmp_path / "norm_only.seeds.json").read_text())["seeds"] == [0, 1]
+    with pytest.raises(ConfigError, match="unknown key train.max_stepz"):
+        seeds.main(["--config", "configs/demo/norm_only.yaml", "--seeds", "0", "train.max_stepz=2"])
 
 
 def test_seeds_trains_a_first_stage_once_per_seed_and_starts_from_it(tmp_path, tiny_run):

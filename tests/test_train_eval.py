@@ -252,6 +252,38 @@ def test_overrides_after_several_restore_files_are_overrides(tmp_path):
     )
 
 
+def test_a_list_option_gives_back_the_overrides_it_swallowed(capsys):
+    """``--seeds 0 1 key=value`` as the docs write it: argparse hands the overrides to the
+    option, ``take_overrides`` moves them ahead of the later ones and converts the rest."""
+    import argparse
+
+    from utils.config import take_overrides
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", nargs="+", default=[0, 1, 2])
+    parser.add_argument("--setups", nargs="+")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(["--seeds", "3", "4", "model.init_from=a.pth", "--setups", "x",
+                              "train.seed=1", "--", "optim.lr=1"])  # fmt: skip
+    take_overrides(parser, args, "seeds", int, "integers")
+    take_overrides(parser, args, "setups", choices=["x", "y"])
+    assert args.seeds == [3, 4] and args.setups == ["x"]
+    assert args.overrides == ["train.seed=1", "model.init_from=a.pth", "optim.lr=1"]
+    default = parser.parse_args([])
+    take_overrides(parser, default, "seeds", int, "integers")
+    assert default.seeds == [0, 1, 2] and default.overrides == []
+    for argv, dest, message in (
+        (["--seeds", "0", "x", "a.b=1"], "seeds", "--seeds: expected integers, got 'x'"),
+        (["--seeds", "a.b=1"], "seeds", "--seeds: no value given"),
+        (["--setups", "z"], "setups", "--setups: expected one of 'x', 'y', got 'z'"),
+    ):
+        args = parser.parse_args(argv)
+        with pytest.raises(SystemExit) as exit_info:
+            take_overrides(parser, args, dest, int if dest == "seeds" else str,
+                           "integers", ["x", "y"] if dest == "setups" else ())  # fmt: skip
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_mid_run_evaluation_and_the_checkpoints_metric(tmp_path, synthetic):
     run = _train(tmp_path, synthetic, "mid", "train.max_steps=4", "train.eval_every=2",
                  "train.save_every=2")  # fmt: skip

@@ -31,7 +31,7 @@ from dataset.datasets import SegmentationDataset
 from dataset.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colorize
 from dataset.transforms import denormalize
 from model.deeplabv2 import DeepLabV2
-from utils.config import split_overrides
+from utils.config import take_overrides
 from utils.errors import UsageError
 from utils.evaluation.inference import predict_scores, predicted_train_ids
 from utils.evaluation.predictions import panel_path
@@ -173,11 +173,8 @@ def check_panel_flags(parser: argparse.ArgumentParser, args: argparse.Namespace)
     """Overrides that ``--panel-images`` swallowed go back to the overrides; ``--panels`` is
     the number of images (the number named when only ``--panel-images`` is given); the other
     panel flags need one of the two."""
+    take_overrides(parser, args, "panel_images")
     if args.panel_images:
-        args.panel_images, moved = split_overrides(args.panel_images)
-        args.overrides = [*moved, *args.overrides]
-        if not args.panel_images:
-            parser.error("--panel-images: no image named")
         if args.panels is None:
             args.panels = len(args.panel_images)
         elif args.panels != len(args.panel_images):

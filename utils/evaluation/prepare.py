@@ -34,7 +34,7 @@ from utils.config import (
     Config,
     config_from_dict,
     load_config,
-    split_overrides,
+    take_overrides,
 )
 from utils.distributed import select_device
 
@@ -207,16 +207,7 @@ def add_class_flags(parser: argparse.ArgumentParser) -> None:
 
 def check_class_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``--classes`` as ints; the ``key.sub=value`` words it swallowed go to the overrides."""
-    if not args.classes:
-        return
-    words, moved = split_overrides(args.classes)
-    args.overrides = [*moved, *args.overrides]
-    choices = [str(k) for k in CLASS_SUBSETS]
-    bad = [w for w in words if w not in choices]
-    if bad or not words:
-        parser.error(f"--classes: expected class counts from {', '.join(choices)}, got "
-                     f"{' '.join(bad) or 'none'}")  # fmt: skip
-    args.classes = [int(w) for w in words]
+    take_overrides(parser, args, "classes", int, choices=[str(k) for k in CLASS_SUBSETS])
 
 
 def class_overrides(args: argparse.Namespace) -> list[str]:
