@@ -6,7 +6,8 @@
     python -m benchmarks.seeds --start configs/demo/maxsquare_source.yaml \\
         --config configs/demo/maxsquare_norm.yaml --seeds 0 1 2
 
-Each seed trains in ``<runs>/<name>-seed<S>`` (``--runs``, default ``runs/seeds``; ``--name``,
+Each seed trains in ``<runs>/<name>-seed<S>`` (``--runs``, default ``<train.out_dir>/seeds``, so
+that configs of other benchmarks or protocols with one file name stay apart; ``--name``,
 default the config's file name) with the script that trains the config (inferred from the
 config's name, or ``--script``). A finished run (its ``results.json`` at the last step) is
 reused, an interrupted one is resumed from its ``last.pth``, and a run folder trained with other
@@ -232,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="experiment YAML")
     parser.add_argument("--seeds", nargs="+", default=[0, 1, 2], metavar="S")
     parser.add_argument("--script", choices=list(SCRIPTS), help="default: from the config's name")
-    parser.add_argument("--runs", type=Path, default=Path("runs/seeds"), help="run folders here")
+    parser.add_argument("--runs", type=Path, help="run folders (default: <train.out_dir>/seeds)")
     parser.add_argument("--name", help="run name prefix (default: the config's file name)")
     parser.add_argument("--start", metavar="CONFIG",
                         help="a first stage, trained per seed, that each run starts from")
@@ -243,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     script = script_for(args.config, args.script)
     name = args.name or Path(args.config).stem
     cfg = load_config(args.config, args.overrides)  # a bad one fails before any run
+    args.runs = args.runs or Path(cfg.train.out_dir) / "seeds"
     if args.start:
         load_config(args.start, args.overrides)
         script_for(args.start, None)

@@ -35,6 +35,20 @@ def test_every_shipped_config_loads(path):
     load_config(path)
 
 
+def test_every_shipped_configs_runs_have_a_folder_name_of_their_own():
+    """Two configs whose runs would share ``<out_dir>/<name>-<timestamp>`` (the released
+    protocol's twin of a paper config, one setup on two benchmarks) could not be told apart."""
+    folders: dict[tuple[str, str], list[str]] = {}
+    for path in sorted(CONFIGS.rglob("*.yaml")):
+        if path.name != "defaults.yaml":
+            t = load_config(path).train
+            folders.setdefault((t.out_dir, t.run_name or path.stem), []).append(str(path))
+    shared = {f"{d}/{n}": paths for (d, n), paths in folders.items() if len(paths) > 1}
+    assert not shared, shared
+    released = load_config(CONFIGS / "demo" / "released" / "clan_norm.yaml").train.out_dir
+    assert released == "runs/demo/released"
+
+
 def test_base_chain_and_overrides():
     cfg = load_config(
         CONFIGS / "demo" / "source_only.yaml",

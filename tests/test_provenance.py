@@ -214,20 +214,23 @@ def test_seeds_takes_overrides_after_the_seeds_as_the_docs_write_them(tmp_path, 
 
     def fake_training(argv):  # writes the results a finished run leaves
         calls.append(argv)
-        run = dict(a.split("=", 1) for a in argv if "=" in a)["train.run_name"]
-        (tmp_path / run).mkdir()
-        (tmp_path / run / "results.json").write_text(json.dumps(
-            {"step": 2, "mIoU": 0.5, "iou": [0.5] * 19}))  # fmt: skip
+        over = dict(a.split("=", 1) for a in argv if "=" in a)
+        run = Path(over["train.out_dir"]) / over["train.run_name"]
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"step": 2, "mIoU": 0.5, "iou": [0.5] * 19}))
         return 0
 
     monkeypatch.setitem(seeds.SCRIPTS, "train_norm_only.py", type("S", (), {"main": fake_training}))
-    assert seeds.main(["--config", "configs/demo/norm_only.yaml", "--runs", str(tmp_path),
+    assert seeds.main(["--config", "configs/demo/norm_only.yaml", f"train.out_dir={tmp_path}",
                        "--seeds", "0", "1", "train.max_steps=2", "optim.lr=0.02"]) == 0  # fmt: skip
-    # each seed's run gets the overrides, then its seed
-    assert [a[2:5] for a in calls] == [
-        ["train.max_steps=2", "optim.lr=0.02", f"train.seed={seed}"] for seed in (0, 1)
+    # each seed's run gets the overrides, then its seed, in <train.out_dir>/seeds
+    assert [a[2:6] for a in calls] == [
+        ["train.max_steps=2", "optim.lr=0.02", f"train.out_dir={tmp_path}", f"train.seed={seed}"]
+        for seed in (0, 1)
     ]
-    assert json.loads((tmp_path / "norm_only.seeds.json").read_text())["seeds"] == [0, 1]
+    summary = json.loads((tmp_path / "seeds" / "norm_only.seeds.json").read_text())
+    assert summary["seeds"] == [0, 1]
+    assert summary["runs"][1]["run"] == str(tmp_path / "seeds" / "norm_only-seed1")
     with pytest.raises(ConfigError, match="unknown key train.max_stepz"):
         seeds.main(["--config", "configs/demo/norm_only.yaml", "--seeds", "0", "train.max_stepz=2"])
 

@@ -359,7 +359,8 @@ def take_overrides(
     """A ``nargs="+"`` option followed by the positional overrides takes them in too, since
     argparse cannot tell them apart (``--seeds 0 1 model.init_from=X``, ``--restore a.pth
     data.val.root=X``): move the words that read as overrides to the front of
-    ``args.overrides`` (they came first), and ``convert`` the option's other words. A word
+    ``args.overrides`` (ahead of those argparse found), and ``convert`` the option's other
+    words. A word
     that does not convert (``ValueError``) or is not among ``choices`` (when given), or no
     word left, is a usage error naming the option and what it expects (``expected``, e.g.
     "integers"); no word is allowed for a ``nargs="*"`` option (``at_least_one=False``). An
