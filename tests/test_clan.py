@@ -16,7 +16,7 @@ import train_clan_norm
 from dataset.datasets import Batch
 from model.discriminator import FCDiscriminator
 from utils.checkpoint import CheckpointError, load_checkpoint
-from utils.config import ConfigError, load_config
+from utils.config import ConfigError, load_config, read_yaml
 from utils.losses import discrepancy_map, weight_discrepancy_loss, weighted_bce_with_logits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,10 +211,18 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, synthetic):
         assert all(
             torch.equal(ca["models"][name][k], cb["models"][name][k]) for k in ca["models"][name]
         )
-    # resuming with another D width is refused with the mismatching keys; another class count
-    # before any work (training needs the 19 trainIds)
+    # the resumed segment's config is the run's config.yaml; the one it replaced is kept
+    assert read_yaml(part / "config.yaml")["train"]["max_steps"] == 5
+    assert read_yaml(part / "config.before_step_000002.yaml")["train"]["max_steps"] == 2
+    assert "train.max_steps: 2 -> 5" in (part / "train.log").read_text()
+    # resuming with another D width is refused with the mismatching keys, which the run's log
+    # records, the config untouched; another class count before any work (training needs the
+    # 19 trainIds)
     with pytest.raises(CheckpointError, match="shape mismatches"):
         train_clan_norm.main(["--resume", str(part), "model.d_width=4", "train.max_steps=6"])
+    logged = (part / "train.log").read_text().split(" ERROR train: stopped: ")
+    assert len(logged) == 2 and "shape mismatches" in logged[1]
+    assert read_yaml(part / "config.yaml")["train"]["max_steps"] == 5
     with pytest.raises(ConfigError, match="model.num_classes=7"):
         train_clan_norm.main(["--resume", str(part), "model.num_classes=7", "train.max_steps=6"])
 

@@ -90,7 +90,7 @@ def test_resume_continues_step_for_step(tmp_path, synthetic):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_errors(tmp_path, synthetic):
+def test_resume_errors(tmp_path, synthetic, capsys):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         train_norm_only.main(["--resume", str(tmp_path / "nothing")])
     bogus = tmp_path / "bogus" / "checkpoints" / "last.pth"
@@ -98,6 +98,10 @@ def test_resume_errors(tmp_path, synthetic):
     torch.save({"setup": "clan_norm", "config": {}}, bogus)
     with pytest.raises(CheckpointError, match="setup 'clan_norm'"):
         train_norm_only.main(["--resume", str(bogus.parent.parent)])
+    # a resumed run continues with its checkpoint's config: another --config is refused
+    with pytest.raises(SystemExit) as exit_info:
+        train_norm_only.main(["--resume", str(bogus.parent.parent), "--config", "x.yaml"])
+    assert exit_info.value.code == 2 and "--config with --resume" in capsys.readouterr().err
 
 
 def test_evaluate_restore_save_dir_and_pred_dir(tmp_path, synthetic, capsys):

@@ -11,11 +11,16 @@ from typing import Any
 import torch
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FILE_ONLY = "file_only"  # ``extra={FILE_ONLY: True}``: a record for the log file alone
 
 
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
-    """Console logging (and a log file in the run folder when given)."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    """Console logging (and a log file in the run folder when given). A record logged with
+    ``extra={FILE_ONLY: True}`` (an error the console reports its own way) goes to the file
+    only."""
+    console = logging.StreamHandler(sys.stdout)
+    console.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
+    handlers: list[logging.Handler] = [console]
     if log_file is not None:
         handlers.append(logging.FileHandler(log_file))
     logging.basicConfig(

@@ -12,14 +12,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from dataset.datasets import DatasetError
 from dataset.labels import NUM_CLASSES
-from utils.checkpoint import CheckpointError, check_same_stream, resume_checkpoint
-from utils.config import Config, ConfigError, config_from_dict, dump_yaml, load_config
+from utils.checkpoint import check_same_stream, resume_checkpoint
+from utils.config import Config, ConfigError, config_from_dict, load_config
 from utils.distributed import broadcast_object, cleanup, describe, init_distributed
-from utils.errors import OutputExistsError, add_debug_flag
+from utils.errors import OutputExistsError, UserError, add_debug_flag
 from utils.evaluation.reports import miou_lines
-from utils.logger import setup_logging
+from utils.logger import FILE_ONLY, setup_logging
 from utils.provenance import command_line
 from utils.training.loop import Interrupted, train
 from utils.training.state import BuildFn, StepFn
@@ -42,6 +41,11 @@ def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespa
     args = parser.parse_args(argv)
     if args.config is None and args.resume is None:
         parser.error("one of --config or --resume is required")
+    if args.config is not None and args.resume is not None:
+        parser.error(
+            "--config with --resume: a resumed run continues with the config its checkpoint "
+            "holds; give key.sub=value overrides to change it, or --config alone for a new run"
+        )
     return args
 
 
@@ -112,8 +116,6 @@ def main(
         if checkpoint is None:
             run_dir = _new_run_dir(cfg, args.config) if info.is_main else None
             run_dir = broadcast_object(run_dir, info)
-            if info.is_main:
-                dump_yaml(cfg, run_dir / "config.yaml")
         else:
             check_same_stream(checkpoint, cfg.data.batch_size, info.world_size, path)
             run_dir = path.parent.parent
@@ -127,9 +129,13 @@ def main(
         except Interrupted as stop:
             log.warning("%s; continue with --resume %s", stop, run_dir)
             return 128 + stop.signum
-        except (ConfigError, CheckpointError, DatasetError):
+        except UserError as err:
             if checkpoint is None and info.is_main:
                 _remove_unstarted_run(run_dir)
+            log.error("stopped: %s", err, extra={FILE_ONLY: True})  # the console prints it
+            raise
+        except Exception:
+            log.exception("stopped by an error", extra={FILE_ONLY: True})
             raise
     finally:
         cleanup()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import signal
@@ -25,7 +26,7 @@ import torch
 from dataset.build import build_dataset, ensure_data
 from dataset.datasets import Batch, infinite_loader
 from utils.checkpoint import save_checkpoint, step_in_name
-from utils.config import NO_VAL, Config, to_dict
+from utils.config import NO_VAL, Config, dump_yaml, read_yaml, to_dict
 from utils.distributed import DistInfo, all_reduce_max, broadcast_object, resolve_device
 from utils.evaluation.inference import evaluate_views
 from utils.evaluation.prepare import val_dataset, val_loader
@@ -38,6 +39,7 @@ from utils.evaluation.reports import (
     protocol_of,
 )
 from utils.logger import MetricWriter
+from utils.protocols import flatten
 from utils.provenance import write_results
 from utils.schedules import poly_lr
 from utils.training.graphs import CudaGraphBackend, GraphedStep
@@ -67,6 +69,8 @@ def train(
     info = info or DistInfo()
     device = device or resolve_device(cfg.train.device)
     state, start = _start(cfg, build, checkpoint, checkpoint_path, info, device)
+    if info.is_main:
+        save_config(cfg, run_dir, start)
     run_step = _step_runner(state, train_step, info)
     data = _data(state, start, info)
     t = cfg.train
@@ -134,6 +138,28 @@ def _start(
     start = state.restore(checkpoint, checkpoint_path)
     log.info("resumed at step %d of %d", start, cfg.train.max_steps)
     return state, start
+
+
+def save_config(cfg: Config, run_dir: Path, start: int) -> None:
+    """``config.yaml``: the resolved config of the run's latest segment, which its checkpoints
+    hold. A resume at step ``start`` that changes it keeps the one it replaces as
+    ``config.before_step_NNNNNN.yaml`` (another number where that name is taken) and logs the
+    keys that changed."""
+    path = run_dir / "config.yaml"
+    if path.is_file():
+        before, now = flatten(read_yaml(path)), flatten(to_dict(cfg))
+        changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
+        if not changed:
+            return
+        kept = run_dir / f"config.before_step_{start:06d}.yaml"
+        for n in itertools.count(2):
+            if not kept.exists():
+                break
+            kept = run_dir / f"config.before_step_{start:06d}-{n}.yaml"
+        path.replace(kept)
+        log.info("resumed at step %d with other settings (%s kept): %s", start, kept.name,
+                 "; ".join(changed))  # fmt: skip
+    dump_yaml(cfg, path)
 
 
 class _Data(NamedTuple):
