@@ -137,9 +137,10 @@ def prepare(state: TrainState, info: DistInfo) -> None:
         trained = any(p.requires_grad for p in module.parameters())
         if info.distributed and trained:  # (a mean teacher is no DDP module: it has no grads)
             ids = [device.index] if device.type == "cuda" else None
-            # Looking for unused parameters costs a graph traversal per pass: only where some
-            # go unused (G in Norm only, whose target pass skips the heads) and for the small D.
-            unused = state.partial_g_passes if name == "G" else True
+            # Looking for unused parameters costs a graph traversal per pass, and DDP warns on
+            # every rank when it finds none: only where some go unused (G in Norm only, whose
+            # target pass skips the heads). D's step uses all of D.
+            unused = name == "G" and state.partial_g_passes
             runner = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
         if t.compile:
             runner = torch.compile(runner, mode=t.compile_mode)
