@@ -54,9 +54,9 @@ def _new_run_dir(cfg: Config, config_path: str) -> Path:
     run_dir = Path(cfg.train.out_dir) / name
     if run_dir.exists():
         if (run_dir / "checkpoints" / "last.pth").is_file():
-            hint = f"continue it with --resume {run_dir}"
-        else:
-            hint = "it holds no checkpoint (it stopped before its first save): remove it"
+            hint = f"continue it with --resume {run_dir} (when no run is training in it)"
+        else:  # a run still before its first save, or one that stopped there: it cannot tell
+            hint = "it holds no checkpoint yet: remove it when no run is training in it"
         raise OutputExistsError(
             f"run folder {run_dir} already exists: {hint}, or choose another train.run_name"
         )
