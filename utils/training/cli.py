@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dataset.labels import NUM_CLASSES
 from utils.checkpoint import check_same_stream, resume_checkpoint
-from utils.config import Config, ConfigError, config_from_dict, load_config
+from utils.config import Config, ConfigError, config_from_dict, dump_yaml, load_config
 from utils.distributed import broadcast_object, cleanup, describe, init_distributed
 from utils.errors import OutputExistsError, UserError, add_debug_flag
 from utils.evaluation.reports import miou_lines
@@ -116,6 +116,8 @@ def main(
         if checkpoint is None:
             run_dir = _new_run_dir(cfg, args.config) if info.is_main else None
             run_dir = broadcast_object(run_dir, info)
+            if info.is_main:
+                dump_yaml(cfg, run_dir / "config.yaml")
         else:
             check_same_stream(checkpoint, cfg.data.batch_size, info.world_size, path)
             run_dir = path.parent.parent

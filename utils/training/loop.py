@@ -69,8 +69,6 @@ def train(
     info = info or DistInfo()
     device = device or resolve_device(cfg.train.device)
     state, start = _start(cfg, build, checkpoint, checkpoint_path, info, device)
-    if info.is_main:
-        save_config(cfg, run_dir, start)
     run_step = _step_runner(state, train_step, info)
     data = _data(state, start, info)
     t = cfg.train
@@ -101,6 +99,7 @@ def train(
                 mious = _evaluate(state, data.val, progress.writer, run_dir, done, command)
             if saving and info.is_main:
                 checkpoints.save(state.checkpoint(setup, done, _metric(mious)), periodic)
+                save_config(cfg, run_dir, start)  # the config the checkpoints now hold
             if stopping and not last:
                 progress.close()
                 if progress.writer is not None:
@@ -141,10 +140,11 @@ def _start(
 
 
 def save_config(cfg: Config, run_dir: Path, start: int) -> None:
-    """``config.yaml``: the resolved config of the run's latest segment, which its checkpoints
-    hold. A resume at step ``start`` that changes it keeps the one it replaces as
-    ``config.before_step_NNNNNN.yaml`` (another number where that name is taken) and logs the
-    keys that changed."""
+    """``config.yaml``: the resolved config that the run's checkpoints hold (a new run's is
+    written when its folder is made). The first checkpoint of a resumed segment (from step
+    ``start``) with other settings replaces it, keeping the one it replaces as
+    ``config.before_step_NNNNNN.yaml`` (another number where that name is taken), and logs the
+    keys that changed; a resume that stops before saving leaves it as it was."""
     path = run_dir / "config.yaml"
     if path.is_file():
         before, now = flatten(read_yaml(path)), flatten(to_dict(cfg))
