@@ -3,6 +3,7 @@ initial weights it starts from, the config it refuses, and an exact resume."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ import train_clan_norm
 import train_maxsquare_norm
 import train_norm_only
 from utils.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MAXSQUARE = ["model.preset=maxsquare", "train.device=cpu", "optim.warmup_steps=0",
              "optim.schedule_steps=1000"]  # fmt: skip
@@ -130,6 +133,22 @@ def test_keys_it_cannot_train_are_refused_before_any_file(tmp_path, synthetic, o
             ]
         )
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_init_from_names_the_key_and_the_config_that_writes_it(tmp_path, monkeypatch):
+    """The MaxSquare demo before its source stage: the error names model.init_from and the
+    stage's config, before any file is written."""
+    config = str(ROOT / "configs" / "demo" / "maxsquare_norm.yaml")
+    monkeypatch.chdir(tmp_path)  # where no source stage has run
+    with pytest.raises(ConfigError) as refused:
+        train_maxsquare_norm.main(["--config", config, "train.device=cpu"])
+    assert str(refused.value) == (
+        "model.init_from=runs/demo/maxsquare_source/checkpoints/last.pth: no such file; it is "
+        "the checkpoint of a run of configs/demo/maxsquare_source.yaml: train that first"
+    )
+    with pytest.raises(ConfigError, match="model.init_from=x.pth: no such file; point it at"):
+        train_maxsquare_norm.main(["--config", config, "model.init_from=x.pth"])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_multi_needs_c1_on_layer3():

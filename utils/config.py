@@ -722,6 +722,21 @@ def config_from_dict(data: dict[str, Any], overrides: typing.Iterable[str] = ())
     return validate(from_dict(Config, merged))
 
 
+def configs_writing(path: str | Path) -> list[Path]:
+    """The shipped configs whose runs write the checkpoint ``path``
+    (``<train.out_dir>/<train.run_name>/checkpoints/...``, a fixed run name): where a missing
+    ``model.init_from`` of another stage's run was meant to come from."""
+    run_dir = Path(path).resolve().parent.parent
+    found = []
+    for config in sorted(DEFAULTS_PATH.parent.rglob("*.yaml")):
+        if config == DEFAULTS_PATH:
+            continue
+        t = load_config(config).train
+        if t.run_name and (Path(t.out_dir) / t.run_name).resolve() == run_dir:
+            found.append(config.relative_to(DEFAULTS_PATH.parent.parent))
+    return found
+
+
 def dump_yaml(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically (a temporary file, then a rename)."""
     path = Path(path)

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from dataset.labels import NUM_CLASSES
 from utils.checkpoint import check_same_stream, resume_checkpoint
-from utils.config import Config, ConfigError, config_from_dict, dump_yaml, load_config
+from utils.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    configs_writing,
+    dump_yaml,
+    load_config,
+)
 from utils.distributed import broadcast_object, cleanup, describe, init_distributed
 from utils.errors import OutputExistsError, UserError, add_debug_flag
 from utils.evaluation.reports import miou_lines
@@ -87,6 +94,7 @@ def _config(args: argparse.Namespace, setup: str) -> tuple[Config, dict | None, 
         cfg = config_from_dict(checkpoint["config"], args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
+        _check_init_from(cfg.model.init_from)
     if cfg.model.num_classes != NUM_CLASSES:
         raise ConfigError(
             f"model.num_classes={cfg.model.num_classes}: training labels are the "
@@ -94,6 +102,20 @@ def _config(args: argparse.Namespace, setup: str) -> tuple[Config, dict | None, 
             f"needs {NUM_CLASSES} outputs; 16- and 13-output models can be evaluated, not trained"
         )
     return cfg, checkpoint, path
+
+
+def _check_init_from(init_from: str) -> None:
+    """A new run's initial weights exist, before its folder is made; a missing file that a
+    shipped config's run writes (MaxSquare's source stage) names that config."""
+    if not init_from or Path(init_from).is_file():
+        return
+    writers = configs_writing(init_from)
+    hint = (
+        f"it is the checkpoint of a run of {' or '.join(map(str, writers))}: train that first"
+        if writers
+        else "point it at a weights file (docs/data.md lists the initial weights)"
+    )
+    raise ConfigError(f"model.init_from={init_from}: no such file; {hint}")
 
 
 def main(
