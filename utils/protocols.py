@@ -41,11 +41,16 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Where a run's files go: each config family has its own folder, which is no protocol choice.
+WHERE = ("train.out_dir", "train.run_name")
+
+
 def differences(paper: Path = PAPER, released: Path = RELEASED) -> list[tuple[str, Any, Any]]:
-    """(key, paper value, released value) for every key whose resolved values differ."""
+    """(key, paper value, released value) for every key whose resolved values differ, but
+    where the runs are written."""
     a = flatten(to_dict(load_config(paper)))
     b = flatten(to_dict(load_config(released)))
-    return [(key, a[key], b[key]) for key in a if a[key] != b[key]]
+    return [(key, a[key], b[key]) for key in a if a[key] != b[key] and key not in WHERE]
 
 
 def _show(value: Any) -> str:
