@@ -91,6 +91,30 @@ def test_bad_overrides_name_the_key(override, message):
         load_config(None, [override])
 
 
+def test_every_bad_key_of_a_command_is_in_one_error_in_words():
+    with pytest.raises(ConfigError) as refused:
+        load_config(CONFIGS / "demo" / "norm_only.yaml", [
+            "optim.lrr=1", "train.amp=fp8", "data.source.crop=256", "data.batch_size=0",
+            "optim.betas_d=[0.9]", "data.source.image_rescale=[[0.8,0.3]]", "model=3",
+        ])  # fmt: skip
+    assert str(refused.value).splitlines() == [
+        "invalid config:",
+        "  override 'optim.lrr=1': unknown key optim.lrr (valid keys here: backbone_updates, "
+        "betas_d, lr, lr_d, lr_scaling, momentum, power, schedule_steps, warmup_form, "
+        "warmup_steps, weight_decay, weight_decay_d)",
+        "  override 'model=3': model is a section, not a value",
+        "  data.source.crop: expected a pair of integers [W, H], or null, got 256",
+        "  optim.betas_d: expected a pair of numbers [beta1, beta2], got [0.9]",
+        # (crop stood in with its default for the other checks, which would have refused it
+        # with image_rescale: no line for a value the user did not give)
+        "  train.amp: expected one of off, bf16, fp16, got 'fp8'",
+        "  data.batch_size: expected a number >= 1, got 0",
+    ]
+    with pytest.raises(ConfigError, match=r"image_rescale: expected a list of pairs of numbers "
+                                          r"\[scale, probability\], got 0.8"):  # fmt: skip
+        load_config(None, ["data.source.image_rescale=0.8"])
+
+
 def test_unknown_and_missing_keys_in_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("loss:\n  lambda_nrom: 0.1\n")

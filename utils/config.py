@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Annotated, Any, NamedTuple, Union
 
 import torch
 import yaml
@@ -31,6 +31,11 @@ _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
+
+
+# What a pair of numbers means, shown in the message when a value does not fit.
+Size = Annotated[tuple[int, int], "[W, H]"]
+Range = Annotated[tuple[float, float], "[low, high]"]
 
 
 @dataclass(frozen=True)
@@ -81,10 +86,10 @@ class DomainConfig:
     root: str
     split: str
     list_file: str
-    resize: tuple[int, int] | None
-    scale_range: tuple[float, float]
-    image_rescale: tuple[tuple[float, float], ...]
-    crop: tuple[int, int] | None
+    resize: Size | None
+    scale_range: Range
+    image_rescale: tuple[Annotated[tuple[float, float], "[scale, probability]"], ...]
+    crop: Size | None
     mirror: bool
     blur: bool
     label_root: str  # dataset folder: its labels ("": none)
@@ -103,10 +108,10 @@ class SyntheticConfig:
     num_source: int
     num_train: int
     num_val: int
-    source_size: tuple[int, int]
-    target_size: tuple[int, int]
+    source_size: Size
+    target_size: Size
     num_synthia: int
-    synthia_size: tuple[int, int]
+    synthia_size: Size
     num_night: int
     num_night_val: int
 
@@ -141,7 +146,7 @@ class DacsConfig:
     jitter_p: float
     jitter_strength: float
     blur_p: float
-    blur_sigma: tuple[float, float]
+    blur_sigma: Range
     blur_kernel: float
     student_passes: str
 
@@ -170,7 +175,7 @@ class OptimConfig:
     warmup_steps: int
     schedule_steps: int
     lr_d: float
-    betas_d: tuple[float, float]
+    betas_d: Annotated[tuple[float, float], "[beta1, beta2]"]
     weight_decay_d: float
     lr_scaling: str
     backbone_updates: str
@@ -218,12 +223,37 @@ class Config:
     eval: EvalConfig
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+_WORDS = {  # a type in words: (one, several)
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    bool: ("true or false", "true or false values"),
+    str: ("a string", "strings"),
+}
+
+
+def describe(tp: Any, plural: bool = False) -> str:
+    """An annotation in words: ``Size | None`` -> "a pair of integers [W, H], or null"."""
+    meaning = ""
+    if typing.get_origin(tp) is Annotated:
+        tp, meaning = typing.get_args(tp)[0], f" {typing.get_args(tp)[1]}"
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        words = " or ".join(describe(a, plural) for a in args if a is not type(None))
+        return words + (", or null" if type(None) in args else "")
+    if typing.get_origin(tp) is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {describe(args[0], plural=True)}{meaning}"
+        if len(args) == 2 and args[0] == args[1]:
+            return f"{'pairs' if plural else 'a pair'} of {describe(args[0], True)}{meaning}"
+        return f"a list of {len(args)} values ({', '.join(map(describe, args))}){meaning}"
+    return _WORDS[tp][plural] + meaning
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
+    expected = describe(tp)
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -236,15 +266,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list ({_type_name(tp)}), got {value!r}")
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
         if not isinstance(value, bool):
@@ -271,29 +301,62 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build the dataclass ``cls`` from a nested dict, rejecting unknown and missing keys."""
+def _build(
+    cls: type, data: Any, prefix: str, problems: list[str], fallback: dict[str, Any] | None
+) -> Any:
+    """``cls`` from a nested dict, each unknown, missing or mistyped key a line added to
+    ``problems``; a key that has a value in ``fallback`` (the defaults, the same nesting) takes
+    it, so that the rest can still be checked. None where nothing could stand in."""
+    where = prefix.rstrip(".") or "<root>"
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+        problems.append(f"{where}: expected a mapping, got {data!r}")
+        return None
+    fallback = fallback if isinstance(fallback, dict) else {}
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(
-            f"unknown config key(s): {', '.join(prefix + k for k in unknown)} "
-            f"(valid keys under '{prefix.rstrip('.') or '<root>'}': {', '.join(names)})"
-        )
+        problems.append(f"unknown config key(s): {', '.join(prefix + k for k in unknown)} "
+                        f"(valid keys under '{where}': {', '.join(names)})")  # fmt: skip
     missing = [prefix + n for n in names if n not in data]
     if missing:
-        raise ConfigError(f"missing config key(s): {', '.join(missing)}")
+        problems.append(f"missing config key(s): {', '.join(missing)}")
     kwargs = {}
     for name in names:
-        tp = hints[name]
+        tp, given, default = hints[name], data.get(name, fallback.get(name)), fallback.get(name)
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, data[name], f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(data[name], tp, prefix + name)
+            kwargs[name] = _build(tp, given, f"{prefix}{name}.", problems, default)
+            continue
+        try:
+            kwargs[name] = _coerce(given, tp, prefix + name)
+        except ConfigError as err:
+            if name in data:
+                problems.append(str(err))
+            try:
+                kwargs[name] = _coerce(default, tp, prefix + name)
+            except ConfigError:
+                kwargs[name] = None
+    if any(v is None and not _optional(hints[k]) for k, v in kwargs.items()):
+        return None
     return cls(**kwargs)
+
+
+def _optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build the dataclass ``cls`` from a nested dict; one ``ConfigError`` lists every
+    unknown, missing and mistyped key."""
+    problems: list[str] = []
+    built = _build(cls, data, prefix, problems, None)
+    _raise(problems)
+    return built
+
+
+def _raise(problems: typing.Sequence[str]) -> None:
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -402,27 +465,41 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides to a nested dict; the key path must exist."""
+def apply_overrides(
+    data: dict[str, Any], overrides: typing.Iterable[str], problems: list[str] | None = None
+) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a nested dict; the key path must exist. A bad
+    override is skipped and is a line of ``problems`` (given), else of one ``ConfigError``."""
+    own = problems is None
+    problems = [] if problems is None else problems
     data = _merge(data, {})
     for text in overrides:
-        path, value = parse_override(text)
-        node = data
-        for i, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: unknown key {'.'.join(path[: i + 1])}")
-            node[part] = child = dict(child)
-            node = child
-        if path[-1] not in node:
-            raise ConfigError(
-                f"override {text!r}: unknown key {'.'.join(path)} "
-                f"(valid keys here: {', '.join(sorted(node))})"
-            )
-        if isinstance(node[path[-1]], dict):
-            raise ConfigError(f"override {text!r}: {'.'.join(path)} is a section, not a value")
-        node[path[-1]] = value
+        try:
+            _apply_override(data, text)
+        except ConfigError as err:
+            problems.append(str(err))
+    if own:
+        _raise(problems)
     return data
+
+
+def _apply_override(data: dict[str, Any], text: str) -> None:
+    path, value = parse_override(text)
+    node = data
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {text!r}: unknown key {'.'.join(path[: i + 1])}")
+        node[part] = child = dict(child)
+        node = child
+    if path[-1] not in node:
+        raise ConfigError(
+            f"override {text!r}: unknown key {'.'.join(path)} "
+            f"(valid keys here: {', '.join(sorted(node))})"
+        )
+    if isinstance(node[path[-1]], dict):
+        raise ConfigError(f"override {text!r}: {'.'.join(path)} is a section, not a value")
+    node[path[-1]] = value
 
 
 # Every choice a key can take, and every range: checked in one place (``validate``) when a
@@ -613,6 +690,12 @@ def _graph_problems(cfg: Config) -> list[str]:
 def validate(cfg: Config) -> Config:
     """Check every choice, range and combination of ``cfg``; one ``ConfigError`` lists them all,
     each naming its key, the value and what was expected. Returns ``cfg``."""
+    _raise(_problems(cfg))
+    return cfg
+
+
+def _problems(cfg: Config) -> list[str]:
+    """``validate``'s lines: each choice, range and combination of ``cfg`` that is invalid."""
     flat = _flat(cfg)
     problems = [
         f"{key}: expected one of {', '.join(choices)}, got {flat[key]!r}"
@@ -669,9 +752,7 @@ def validate(cfg: Config) -> Config:
             f"nothing to evaluate on: set it to 0, or name a val set"
         )
     problems += _graph_problems(cfg)
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
-    return cfg
+    return problems
 
 
 def changed_keys(cfg: Config, keys: typing.Iterable[str]) -> dict[str, Any]:
@@ -713,13 +794,27 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
     data = read_yaml(DEFAULTS_PATH)
     if path is not None:
         data = _merge(data, read_yaml(path))
-    return validate(from_dict(Config, apply_overrides(data, overrides)))
+    return _resolve(data, overrides)
 
 
 def config_from_dict(data: dict[str, Any], overrides: typing.Iterable[str] = ()) -> Config:
     """A ``Config`` from a stored dict (e.g. a checkpoint's), merged onto the defaults."""
-    merged = apply_overrides(_merge(read_yaml(DEFAULTS_PATH), data), overrides)
-    return validate(from_dict(Config, merged))
+    return _resolve(_merge(read_yaml(DEFAULTS_PATH), data), overrides)
+
+
+def _resolve(data: dict[str, Any], overrides: typing.Iterable[str]) -> Config:
+    """``data`` with ``overrides``, built and validated; one ``ConfigError`` lists every bad
+    override, unknown or mistyped key and invalid value. A mistyped value stands in with its
+    default for the checks of the others, which leave out the lines that name its key."""
+    problems: list[str] = []
+    data = apply_overrides(data, overrides, problems)
+    typed = len(problems)
+    cfg = _build(Config, data, "", problems, read_yaml(DEFAULTS_PATH))
+    mistyped = [line.split(":")[0].split("[")[0] for line in problems[typed:]]
+    if cfg is not None:
+        problems += [line for line in _problems(cfg) if not any(k in line for k in mistyped)]
+    _raise(problems)
+    return cfg
 
 
 def configs_writing(path: str | Path) -> list[Path]:
