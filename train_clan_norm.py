@@ -1,4 +1,4 @@
-"""CLAN + Norm (the paper's main setup), and the CLAN baseline with ``loss.lambda_norm=0``.
+r"""CLAN + Norm (the paper's main setup), and the CLAN baseline with ``loss.lambda_norm=0``.
 
 G is trained with the segmentation loss on source crops, the step-wise L2 feature-norm loss on
 source and target backbone features, CLAN's category-level adversarial loss on target

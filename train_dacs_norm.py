@@ -1,4 +1,4 @@
-"""DACS + Norm: DACS's self-training (Tranheden et al., WACV 2021) with the step-wise L2
+r"""DACS + Norm: DACS's self-training (Tranheden et al., WACV 2021) with the step-wise L2
 feature-norm loss; plain DACS with ``loss.lambda_norm=0``.
 
 Each step, a mean teacher (an EMA of G, never trained) labels the target images; half of the
@@ -13,7 +13,7 @@ norm loss on the layer4 features of the source and mixed images: one backward pe
 teacher then moves towards G. The pieces are ``utils.self_training``.
 
     python train_dacs_norm.py --config configs/demo/dacs_norm.yaml       # synthetic, CPU
-    python train_dacs_norm.py --config configs/gta5_to_cityscapes/dacs_norm.yaml \\
+    python train_dacs_norm.py --config configs/gta5_to_cityscapes/dacs_norm.yaml \
         model.init_from=weights/resnet101COCO-41f33a49.pth
     python train_dacs_norm.py --resume runs/dacs_norm-20261203-120000     # continue a run
 """

@@ -1,4 +1,4 @@
-"""MaxSquare + Norm: MaxSquare's target losses (Chen et al., 2019) with the step-wise L2
+r"""MaxSquare + Norm: MaxSquare's target losses (Chen et al., 2019) with the step-wise L2
 feature-norm loss; plain MaxSquare with ``loss.lambda_norm=0``.
 
 G (the multi-level DeepLab-v2 of the ``maxsquare`` preset: C2 on layer4 is the output, C1 on
@@ -11,7 +11,7 @@ is no target pass: source-only training, the stage MaxSquare starts from.
 
     python train_maxsquare_norm.py --config configs/demo/maxsquare_source.yaml   # the start
     python train_maxsquare_norm.py --config configs/demo/maxsquare_norm.yaml     # then adapt
-    python train_maxsquare_norm.py --config configs/gta5_to_cityscapes/maxsquare_iw_norm.yaml \\
+    python train_maxsquare_norm.py --config configs/gta5_to_cityscapes/maxsquare_iw_norm.yaml \
         model.init_from=pretrained/GTA5_source.pth
     python train_maxsquare_norm.py --resume runs/maxsquare_norm-20261202-120000  # continue
 """

@@ -1,4 +1,4 @@
-"""Norm only (the paper's "Only Norm loss"), and Source only with ``loss.lambda_norm=0``.
+r"""Norm only (the paper's "Only Norm loss"), and Source only with ``loss.lambda_norm=0``.
 
 G is trained with the segmentation loss on source crops and the step-wise L2 feature-norm loss
 on the backbone features of source and target crops; no discriminator.

@@ -1,9 +1,9 @@
-"""One config over several seeds: mean ± std of the final-step target-val mIoU, per class.
+r"""One config over several seeds: mean ± std of the final-step target-val mIoU, per class.
 
     python -m benchmarks.seeds --config configs/demo/norm_only.yaml --seeds 0 1 2
-    python -m benchmarks.seeds --config configs/gta5_to_cityscapes/clan_norm.yaml --seeds 0 1 2 \\
+    python -m benchmarks.seeds --config configs/gta5_to_cityscapes/clan_norm.yaml --seeds 0 1 2 \
         model.init_from=weights/DeepLab_resnet_pretrained_init-f81d91e8.pth
-    python -m benchmarks.seeds --start configs/demo/maxsquare_source.yaml \\
+    python -m benchmarks.seeds --start configs/demo/maxsquare_source.yaml \
         --config configs/demo/maxsquare_norm.yaml --seeds 0 1 2
 
 Each seed trains in ``<runs>/<name>-seed<S>`` (``--runs``, default ``<train.out_dir>/seeds``, so

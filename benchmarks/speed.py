@@ -1,4 +1,4 @@
-"""Step time, GPU use, peak memory, loader and evaluation throughput of every setup, ours
+r"""Step time, GPU use, peak memory, loader and evaluation throughput of every setup, ours
 against the released code's procedure, on whatever device this runs on.
 
     python -m benchmarks.speed --crop 512 1024 --amp bf16 --steps 20 --cuda-graph --compile \

@@ -6,12 +6,18 @@ checkpoint I/O, logging, distributed, provenance, the losses and schedules), the
 training, and last the scripts and benchmarks. A module imports from its own level or below;
 ``model/`` and ``dataset/`` import only the floor (and themselves), and ``utils/losses.py`` and
 ``utils/schedules.py`` nothing of the repository at all.
+
+And every entry point (a module run as ``__main__``, or a package's ``__main__.py``) prints
+the commands of its docstring in ``--help`` exactly as written in the source.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("utils", "dataset", "model", "benchmarks")
@@ -133,3 +139,54 @@ def test_every_module_of_utils_is_on_the_floor_or_in_a_room():
     assert "utils.config" in floor and all(_level(n) == 0 for n in floor)
     assert rooms == {"evaluation", "analysis", "training"}
     assert all(_level(f"utils.{room}") > 0 for room in rooms)
+
+
+def _entry_points() -> list[str]:
+    """Every module with a ``main`` run as a script: ``if __name__ == "__main__":`` in it, or
+    a ``__main__.py`` beside it in its package."""
+    found = []
+    for name, path in _modules().items():
+        if path.name == "__main__.py":
+            found.append(name.rpartition(".")[0])
+        elif 'if __name__ == "__main__":' in path.read_text():
+            found.append(name)
+    return sorted(found)
+
+
+def _commands(path: Path) -> list[list[str]]:
+    """The commands of the module docstring as written in the source (escapes unread): each a
+    line starting with ``python`` or ``torchrun`` and the lines a trailing ``\\`` continues
+    it with."""
+    tree = ast.parse(path.read_text())
+    doc = tree.body[0]
+    assert isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant), path
+    lines = path.read_text().splitlines()[doc.lineno - 1 : doc.end_lineno]
+    commands = []
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith(("python ", "torchrun ")):
+            end = i
+            while lines[end].endswith(" \\") and end + 1 < len(lines):
+                end += 1
+            commands.append(lines[i : end + 1])
+    return commands
+
+
+def test_the_entry_points_are_found():
+    entries = _entry_points()
+    assert {"train_clan_norm", "predict", "benchmarks.speed", "dataset.synthetic"} <= set(entries)
+    assert {"utils.analysis.compare_iou", "utils.protocols"} <= set(entries)
+
+
+@pytest.mark.parametrize("name", _entry_points())
+def test_help_prints_the_docstring_commands_as_written(name, capsys):
+    """A backslash continuation in a docstring that is not raw is eaten by Python, so two
+    lines of an example print as one; a description cut short leaves them out."""
+    module = importlib.import_module(name)
+    commands = _commands(_modules()[name])
+    assert commands, f"{name}: no python or torchrun command in its docstring"
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    missing = ["\n".join(lines) for lines in commands if "\n".join(lines) not in out]
+    assert missing == []

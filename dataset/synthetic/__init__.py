@@ -83,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: generate a synthetic dataset (see the module docstring)."""
     defaults = SyntheticSpec()
     parser = argparse.ArgumentParser(
-        prog="python -m dataset.synthetic", description=__doc__.split("\n\n")[0]
-    )
+        prog="python -m dataset.synthetic", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="dataset root to create")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
