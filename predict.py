@@ -6,11 +6,12 @@ r"""Segment a folder of your own images with a trained G: trainId PNGs, colours 
     python predict.py --restore last.pth --input photos/ --out preds/ data.val.resize=[2048,1024]
 
 Every image under ``--input`` (searched recursively; every format PIL reads: png, jpg, bmp,
-tif, webp, ppm...) is turned upright by its EXIF orientation, resized as the checkpoint's
-config resizes Cityscapes val (``data.val.resize``, 1024x512 by default, whatever the image's
-aspect ratio), and its logits are upsampled back to the image's own size before the argmax,
-as ``evaluate_cityscapes.py`` does. ``--flip`` averages the softmax with the mirrored image's.
-For ``photos/a/b.jpg`` it writes:
+tif, webp, ppm...; the log names the other files, which are skipped) is turned upright by its
+EXIF orientation, resized as the checkpoint's config resizes Cityscapes val
+(``data.val.resize``, 1024x512 by default, whatever the image's aspect ratio), and its logits
+are upsampled back to the image's own size before the argmax, as ``evaluate_cityscapes.py``
+does. ``--flip`` averages the softmax with the mirrored image's. For ``photos/a/b.jpg`` it
+writes:
 
     preds/a/b.png            trainIds 0..18 (what evaluate_cityscapes.py --pred-dir reads)
     preds/color/a/b.png      the Cityscapes colours
@@ -41,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from dataset.datasets import CorruptImageError
-from dataset.folder import find_images, read_upright
+from dataset.folder import find_images, listed, read_upright
 from dataset.labels import output_train_ids
 from dataset.transforms import PairedTransform, TransformSpec
 from model.build import preset_name
@@ -143,7 +144,7 @@ def input_images(root: Path, out: Path) -> list[Path]:
         raise UsageError(f"--input {root}: no images (no file with an extension PIL reads, such "
                          f"as .png, .jpg, .tif, .webp)")  # fmt: skip
     if others:
-        log.info("skipping %d files that are not images by their extension", others)
+        log.info(skipping([p.relative_to(root).as_posix() for p in others]))
     owner: dict[Path, Path] = {}
     for path in images:
         for target in outputs(root, path, out):
@@ -152,6 +153,14 @@ def input_images(root: Path, out: Path) -> list[Path]:
                                  f"rename one")  # fmt: skip
             owner[target] = path
     return images
+
+
+def skipping(others: list[str]) -> str:
+    """What the log says of the files under --input that are not images: how many, and the
+    first few by name."""
+    if len(others) == 1:
+        return f"skipping 1 file that is not an image by its extension: {others[0]}"
+    return f"skipping {len(others)} files that are not images by their extension: {listed(others)}"
 
 
 def outputs(root: Path, path: Path, out: Path) -> tuple[Path, Path, Path]:

@@ -62,16 +62,16 @@ def image_extensions() -> frozenset[str]:
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
-def find_images(root: Path, exclude: Iterable[Path] = ()) -> tuple[list[Path], int]:
+def find_images(root: Path, exclude: Iterable[Path] = ()) -> tuple[list[Path], list[Path]]:
     """Every file under ``root`` whose extension PIL opens, outside the folders ``exclude``,
-    sorted by relative path; and the number of other files found there."""
+    sorted by relative path; and the other files found there, in the same order."""
     skip = [p.resolve() for p in exclude]
     files = [p for p in root.rglob("*") if p.is_file()]
     files = [p for p in files if not any(s in p.resolve().parents for s in skip)]
     files.sort(key=lambda p: p.relative_to(root).as_posix())
     extensions = image_extensions()
     images = [p for p in files if p.suffix.lower() in extensions]
-    return images, len(files) - len(images)
+    return images, [p for p in files if p.suffix.lower() not in extensions]
 
 
 def read_label_map(path: str | os.PathLike, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -137,7 +137,8 @@ def read_upright(path: Path) -> Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
-def _listed(lines: Sequence[str]) -> str:
+def listed(lines: Sequence[str]) -> str:
+    """The first few of ``lines`` joined by commas, then how many more there are."""
     shown = ", ".join(lines[:_SHOWN])
     return shown + (f" and {len(lines) - _SHOWN} more" if len(lines) > _SHOWN else "")
 
@@ -182,11 +183,11 @@ class FolderDataset(SegmentationDataset):
         if unreadable and not skip_unreadable:
             raise CorruptImageError(
                 f"{len(unreadable)} of {len(images)} images under {root} cannot be read: "
-                f"{_listed(unreadable)}; skip them in training with skip_unreadable=true"
+                f"{listed(unreadable)}; skip them in training with skip_unreadable=true"
             )
         if unreadable:
             logger.warning("skipping %d of %d images under %s that cannot be read: %s",
-                           len(unreadable), len(images), root, _listed(unreadable))  # fmt: skip
+                           len(unreadable), len(images), root, listed(unreadable))  # fmt: skip
         if not items:
             raise DatasetLayoutError(f"no readable image under {root}")
         super().__init__(items, transform)
@@ -200,7 +201,7 @@ class FolderDataset(SegmentationDataset):
             if not images:
                 raise DatasetLayoutError(
                     f"no images under {root} (searched recursively for the extensions PIL "
-                    f"reads: .png, .jpg, .tif, .webp, ...; {others} other files)"
+                    f"reads: .png, .jpg, .tif, .webp, ...; {len(others)} other files)"
                 )
             return images
         images = []

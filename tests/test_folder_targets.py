@@ -66,7 +66,7 @@ def test_finds_nested_images_of_several_formats_in_a_stable_order(tmp_path: Path
     (tmp_path / "notes.txt").write_text("not an image")
     images, others = find_images(tmp_path)
     relative = [p.relative_to(tmp_path).as_posix() for p in images]
-    assert relative == sorted(names) and others == 1
+    assert relative == sorted(names) and others == [tmp_path / "notes.txt"]
     dataset = FolderDataset(tmp_path, IDENTITY)
     assert [dataset[i].name for i in range(len(dataset))] == sorted(names)
     assert all(dataset[i].label is None for i in range(len(dataset)))

@@ -69,9 +69,11 @@ def test_a_mixed_folder_with_a_corrupt_file(tmp_path, photos, model_and_ckpt, ca
     out = tmp_path / "out"
     args = ["--restore", str(ckpt), "--input", str(photos), "--out", str(out), "--alpha", "0.25"]
     assert predict.main(args) == predict.EXIT_UNREADABLE == 1
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "1 of 7 files could not be read" in err and "broken.jpg" in err
-    assert "notes.txt" not in err
+    assert "notes.txt" not in err  # not an error: logged
+    assert "skipping 1 file that is not an image by its extension: notes.txt" in captured.out
     for name, (w, h, _) in GOOD.items():
         stem = name.rsplit(".", 1)[0]
         ids = np.array(Image.open(out / f"{stem}.png"))
@@ -91,6 +93,34 @@ def test_a_mixed_folder_with_a_corrupt_file(tmp_path, photos, model_and_ckpt, ca
     with pytest.raises(OutputExistsError, match="--out .* already holds 18 of this run's files"):
         predict.main(args)
     assert predict.main([*args, "--overwrite"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("others", "message"),
+    [
+        ([], None),
+        (["notes.txt"], "skipping 1 file that is not an image by its extension: notes.txt"),
+        (["notes.txt", "b/c.json"],
+         "skipping 2 files that are not images by their extension: b/c.json, notes.txt"),
+        ([f"d{i}.csv" for i in range(7)],
+         "skipping 7 files that are not images by their extension: d0.csv, d1.csv, d2.csv, "
+         "d3.csv, d4.csv and 2 more"),
+    ],
+    ids=["none", "one", "two", "seven"],
+)  # fmt: skip
+def test_the_files_that_are_not_images_are_named(tmp_path, caplog, others, message):
+    """The log names the skipped files (the first five by path, then how many more), in a
+    sentence whose plural follows their number; no line when there are none."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "a.png")
+    for name in others:
+        (root / name).parent.mkdir(exist_ok=True)
+        (root / name).write_text("not an image")
+    with caplog.at_level("INFO", logger="predict"):
+        assert predict.input_images(root, tmp_path / "out") == [root / "a.png"]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+    assert lines == ([] if message is None else [message])
 
 
 def test_flip_exif_and_a_clean_folder(tmp_path, model_and_ckpt):
