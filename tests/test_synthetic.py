@@ -140,9 +140,10 @@ def test_same_seed_same_bytes_and_images_independent_of_counts(tmp_path: Path) -
     assert all(other[name] != digest for name, digest in a.items())
 
 
-def test_ensure_synthetic_reuses_a_matching_dataset(root: Path) -> None:
+def test_ensure_synthetic_reuses_a_matching_dataset(root: Path, capsys) -> None:
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
     assert ensure_synthetic(root, SPEC) == root
+    assert capsys.readouterr().err == ""  # nothing written, no bar
     assert generate(root, SPEC, progress=False) == root
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
 
@@ -156,10 +157,14 @@ def test_ensure_synthetic_names_the_differing_fields(root: Path) -> None:
     assert "num_train" not in message
 
 
-def test_ensure_synthetic_generates_when_absent(tmp_path: Path) -> None:
-    spec = dataclasses.replace(SPEC, num_source=1, num_train=1, num_val=1)
+def test_ensure_synthetic_generates_when_absent(tmp_path: Path, capsys) -> None:
+    spec = dataclasses.replace(SPEC, num_source=1, num_train=2, num_val=1)
     out = ensure_synthetic(tmp_path / "nested" / "data", spec)
     assert json.loads((out / "synthetic.json").read_text())["num_val"] == 1
+    # first use shows a bar over the images of each domain and split, run to its end
+    done = re.findall(r"(synthetic [a-z ]+): 100%\|.*?\| (\d+)/(\d+) ", capsys.readouterr().err)
+    assert done == [("synthetic source", "1", "1"), ("synthetic target train", "2", "2"),
+                    ("synthetic target val", "1", "1")]  # fmt: skip
 
 
 def test_generate_refuses_a_foreign_folder(tmp_path: Path) -> None:

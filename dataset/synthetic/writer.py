@@ -12,20 +12,17 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from dataset.labels import ID_TO_TRAIN_ID, LABEL_IDS, PALETTE, SYNTHIA_TO_TRAIN_ID
 from dataset.synthetic.scene import render
 from utils.errors import OutputExistsError
-
-try:
-    from tqdm import tqdm
-except ImportError:  # the progress bar is optional
-    tqdm = None
 
 logger = logging.getLogger("dataset.synthetic")  # the package's name, as before the split
 
@@ -235,6 +232,7 @@ def generate(out: str | Path, spec: SyntheticSpec, progress: bool = True) -> Pat
     Files go to a temporary sibling folder that is renamed to ``out`` once ``synthetic.json``
     is written, so an interrupted run leaves no partial dataset. An existing complete dataset
     of the same spec is returned as is; anything else at ``out`` raises ``OutputExistsError``.
+    ``progress``: a bar over the images of each domain and split as they are written.
     """
     out = Path(out)
     if _existing_matches(out, spec):
@@ -243,11 +241,12 @@ def generate(out: str | Path, spec: SyntheticSpec, progress: bool = True) -> Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         tmp.chmod(0o755)
-        jobs = _jobs(spec)
         palette = _gta5_palette()
-        bar = tqdm(jobs, desc="synthetic", unit="img") if progress and tqdm is not None else jobs
-        for job in bar:
-            _write(tmp, job, spec.seed, palette)
+        for (domain, split), group in groupby(_jobs(spec), key=lambda j: (j.domain, j.split)):
+            name = domain if split == "all" else f"{domain} {split}"
+            for job in tqdm(list(group), desc=f"synthetic {name}", unit="img",
+                            disable=not progress):  # fmt: skip
+                _write(tmp, job, spec.seed, palette)
         (tmp / MANIFEST).write_text(json.dumps(_manifest(spec), indent=2) + "\n")
         os.replace(tmp, out)
     except BaseException:
@@ -257,7 +256,8 @@ def generate(out: str | Path, spec: SyntheticSpec, progress: bool = True) -> Pat
 
 
 def ensure_synthetic(out: str | Path, spec: SyntheticSpec) -> Path:
-    """Return ``out`` if it holds the dataset of ``spec``, generating it if ``out`` is absent.
+    """Return ``out`` if it holds the dataset of ``spec``, generating it (with its progress
+    bars) if ``out`` is absent.
 
     Raises ``OutputExistsError`` (naming ``synthetic.json`` and the differing fields) if ``out``
     holds another dataset.
@@ -272,6 +272,6 @@ def ensure_synthetic(out: str | Path, spec: SyntheticSpec) -> Path:
         "generating the synthetic dataset (%d images, seed %d) at %s", total, spec.seed, out
     )
     start = time.perf_counter()
-    generate(out, spec, progress=False)
+    generate(out, spec)
     logger.info("synthetic dataset written in %.1f s", time.perf_counter() - start)
     return out
