@@ -40,11 +40,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dataset.build import build_dataset
 from dataset.datasets import SegmentationDataset
@@ -161,8 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             **summarise(feats, args.seed)})  # fmt: skip
         norms.append({d: f.norms for d, f in feats.items()})
         pooled = np.concatenate([feats[d].features for d in DOMAINS])  # (P_s + P_t) x C
-        pca.append(embed(pooled, "pca", args.seed))
-        tsne.append(embed(pooled, "tsne", args.seed))
+        coords = project(pooled, args.seed, name)
+        pca.append(coords["pca"])
+        tsne.append(coords["tsne"])
         shared = feats  # its labels and sample: the same for every checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
@@ -217,6 +220,13 @@ def features(
     }  # fmt: skip
 
 
+def project(pooled: np.ndarray, seed: int, name: str) -> dict[str, np.ndarray]:
+    """The sampled pixels' 2-D PCA and t-SNE embeddings, seeded, a step of a progress bar each
+    (t-SNE takes tens of seconds on a few thousand pixels)."""
+    bar = tqdm(("pca", "tsne"), desc=f"{name}: projections", unit="projection", leave=False)
+    return {method: embed(pooled, method, seed) for method in bar}
+
+
 def analysis_dataset(cfg: DomainConfig) -> SegmentationDataset:
     """A data section's images with labels, as evaluated: its resize only (no crop, rescale
     or mirror), labels at their full resolution."""
@@ -266,15 +276,20 @@ def write_figures(
     pca: list[np.ndarray],
     tsne: list[np.ndarray],
 ) -> None:
-    """The four figures; ``shared`` (any checkpoint's features) gives the pixels' labels and
-    the sample, which every checkpoint shares."""
+    """The four figures, a step of a progress bar each; ``shared`` (any checkpoint's
+    features) gives the pixels' labels and the sample, which every checkpoint shares."""
     labels = {d: f.labels for d, f in shared.items()}
     domains = np.concatenate([np.full(len(shared[d].sample.label), d) for d in DOMAINS])
     sampled = np.concatenate([shared[d].sample.label for d in DOMAINS])
-    plots.norm_histograms(out / "norm_hist.png", names, norms)
-    plots.norm_histograms_per_class(out / "norm_hist_per_class.png", names, norms, labels)
-    plots.embedding_scatter(out / "pca.png", names, pca, domains, sampled, "PCA")
-    plots.embedding_scatter(out / "tsne.png", names, tsne, domains, sampled, "t-SNE")
+    figures = [
+        partial(plots.norm_histograms, out / "norm_hist.png", names, norms),
+        partial(plots.norm_histograms_per_class, out / "norm_hist_per_class.png", names, norms,
+                labels),
+        partial(plots.embedding_scatter, out / "pca.png", names, pca, domains, sampled, "PCA"),
+        partial(plots.embedding_scatter, out / "tsne.png", names, tsne, domains, sampled, "t-SNE"),
+    ]  # fmt: skip
+    for draw in tqdm(figures, desc="figures", unit="figure", leave=False):
+        draw()
 
 
 def format_tables(checkpoints: list[dict[str, Any]]) -> str:

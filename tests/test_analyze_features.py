@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_MODEL
+from tqdm import tqdm
 
 import analyze_features
 from dataset.build import ensure_data
@@ -172,8 +173,17 @@ def test_mmd_by_hand():
     assert per_class[1:] == [None, None] and overall == pytest.approx(mmd2(xs, ys))
 
 
-def test_analyze_features_end_to_end(setup, synthetic, tmp_path, capsys):
+def test_analyze_features_end_to_end(setup, synthetic, tmp_path, capsys, monkeypatch):
     cfg, paths, _ = setup
+    bars = []  # (description, steps done, total) of each bar of the script's own, once closed
+
+    class RecordedBar(tqdm):
+        def close(self):
+            if not self.disable:  # a bar shown, closed for the first time
+                bars.append((self.desc, self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(analyze_features, "tqdm", RecordedBar)
     out = tmp_path / "analysis"
     args = [
         "--restore",
@@ -208,6 +218,9 @@ def test_analyze_features_end_to_end(setup, synthetic, tmp_path, capsys):
     assert set(first["mmd2_per_class"]) == set(first["mean_norm_per_class"])
     printed = capsys.readouterr().out
     assert "| checkpoint" in printed and "seed1/last.pth" in printed and "MMD^2" in printed
+    # the long silent phases have a bar: PCA and t-SNE per checkpoint, then the four figures
+    assert bars == [("seed0/last.pth: projections", 2, 2), ("seed1/last.pth: projections", 2, 2),
+                    ("figures", 4, 4)]  # fmt: skip
 
     # the same command again is refused: it would overwrite the files
     with pytest.raises(
