@@ -199,9 +199,11 @@ class FolderDataset(SegmentationDataset):
         if list_file is None:
             images, others = find_images(root, exclude)
             if not images:
+                found = [p.relative_to(root).as_posix() for p in others]
                 raise DatasetLayoutError(
                     f"no images under {root} (searched recursively for the extensions PIL "
-                    f"reads: .png, .jpg, .tif, .webp, ...; {len(others)} other files)"
+                    f"reads: .png, .jpg, .tif, .webp, ...; "
+                    f"{'found only ' + listed(found) if found else 'it holds no file'})"
                 )
             return images
         images = []

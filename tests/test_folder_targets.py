@@ -127,7 +127,10 @@ def test_labels_that_are_not_trainids_need_a_map(tmp_path: Path) -> None:
 
 def test_bad_folders_are_errors_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    with pytest.raises(DatasetLayoutError, match="no images under .*empty"):
+    with pytest.raises(DatasetLayoutError, match="no images under .*empty.*it holds no file"):
+        FolderDataset(tmp_path / "empty", IDENTITY)
+    (tmp_path / "empty" / "sub" / "notes.txt").write_text("x")
+    with pytest.raises(DatasetLayoutError, match=r"\.\.\.; found only sub/notes.txt\)"):
         FolderDataset(tmp_path / "empty", IDENTITY)
     with pytest.raises(DatasetLayoutError, match="nowhere not found"):
         FolderDataset(tmp_path / "nowhere", IDENTITY)
