@@ -66,7 +66,14 @@ from utils.analysis.features import (
     proxy_a_distance,
 )
 from utils.config import PRESETS, DomainConfig, take_overrides, to_dict
-from utils.errors import OutputExistsError, UsageError, add_debug_flag, refuse_overwrite, run
+from utils.errors import (
+    OutputExistsError,
+    UsageError,
+    add_debug_flag,
+    at_least,
+    refuse_overwrite,
+    run,
+)
 from utils.evaluation.metrics import SHORT_NAMES
 from utils.evaluation.prepare import prepare_eval
 from utils.evaluation.reports import short_names
@@ -120,7 +127,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="sampled pixels per domain for PAD, MMD and the scatter plots, "
         "split evenly over the images (default 2000)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the image and pixel draws")
+    parser.add_argument(
+        "--seed", type=at_least(0), default=0, help="seed of the image and pixel draws"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace files in --out")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     add_debug_flag(parser)

@@ -30,7 +30,15 @@ import torch.nn.functional as F
 
 from dataset.datasets import Batch
 from dataset.transforms import IMG_MEAN_BGR
-from utils.config import MAXSQUARE_KEYS, MAXSQUARE_OWNER, Config, apply_preset, foreign_keys, refuse
+from utils.config import (
+    MAXSQUARE_KEYS,
+    MAXSQUARE_OWNER,
+    Config,
+    ConfigError,
+    apply_preset,
+    foreign_keys,
+    refuse,
+)
 from utils.errors import run
 from utils.losses import (
     cross_entropy,
@@ -136,7 +144,7 @@ def train_step(
     x_s, y_s = state.to_device(source.image), state.to_device(source.label)
     x_t = state.to_device(target.image)
     if x_t.shape != x_s.shape:
-        raise ValueError(f"DACS mixes source and target images pixel for pixel: source crops "
+        raise ConfigError(f"DACS mixes source and target images pixel for pixel: source crops "
                          f"{tuple(x_s.shape)}, target {tuple(x_t.shape)}; give data.source and "
                          f"data.target the same crop")  # fmt: skip
 

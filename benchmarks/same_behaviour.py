@@ -41,6 +41,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from utils.errors import UsageError, add_debug_flag, run
+
 ROOT = Path(__file__).resolve().parent.parent
 DETERMINISTIC = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 SHORT = ["train.max_steps=24", "train.device=cpu", "data.num_workers=0", "eval.num_workers=0",
@@ -282,7 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="keep both trees' outputs here (default: none)"
     )
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    rev = ["git", "rev-parse", "--verify", "--quiet", f"{args.against}^{{commit}}"]
+    known = subprocess.run(rev, cwd=ROOT, capture_output=True)
+    if known.returncode != 0:
+        raise UsageError(f"--against {args.against}: not a commit of this repository")
     work = Path(tempfile.mkdtemp(prefix="same_behaviour-"))
     out = args.keep or work
     other = work / "tree"
@@ -307,4 +314,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -58,7 +58,7 @@ from dataset.transforms import IMG_MEAN_BGR
 from utils import losses
 from utils.config import load_config, take_overrides
 from utils.distributed import DistInfo, resolve_device
-from utils.errors import UsageError, add_debug_flag, run
+from utils.errors import UsageError, add_debug_flag, at_least, run
 from utils.evaluation.inference import evaluate, predict_logits
 from utils.evaluation.metrics import ConfusionMatrix
 from utils.provenance import command_line, footer, provenance
@@ -540,7 +540,7 @@ def eval_dataset(args: argparse.Namespace, list_dir: Path) -> tuple[str, str]:
         root = Path(args.eval_root)
         images = sorted((root / "leftImg8bit" / "val").glob("*/*_leftImg8bit.png"))
         if not images:
-            raise SystemExit(f"--eval-root {root}: no leftImg8bit/val/<city>/*.png images")
+            raise UsageError(f"--eval-root {root}: no leftImg8bit/val/<city>/*.png images")
         names = [p.relative_to(root / "leftImg8bit" / "val").as_posix() for p in images]
     else:
         spec = SyntheticSpec(seed=0, num_source=0, num_train=0, num_val=args.eval_distinct,
@@ -673,35 +673,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--crop", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
+    parser.add_argument(
+        "--crop", type=at_least(1), nargs=2, default=[512, 1024], metavar=("H", "W")
+    )
     parser.add_argument("--amp", default="bf16", choices=["off", "bf16", "fp16"])
     parser.add_argument("--compile", action="store_true", help="also time ours compiled")
     parser.add_argument("--compile-mode", default="default", help="train.compile_mode")
     parser.add_argument("--cuda-graph", action="store_true", help="also time ours as a CUDA graph")
-    parser.add_argument("--profile-steps", type=int, default=3, help="profiled steps (CUDA)")
+    parser.add_argument(
+        "--profile-steps", type=at_least(0), default=3, help="profiled steps (CUDA)"
+    )
     parser.add_argument(
         "--loader-configs", nargs="*", metavar="CONFIG",
         default=["configs/gta5_to_cityscapes/clan_norm.yaml",
                  "configs/gta5_to_cityscapes/released/clan_norm.yaml"],
         help="time the training loaders of these configs (none: skip)",
     )  # fmt: skip
-    parser.add_argument("--loader-batches", type=int, default=100, help="batches timed")
-    parser.add_argument("--loader-distinct", type=int, default=8, help="synthetic images each")
+    parser.add_argument("--loader-batches", type=at_least(1), default=100, help="batches timed")
+    parser.add_argument(
+        "--loader-distinct", type=at_least(1), default=8, help="synthetic images each"
+    )
     parser.add_argument("--loader-overrides", nargs="*", default=[], metavar="key.sub=value",
                         help="e.g. data.num_workers=8")  # fmt: skip
     parser.add_argument("--setups", nargs="+", metavar="SETUP",
                         help=f"time these (default: {', '.join(PAPER_SETUPS)}; all: "
                         f"{', '.join(SETUPS)})")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=at_least(1), default=20)
+    parser.add_argument("--warmup", type=at_least(0), default=3)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--eval-images", type=int, default=500, help="images evaluated")
-    parser.add_argument("--eval-batch", type=int, default=4)
-    parser.add_argument("--eval-workers", type=int, default=8, help="loader worker processes")
-    parser.add_argument("--eval-size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"))
+    parser.add_argument("--eval-images", type=at_least(1), default=500, help="images evaluated")
+    parser.add_argument("--eval-batch", type=at_least(1), default=4)
+    parser.add_argument(
+        "--eval-workers", type=at_least(0), default=8, help="loader worker processes"
+    )
+    parser.add_argument(
+        "--eval-size", type=at_least(32), nargs=2, default=[1024, 2048], metavar=("H", "W")
+    )
     parser.add_argument("--eval-root", help="a Cityscapes root: time its val split instead")
     parser.add_argument(
-        "--eval-distinct", type=int, default=25,
+        "--eval-distinct", type=at_least(1), default=25,
         help="synthetic images drawn when --eval-root is not given (listed repeatedly)",
     )  # fmt: skip
     parser.add_argument("--eval-cache", default="data/bench_eval", help="synthetic images here")

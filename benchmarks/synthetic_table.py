@@ -272,6 +272,8 @@ def write_blocks(
         blocks[SUMMARY] = summary_block(data)
     report = []
     for path in paths:
+        if not path.is_file():
+            raise UsageError(f"--readme {path}: not a file")
         text = path.read_text()
         held = [b for b in blocks if find_block(text, b) is not None]
         if not held:
@@ -320,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     take_overrides(parser, args, "setups", choices=list(SETUPS))
     data_path = args.out.with_suffix(".json")
     if args.from_json:
+        if not data_path.is_file():
+            raise UsageError(f"--from-json: no {data_path} to make the table from (--out "
+                             f"{args.out}; a run without --from-json writes it)")  # fmt: skip
         data = json.loads(data_path.read_text())
     else:
         start = time.perf_counter()

@@ -177,6 +177,12 @@ def _evaluate_save_dir(env: Env, case: Path) -> list[str]:
     return ["evaluate_cityscapes.py", "--restore", env.ckpt, "--save-dir", str(preds), *env.data]
 
 
+def _predict_into_a_file(env: Env, case: Path) -> list[str]:
+    (case / "file.txt").write_text("mine\n")
+    return ["predict.py", "--restore", env.ckpt, "--input",
+            str(env.root / "Cityscapes" / "leftImg8bit" / "val"), "--out", str(case / "file.txt")]
+
+
 def _not_a_folder(env: Env, case: Path) -> list[str]:
     (case / "file.txt").write_text("a file where the runs folder should be\n")
     return env.train(case, f"train.out_dir={case / 'file.txt' / 'runs'}")
@@ -280,6 +286,35 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str, tuple[str, ...]]] 
      "setup 'norm_only'", ()),
     ("resume: no checkpoint",
      lambda e, c: ["train_norm_only.py", "--resume", str(c / "nothing")], "no checkpoint", ()),
+    ("option: an unknown paper row",
+     lambda e, c: ["evaluate_cityscapes.py", "--restore", e.ckpt, *e.data, "--compare-with", "Foo"],
+     "--compare-with 'Foo'", ()),
+    ("option: a folder as the results file",
+     lambda e, c: ["evaluate_cityscapes.py", "--restore", e.ckpt, *e.data, "--results", str(c)],
+     "a folder is there", ()),
+    ("option: a file as the output folder", _predict_into_a_file, "a file is there", ()),
+    ("option: a negative seed",
+     lambda e, c: ["analyze_features.py", "--restore", e.ckpt, "--out", str(c / "a"),
+                   "--seed", "-1"], "--seed", ()),
+    ("option: no step to time",  # (tiny sizes: without the check it ran, then failed)
+     lambda e, c: ["-m", "benchmarks.speed", "--steps", "0", "--device", "cpu", "--setups",
+                   "Norm only", "--crop", "48", "96", "--loader-configs", "--eval-images", "1",
+                   "--eval-distinct", "1", "--eval-size", "64", "128", "--eval-cache", str(c),
+                   *TINY], "--steps", ()),
+    ("option: a table without its data",
+     lambda e, c: ["-m", "benchmarks.synthetic_table", "--from-json", "--out", str(c / "t.md")],
+     "t.json", ()),
+    ("option: a docs page that is not there",
+     lambda e, c: ["-m", "utils.protocols", "--readme", str(c / "no.md")], "no.md", ()),
+    ("option: not a commit",
+     lambda e, c: ["-m", "benchmarks.same_behaviour", "--against", "no-such-commit"],
+     "no-such-commit", ()),
+    ("option: a negative count",
+     lambda e, c: ["-m", "dataset.synthetic", "--out", str(c / "s"), "--num-source", "-1"],
+     "--num-source", ()),
+    ("config: synthetic images too small",
+     lambda e, c: e.train(c, "data.synthetic.source_size=[16,16]"), "data.synthetic.source_size",
+     ()),
     ("output: a file where the folder should be", _not_a_folder, "file.txt", ()),
     ("output: the disk fills during a checkpoint", _full_disk, "last.pth",
      ("train.log", "metrics.jsonl", "events.out.tfevents")),

@@ -104,8 +104,10 @@ def test_readme_blocks_are_rewritten_between_their_markers_only(tmp_path):
     assert readme.update_block(path, "t", new)
     assert path.read_text() == f"intro\n{new}\noutro\n"
     assert not readme.update_block(path, "t", new)
-    with pytest.raises(SystemExit, match="no markers of block 'u'"):
+    with pytest.raises(UsageError, match="no markers of block 'u'"):
         readme.update_block(path, "u", new)
+    with pytest.raises(UsageError, match="other.md: not a file"):
+        readme.update_block(tmp_path / "other.md", "t", new)
 
 
 def _result(miou: float, commit: str = "a" * 40, dirty: bool = False) -> dict:

@@ -547,8 +547,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 AT_LEAST: dict[str, float] = {  # key: smallest valid value
     "model.num_classes": 1, "model.base_width": 1, "model.d_width": 1,
     "data.batch_size": 1, "data.num_workers": 0, "eval.batch_size": 1, "eval.num_workers": 0,
-    "data.synthetic.num_source": 0, "data.synthetic.num_train": 0, "data.synthetic.num_val": 0,
-    "data.synthetic.num_synthia": 0, "data.synthetic.num_night": 0,
+    "data.synthetic.seed": 0, "data.synthetic.num_source": 0, "data.synthetic.num_train": 0,
+    "data.synthetic.num_val": 0, "data.synthetic.num_synthia": 0, "data.synthetic.num_night": 0,
     "data.synthetic.num_night_val": 0,
     "loss.focal_gamma": 0, "loss.lambda_norm": 0, "loss.lambda_adv": 0, "loss.lambda_weight": 0,
     "loss.lambda_local": 0, "loss.eps": 0, "loss.maxsquare.lambda_target": 0,
@@ -746,6 +746,10 @@ def _problems(cfg: Config) -> list[str]:
                             f"{cfg.train.device!r}")  # fmt: skip
     for name in ("source", "target", "val"):
         problems += _domain_problems(name, getattr(cfg.data, name), cfg.data.batch_size)
+    for name in ("source_size", "target_size", "synthia_size"):  # the synthetic images' sizes
+        size = getattr(cfg.data.synthetic, name)
+        if min(size) < 32:
+            problems.append(f"data.synthetic.{name}: expected [W, H], both >= 32, got {list(size)}")
     if cfg.data.val.dataset == NO_VAL and cfg.train.eval_every:
         problems.append(
             f"train.eval_every={cfg.train.eval_every}: data.val.dataset is none, so there is "

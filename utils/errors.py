@@ -19,7 +19,10 @@ EXIT_USER_ERROR = 2
 # OSErrors about the output location (permissions, a full or read-only disk, a file where a
 # folder should be, a file-size limit): the user's disk or folder, not the code.
 _OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT,
-                  errno.ENOTDIR, errno.EFBIG}  # fmt: skip
+                  errno.ENOTDIR, errno.EFBIG, errno.EEXIST, errno.EISDIR}  # fmt: skip
+# Said in words where the system's text would puzzle ("File exists" for a folder to make).
+_OUTPUT_WORDS = {errno.EEXIST: "a file is there, where a folder should be",
+                 errno.EISDIR: "a folder is there, where a file should be"}  # fmt: skip
 
 
 class UserError(Exception):
@@ -49,6 +52,22 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low``, so that a value the code cannot use is a
+    usage error naming the option, not a traceback later."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return integer
+
+
 def _debugging(argv: Sequence[str]) -> bool:
     return "--debug" in argv or os.environ.get("FTA_DEBUG", "") not in ("", "0")
 
@@ -67,9 +86,9 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except OSError as err:
         if err.errno not in _OUTPUT_ERRNOS or _debugging(argv):
             raise
-        print(
-            f"error: cannot write {err.filename or 'the output'}: {err.strerror}", file=sys.stderr
-        )
+        where = err.filename2 or err.filename or "the output"  # a rename's target is the 2nd
+        print(f"error: cannot write {where}: {_OUTPUT_WORDS.get(err.errno, err.strerror)}",
+              file=sys.stderr)  # fmt: skip
     return EXIT_USER_ERROR
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from utils.errors import UsageError
+
 
 def markers(name: str, source: str) -> tuple[str, str]:
     """The opening and closing marker of block ``name``, which ``source`` (a command) makes."""
@@ -29,10 +31,12 @@ def find_block(text: str, name: str) -> str | None:
 
 def update_block(path: Path, name: str, new_block: str) -> bool:
     """Replace block ``name`` of ``path`` with ``new_block``; True if the file changed."""
+    if not path.is_file():
+        raise UsageError(f"{path}: not a file, so no block {name!r} to write in")
     text = path.read_text()
     old = find_block(text, name)
     if old is None:
-        raise SystemExit(f"{path}: no markers of block {name!r} to write between")
+        raise UsageError(f"{path}: no markers of block {name!r} to write between")
     new = text.replace(old, new_block)
     path.write_text(new)
     return new != text

@@ -64,7 +64,7 @@ from dataset.synthetic.writer import (
     ensure_synthetic,
     generate,
 )
-from utils.errors import add_debug_flag
+from utils.errors import add_debug_flag, at_least
 
 __all__ = [  # what the loaders, the benchmarks and the tests use
     "FORMAT_VERSION",
@@ -86,35 +86,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m dataset.synthetic", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="dataset root to create")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=at_least(0), default=defaults.seed)
     parser.add_argument(
-        "--num-source", type=int, default=defaults.num_source, help="GTA5-layout images"
+        "--num-source", type=at_least(0), default=defaults.num_source, help="GTA5-layout images"
     )
     parser.add_argument(
-        "--num-train", type=int, default=defaults.num_train, help="Cityscapes train images"
+        "--num-train", type=at_least(0), default=defaults.num_train, help="Cityscapes train images"
     )
     parser.add_argument(
-        "--num-val", type=int, default=defaults.num_val, help="Cityscapes val images"
+        "--num-val", type=at_least(0), default=defaults.num_val, help="Cityscapes val images"
     )
     parser.add_argument(
-        "--source-size", type=int, nargs=2, default=defaults.source_size, metavar=("W", "H")
+        "--source-size",
+        type=at_least(32),
+        nargs=2,
+        default=defaults.source_size,
+        metavar=("W", "H"),
     )
     parser.add_argument(
-        "--target-size", type=int, nargs=2, default=defaults.target_size, metavar=("W", "H")
+        "--target-size",
+        type=at_least(32),
+        nargs=2,
+        default=defaults.target_size,
+        metavar=("W", "H"),
     )
     parser.add_argument(
-        "--num-synthia", type=int, default=defaults.num_synthia,
+        "--num-synthia", type=at_least(0), default=defaults.num_synthia,
         help="SYNTHIA-layout source images (a second source)",
     )  # fmt: skip
     parser.add_argument(
-        "--synthia-size", type=int, nargs=2, default=defaults.synthia_size, metavar=("W", "H")
+        "--synthia-size",
+        type=at_least(32),
+        nargs=2,
+        default=defaults.synthia_size,
+        metavar=("W", "H"),
     )
     parser.add_argument(
-        "--num-night", type=int, default=defaults.num_night,
+        "--num-night", type=at_least(0), default=defaults.num_night,
         help="night-and-fog frames in a plain folder (a third domain, unlabelled)",
     )  # fmt: skip
     parser.add_argument(
-        "--num-night-val", type=int, default=defaults.num_night_val,
+        "--num-night-val", type=at_least(0), default=defaults.num_night_val,
         help="labelled night-and-fog frames",
     )  # fmt: skip
     add_debug_flag(parser)

@@ -116,10 +116,7 @@ def add_baseline(rows: dict[str, list[float]], baseline: str | None) -> str:
     if baseline is None:
         return next(iter(rows))
     if baseline.startswith(PAPER_PREFIX):
-        try:
-            name, paper = paper_row(baseline.removeprefix(PAPER_PREFIX))
-        except ValueError as err:
-            raise UsageError(f"--baseline: {err}") from err
+        name, paper = paper_row(baseline.removeprefix(PAPER_PREFIX), "--baseline")
         label = f"paper: {name}"
         rows[label] = [v / 100 for v in paper.iou]
         return label

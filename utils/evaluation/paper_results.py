@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from utils.errors import UsageError
+
 
 class RowProtocol(NamedTuple):
     """How a row of Table 1 was scored."""
@@ -108,14 +110,15 @@ TABLE1: dict[str, PaperRow] = {
 }  # fmt: skip
 
 
-def paper_row(name: str) -> tuple[str, PaperRow]:
-    """The Table 1 row called ``name`` (case and spaces ignored); an error lists the rows."""
+def paper_row(name: str, option: str = "--compare-with") -> tuple[str, PaperRow]:
+    """The Table 1 row called ``name`` (case and spaces ignored); an error, naming the
+    ``option`` that gave it, lists the rows."""
     wanted = _key(name)
     for row_name, row in TABLE1.items():
         if _key(row_name) == wanted:
             return row_name, row
-    raise ValueError(
-        f"--compare-with {name!r}: no such row in the paper's Table 1 "
+    raise UsageError(
+        f"{option} {name!r}: no such row in the paper's Table 1 "
         f"(rows: {', '.join(repr(n) for n in TABLE1)})"
     )
 
