@@ -179,8 +179,9 @@ def _evaluate_save_dir(env: Env, case: Path) -> list[str]:
 
 def _predict_into_a_file(env: Env, case: Path) -> list[str]:
     (case / "file.txt").write_text("mine\n")
-    return ["predict.py", "--restore", env.ckpt, "--input",
-            str(env.root / "Cityscapes" / "leftImg8bit" / "val"), "--out", str(case / "file.txt")]
+    images = env.root / "Cityscapes" / "leftImg8bit" / "val"
+    return ["predict.py", "--restore", env.ckpt, "--input", str(images), "--out",
+            str(case / "file.txt")]  # fmt: skip
 
 
 def _not_a_folder(env: Env, case: Path) -> list[str]:
