@@ -74,7 +74,7 @@ from utils.evaluation.prepare import (
     prepare_eval,
 )
 from utils.logger import setup_logging
-from utils.provenance import command_line, write_results
+from utils.provenance import command_line, refuse_other_settings, write_results
 
 log = logging.getLogger("ensemble")
 
@@ -105,7 +105,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_panel_flags(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     parser.epilog = (
-        "results JSON default: <save-dir>/results.json, else <first checkpoint>.ensemble.json. "
+        "results JSON default: <save-dir>/results.json, else <first checkpoint>.ensemble.json; "
+        "one that holds the record of other members, weights or settings is kept unless "
+        "--overwrite. "
         "--panels-dir default: <save-dir>/panels, else <first checkpoint>.ensemble.panels"
     )
     add_debug_flag(parser)
@@ -143,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     beside = save_dir / "panels" if save_dir else first.with_name(first.name + ".ensemble.panels")
     panels_dir = Path(args.panels_dir) if args.panels_dir else beside
     if not args.overwrite:
+        members = [{"restore": p, "weight": w} for p, w in zip(args.restore, weights)]
+        refuse_other_settings(results, {"members": members, "combine": args.combine,
+                                        "config": to_dict(cfg)})  # fmt: skip
         refuse_replacing([n for _, _, n in val.items], save_dir, results, panels_dir,
                          [val.items[i][2] for i in chosen])  # fmt: skip
 

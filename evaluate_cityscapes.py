@@ -108,7 +108,7 @@ from utils.evaluation.reports import (
     short_names,
 )
 from utils.logger import setup_logging
-from utils.provenance import command_line, write_results
+from utils.provenance import command_line, refuse_other_settings, write_results
 
 SCRIPT = "evaluate_cityscapes.py"
 log = logging.getLogger("evaluate")
@@ -136,7 +136,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     parser.epilog = (
         "results JSON default: <save-dir>/results.json, else <checkpoint>.results.json, else "
-        "<pred-dir>/results.json; a sweep: <folder of the last snapshot>/sweep.results.json. "
+        "<pred-dir>/results.json; a sweep: <folder of the last snapshot>/sweep.results.json; "
+        "one that holds the record of other files or settings is kept unless --overwrite. "
         "--panels-dir default: <save-dir>/panels, else <checkpoint>.panels; a sweep: <folder of "
         "the last snapshot>/sweep.panels"
     )
@@ -170,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     classes, mask = cfg.eval.classes, cfg.eval.mask_absent
     chosen = panel_indices(args, val)
     results, panels = _outputs(args, files)
+    scored_files = {"restore": files[0] if files else None, "pred_dir": args.pred_dir}
     if not args.overwrite:
+        refuse_other_settings(results, {**scored_files, "config": to_dict(cfg)})
         save_dir = Path(args.save_dir) if args.save_dir else None
         refuse_replacing([n for _, _, n in val.items], save_dir, results, panels,
                          [val.items[i][2] for i in chosen])  # fmt: skip
@@ -201,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_paper_protocol(args.compare_with, scored))
     print(class_tables(rows, classes, mask, scored))
     fields = {
-        "restore": files[0] if files else None, "pred_dir": args.pred_dir, "layout": layout,
-        "preset": preset, "flip": flip, "val_root": cfg.data.val.root, "num_images": len(val),
+        **scored_files, "layout": layout, "preset": preset, "flip": flip,
+        "val_root": cfg.data.val.root, "num_images": len(val),
         **class_results(ious, cms, mask, cfg.eval.subset_protocol),
     }  # fmt: skip
     write_results(results, fields, command_line(SCRIPT, argv), to_dict(cfg), ev.device,
@@ -256,6 +259,10 @@ def sweep(args: argparse.Namespace, ev: Evaluation, argv: Sequence[str] | None) 
     log.info("sweep over %d snapshots; val: %d images from %s; flip averaging %s; %s", len(files),
              len(val), cfg.data.val.root, "on" if cfg.eval.flip else "off",
              describe(DistInfo(), device))  # fmt: skip
+    results = Path(args.results) if args.results else Path(files[-1]).parent / "sweep.results.json"
+    if not args.overwrite:
+        snapshots = [{"restore": path} for path in files]
+        refuse_other_settings(results, {"snapshots": snapshots, "config": to_dict(cfg)})
     scored = _score_snapshots(args, ev)
     final = scored[-1]
     first_set = classes[0]  # the snapshot selected on val is the best on the first class set
@@ -277,7 +284,6 @@ def sweep(args: argparse.Namespace, ev: Evaluation, argv: Sequence[str] | None) 
         }
         print(_paper_protocol(args.compare_with, scored_as))
     print(class_tables(rows, classes, mask, scored_as))
-    results = Path(args.results) if args.results else Path(files[-1]).parent / "sweep.results.json"
     as_json = [{k: v for k, v in r.items() if k != "ious"} for r in scored]
     fields = {
         "flip": cfg.eval.flip, "val_root": cfg.data.val.root, "num_images": len(val),

@@ -23,6 +23,7 @@ from dataset.datasets import eval_loader
 from dataset.labels import CLASS_NAMES, CLASS_SUBSETS, SYNTHIA_13, SYNTHIA_16
 from utils.checkpoint import CheckpointError
 from utils.config import load_config
+from utils.errors import run
 from utils.evaluation.inference import (
     combine_scores,
     evaluate,
@@ -164,7 +165,9 @@ def test_evaluate_flip_preset_and_compare_with(tmp_path, synthetic, capsys):
             "input size (MaxSquare's own evaluation") in out  # fmt: skip
     assert "this run: label_size=full, flip=off" in out
     assert "use --label-size input and --flip to compare like with like" in out
-    assert evaluate_cityscapes.main([*maxsquare, "--label-size", "input", "--flip"]) == 0
+    # (m.json holds the first evaluation's record: replacing it needs --overwrite)
+    assert evaluate_cityscapes.main([*maxsquare, "--label-size", "input", "--flip",
+                                     "--overwrite"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "this run: label_size=input, flip=on" in out and "like with like" not in out
     assert json.loads((tmp_path / "m.json").read_text())["protocol"]["label_size"] == "input"
@@ -356,3 +359,67 @@ def test_sweep_and_ensemble_report_the_class_sets(tmp_path, synthetic, capsys):
     torch.save({"state_dict": producer("maxsquare", num_classes=16).state_dict()}, ms16)
     with pytest.raises(ValueError, match=r"different numbers of classes.*pth: 19.*ms16.pth: 16"):
         ensemble.main(["--restore", str(a), str(ms16), "--", *TINY_EVAL, *synthetic])
+
+
+def refused(capsys, module, argv, results, *named):
+    """``module`` run as a script refuses ``argv`` with one error line naming ``results`` (left
+    as it was), the ways out and ``named``."""
+    before = results.read_bytes()
+    capsys.readouterr()
+    assert run(module.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: results file {results} ")
+    for words in ("--overwrite", "--results FILE", *named):
+        assert words in err, (words, err)
+    assert results.read_bytes() == before
+
+
+def test_a_results_file_of_other_settings_is_kept(tmp_path, synthetic, capsys):
+    path, _, _ = write_layout(tmp_path, "checkpoint", synthetic)
+    common = ["--restore", str(path), *TINY_EVAL, *synthetic]
+    results = path.with_name(path.name + ".results.json")
+    assert evaluate_cityscapes.main([*common, "--flip"]) == 0
+    assert evaluate_cityscapes.main([*common, "--flip"]) == 0  # the same settings: refreshed
+    refused(capsys, evaluate_cityscapes, common, results, "eval.flip: true there, false now")
+    assert evaluate_cityscapes.main([*common, "--results", str(tmp_path / "other.json")]) == 0
+    assert evaluate_cityscapes.main([*common, "--overwrite"]) == 0
+    assert json.loads(results.read_text())["flip"] is False
+    refused(capsys, evaluate_cityscapes, [*common, "--label-size", "input"], results,
+            "eval.label_size: full there, input now")  # fmt: skip
+    # a --pred-dir score would replace the model's results that --save-dir wrote there
+    preds = tmp_path / "preds"
+    assert evaluate_cityscapes.main([*common, "--flip", "--save-dir", str(preds)]) == 0
+    scored = ["--pred-dir", str(preds), *synthetic]
+    refused(capsys, evaluate_cityscapes, scored, preds / "results.json",
+            f"checkpoint: {path} there, none now; pred_dir: none there, {preds} now")  # fmt: skip
+    assert json.loads((preds / "results.json").read_text())["flip"] is True
+    assert evaluate_cityscapes.main([*scored, "--results", str(tmp_path / "scored.json")]) == 0
+    # a file that is not one of ours
+    for text, words in (("not json\n", "is not JSON"), ('{"a": 1}\n', "not a results file")):
+        (tmp_path / "theirs.json").write_text(text)
+        refused(capsys, evaluate_cityscapes, [*common, "--results", str(tmp_path / "theirs.json")],
+                tmp_path / "theirs.json", words)  # fmt: skip
+
+
+def test_ensembles_and_sweeps_keep_the_results_of_others(tmp_path, synthetic, capsys):
+    a, _, _ = write_layout(tmp_path, "checkpoint", synthetic)
+    b = tmp_path / "b.pth"
+    torch.save(checkpoint_dict(producer(seed=1), [*TINY_EVAL, *synthetic]), b)
+    common = [*TINY_EVAL, *synthetic]
+    results = a.with_name(a.name + ".ensemble.json")
+    pair = ["--restore", str(a), str(b)]
+    assert ensemble.main([*pair, "--weights", "0.7", "0.3", "--", *common]) == 0
+    refused(capsys, ensemble, [*pair, "--weights", "0.3", "0.7", "--", *common], results,
+            "weights: [0.7, 0.3] there, [0.3, 0.7] now")  # fmt: skip
+    refused(capsys, ensemble, ["--restore", str(a), str(a), "--", *common], results,
+            f"members: [{a}, {b}] there, [{a}, {a}] now")  # fmt: skip
+    assert ensemble.main([*pair, "--weights", "7", "3", "--", *common]) == 0  # the same weights
+    steps = [tmp_path / "step_000001.pth", tmp_path / "step_000002.pth"]
+    for step, source in zip(steps, (a, b)):
+        step.write_bytes(source.read_bytes())
+    sweep = ["--restore", *map(str, steps), *common]
+    assert evaluate_cityscapes.main(sweep) == 0
+    refused(capsys, evaluate_cityscapes, [*sweep, "--flip"], tmp_path / "sweep.results.json",
+            "eval.flip: false there, true now")  # fmt: skip
+    refused(capsys, evaluate_cityscapes, ["--restore", str(steps[0]), str(a), *common],
+            tmp_path / "sweep.results.json", "snapshots: [")  # fmt: skip

@@ -5,16 +5,18 @@ versions of torch, torchvision, CUDA and cuDNN, the device, the command line, th
 config's hash (the config itself sits in the run folder, or in the file) and the date. JSON
 results carry it under ``"provenance"``; markdown tables end with ``footer()``, one line of the
 same facts. ``stale()`` says whether code a result depends on changed after its commit.
+``refuse_other_settings()`` keeps a results file that holds another evaluation's record.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -22,9 +24,13 @@ from typing import Any
 
 import torch
 
+from utils.errors import OutputExistsError
 from utils.logger import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
+# The settings of a results record that name files (``recorded_settings``): compared as absolute
+# paths, so that ./a.pth and a.pth are the same file.
+FILE_SETTINGS = ("checkpoint", "pred_dir", "snapshots", "members")
 # What a training or evaluation result depends on: a commit touching these after a result's
 # own commit makes the result stale (``stale``).
 CODE_PATHS = ("train_clan_norm.py", "train_norm_only.py", "train_maxsquare_norm.py",
@@ -125,6 +131,88 @@ def write_results(
     record = {**fields, **({"protocol": protocol} if protocol is not None else {}),
               **({"config": config} if with_config else {})}  # fmt: skip
     write_json(path, {**record, "provenance": provenance(command, config, device)})
+
+
+def recorded_settings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a results record was measured with, by name: the files scored
+    (``checkpoint``, ``pred_dir``, a sweep's ``snapshots``, an ensemble's ``members``), an
+    ensemble's ``weights`` and ``combine``, and from its config the evaluation protocol
+    (``eval.label_size``, ``classes``, ``subset_protocol``, ``flip``, ``mask_absent``, ``model``;
+    ``model.preset``) and the val set (``data.val.*``). Predictions on disk (``pred_dir``) had
+    no model: no flip, mask, preset or scored model. A setting the record lacks is None."""
+    config = record.get("config") or {}
+    members = record.get("members") or []
+    settings = {
+        "checkpoint": record.get("restore"),
+        "pred_dir": record.get("pred_dir"),
+        "snapshots": [s.get("restore") for s in record.get("snapshots") or []] or None,
+        "members": [m.get("restore") for m in members] or None,
+        "weights": [m.get("weight") for m in members] or None,
+        "combine": record.get("combine"),
+    }
+    of_model = record.get("pred_dir") is None
+    keys = ["label_size", "classes", "subset_protocol"]
+    keys += ["flip", "mask_absent", "model"] if of_model else []
+    settings.update({f"eval.{k}": (config.get("eval") or {}).get(k) for k in keys})
+    if of_model:
+        settings["model.preset"] = (config.get("model") or {}).get("preset")
+    val = (config.get("data") or {}).get("val") or {}
+    settings.update({f"data.val.{k}": v for k, v in val.items()})
+    return settings
+
+
+def refuse_other_settings(path: str | Path, record: Mapping[str, Any]) -> None:
+    """Before any work, unless ``--overwrite``: refuse to replace the results file ``path`` when
+    it is not a results JSON of this repository, or when its record was measured with other
+    settings (``recorded_settings``) than ``record``, what this run will write (its fields and
+    config). A setting only one side has (a model's flip, beside predictions on disk) is not
+    compared: the files scored differ already. The same settings: the run refreshes its own
+    record."""
+    path = Path(path)
+    if not path.exists():
+        return
+    ways_out = "pass --overwrite to replace it, or --results FILE to write this one elsewhere"
+    try:
+        existing = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise OutputExistsError(f"results file {path} exists and is not JSON: {ways_out}") from None
+    if not isinstance(existing, dict) or "provenance" not in existing:
+        raise OutputExistsError(
+            f"results file {path} exists and is not a results file of this repository: {ways_out}"
+        )
+    there = recorded_settings(existing)
+    now = recorded_settings(json.loads(json.dumps(record)))  # as the file will hold it
+    differ = [
+        f"{name}: {_shown(there[name])} there, {_shown(now[name])} now"
+        for name in now
+        if name in there and _comparable(name, there[name]) != _comparable(name, now[name])
+    ]
+    if differ:
+        more = f"; and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise OutputExistsError(
+            f"results file {path} holds the results of other settings ({'; '.join(differ[:4])}"
+            f"{more}): {ways_out}"
+        )
+
+
+def _comparable(name: str, value: Any) -> Any:
+    """A setting as compared: the files of ``FILE_SETTINGS`` as absolute paths."""
+    if name not in FILE_SETTINGS or value is None:
+        return value
+    if isinstance(value, list):
+        return [os.path.abspath(str(v)) for v in value]
+    return os.path.abspath(str(value))
+
+
+def _shown(value: Any) -> str:
+    """A setting in a message: JSON's words for booleans, "none" for None, lists in brackets."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return f"[{', '.join(_shown(v) for v in value)}]"
+    return str(value)
 
 
 def short_commit(p: dict[str, Any]) -> str:

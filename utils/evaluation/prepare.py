@@ -169,8 +169,10 @@ def add_output_flags(parser: argparse.ArgumentParser, save_help: str) -> None:
     evaluation's PNGs and results JSON go, and whether it may replace existing ones."""
     parser.add_argument("--save-dir", metavar="DIR", help=save_help)
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace files in --save-dir and --panels-dir"
-    )
+        "--overwrite", action="store_true",
+        help="replace existing outputs: files in --save-dir and --panels-dir, and a results JSON "
+        "that holds another evaluation's record (other files, weights or settings)",
+    )  # fmt: skip
     parser.add_argument("--results", metavar="FILE", help="results JSON (default: see below)")
 
 
