@@ -46,7 +46,9 @@ paper's Table 1), or against the labels resized (nearest) with the image to
 ``data.val.resize`` (MaxSquare's evaluation). The tables open with the protocol (the labels'
 size, flip averaging, with a subset reported the subset protocol, how the snapshot was chosen),
 which every results JSON holds under ``protocol``; ``--compare-with`` names the protocol of the
-paper's row and warns where this run's differs.
+paper's row and warns where this run's differs, and where this run's val set is not Cityscapes
+val (the synthetic benchmark's, another dataset's or split's) a line says that the difference
+is not like for like.
 
 Without ``--config`` the config stored in the checkpoint is used (the defaults for files from
 elsewhere, whose preset is inferred from the file unless ``--preset`` names it); ``key.sub=value``
@@ -82,7 +84,7 @@ from utils.distributed import DistInfo, describe
 from utils.errors import UsageError, add_debug_flag, refuse_overwrite, run
 from utils.evaluation.inference import evaluate_views
 from utils.evaluation.metrics import miou_name, nanmean
-from utils.evaluation.paper_results import paper_row
+from utils.evaluation.paper_results import paper_row, val_set_note
 from utils.evaluation.predictions import refuse_replacing, score_prediction_dir
 from utils.evaluation.prepare import (
     Evaluation,
@@ -201,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = {row: ious}
     if args.compare_with:
         rows.update(_paper_rows(args.compare_with, ious[NUM_CLASSES]))
-        print(_paper_protocol(args.compare_with, scored))
+        print(_paper_protocol(args.compare_with, scored, to_dict(cfg.data)))
     print(class_tables(rows, classes, mask, scored))
     fields = {
         **scored_files, "layout": layout, "preset": preset, "flip": flip,
@@ -282,7 +284,7 @@ def sweep(args: argparse.Namespace, ev: Evaluation, argv: Sequence[str] | None) 
         rows[f"selected - paper: {name}"] = {
             NUM_CLASSES: [a - b for a, b in zip(best["ious"][NUM_CLASSES], theirs)]
         }
-        print(_paper_protocol(args.compare_with, scored_as))
+        print(_paper_protocol(args.compare_with, scored_as, to_dict(cfg.data)))
     print(class_tables(rows, classes, mask, scored_as))
     as_json = [{k: v for k, v in r.items() if k != "ious"} for r in scored]
     fields = {
@@ -347,10 +349,12 @@ def _paper_rows(
     }
 
 
-def _paper_protocol(name: str, ours: Protocol) -> str:
+def _paper_protocol(name: str, ours: Protocol, data: dict[str, Any]) -> str:
     """The line that names the protocol the paper's row ``name`` was scored with and this
     run's; where they differ (the labels' size, flip averaging), a warning names the flags that
-    would score this run as the row was."""
+    would score this run as the row was. Where this run's val set (``data``, the config's data
+    section) is not Cityscapes val, a second line says that the difference is not like for
+    like."""
     name, paper = paper_row(name)
     theirs = paper.protocol
     flip = "unknown" if ours.flip is None else "on" if ours.flip else "off"
@@ -362,8 +366,10 @@ def _paper_protocol(name: str, ours: Protocol) -> str:
     if flags:
         log.warning("paper row %r was scored with another protocol than this run: use %s to "
                     "compare like with like", name, " and ".join(flags))  # fmt: skip
-    return (f"paper row {name!r} was scored with {theirs.describe()}; this run: label_size="
+    line = (f"paper row {name!r} was scored with {theirs.describe()}; this run: label_size="
             f"{ours.label_size}, flip={flip}, snapshot: {ours.selection}")  # fmt: skip
+    other_data = val_set_note(name, data)
+    return line if other_data is None else f"{line}\n{other_data}"
 
 
 if __name__ == "__main__":

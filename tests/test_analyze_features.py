@@ -4,10 +4,12 @@ checkpoint, PAD and MMD against hand-made cases, the figures end to end, bad inp
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import TINY_MODEL
 from tqdm import tqdm
 
@@ -301,6 +303,29 @@ def test_compare_iou_table_and_plot(tmp_path, capsys):
     assert rows["S (final)"][0] == pytest.approx(0.2)
     assert compare_iou.add_baseline(rows, "S (final)") == "S (final)"
     assert "A - S (final)" in compare_iou.comparison_table(rows, "S (final)")
+
+
+def test_compare_iou_says_which_files_are_not_scored_on_cityscapes_val(tmp_path, capsys):
+    files = _results_files(tmp_path)  # neither records its config: nothing is said
+    out = tmp_path / "plot.png"
+    paper = ["--baseline", "paper:CLAN", "--out", str(out), "--overwrite"]
+    assert compare_iou.main(["--results", *files, *paper]) == 0
+    assert "not like for like" not in capsys.readouterr().out
+    demo = to_dict(load_config("configs/demo/norm_only.yaml"))
+    (tmp_path / "run_a" / "config.yaml").write_text(yaml.safe_dump(demo))  # a demo run's
+    record = json.loads(Path(files[1]).read_text())
+    cityscapes = to_dict(load_config(None))  # the defaults: Cityscapes val
+    Path(files[1]).write_text(json.dumps({**record, "config": cityscapes}))
+    assert compare_iou.main(["--results", *files, *paper]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        f"{files[0]}: not like for like: ours is scored on the synthetic benchmark's val split "
+        "(data/synthetic/Cityscapes), while the paper's row 'CLAN' is GTA5 -> Cityscapes, "
+        "scored on Cityscapes val; the difference compares two different val sets"
+    )
+    assert lines[1].startswith("| method")  # one line: the other file is on Cityscapes val
+    assert compare_iou.main(["--results", *files, "--out", str(out), "--overwrite"]) == 0
+    assert "not like for like" not in capsys.readouterr().out  # no paper row: nothing to say
 
 
 def test_compare_iou_bad_input(tmp_path, capsys):

@@ -423,3 +423,49 @@ def test_ensembles_and_sweeps_keep_the_results_of_others(tmp_path, synthetic, ca
             "eval.flip: false there, true now")  # fmt: skip
     refused(capsys, evaluate_cityscapes, ["--restore", str(steps[0]), str(a), *common],
             tmp_path / "sweep.results.json", "snapshots: [")  # fmt: skip
+
+
+def test_the_val_set_a_result_was_scored_on_beside_the_papers():
+    from utils.evaluation.paper_results import other_val_set, val_set_note
+
+    def data(dataset="cityscapes", split="val", root="data/Cityscapes", synthetic=""):
+        return {"val": {"dataset": dataset, "split": split, "root": root},
+                "synthetic": {"root": synthetic}}  # fmt: skip
+
+    assert other_val_set(data()) is None  # Cityscapes val: what every row was scored on
+    assert other_val_set(data(synthetic="data/synthetic")) is None  # generated elsewhere
+    synthetic = data(root="data/synthetic/Cityscapes", synthetic="data/synthetic")
+    words = "the synthetic benchmark's val split (data/synthetic/Cityscapes)"
+    assert other_val_set(synthetic) == words
+    assert other_val_set(data(split="train")) == "cityscapes train (data/Cityscapes)"
+    assert other_val_set(data("acdc", root="data/ACDC")) == "acdc val (data/ACDC)"
+    assert other_val_set(data("folder", root="night/val")) == "the labelled folder night/val"
+    assert val_set_note("CLAN", data()) is None
+    assert val_set_note("CLAN", synthetic) == (
+        "not like for like: ours is scored on the synthetic benchmark's val split "
+        "(data/synthetic/Cityscapes), while the paper's row 'CLAN' is GTA5 -> Cityscapes, scored "
+        "on Cityscapes val; the difference compares two different val sets"
+    )
+
+
+def test_compare_with_says_when_ours_is_not_scored_on_cityscapes_val(tmp_path, synthetic, capsys):
+    path, _, _ = write_layout(tmp_path, "checkpoint", synthetic)
+    common = ["--compare-with", "CLAN", *TINY_EVAL, *synthetic]
+    note = "not like for like: ours is scored on the synthetic benchmark's val split ("
+    assert evaluate_cityscapes.main(["--restore", str(path), *common]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (line,) = (i for i, text in enumerate(lines) if text.startswith(note))
+    assert lines[line - 1].startswith("paper row 'CLAN' was scored with")  # above the table
+    assert lines[line + 1].startswith("protocol: ") and lines[line + 2].startswith("| method")
+    rest = "while the paper's row 'CLAN' is GTA5 -> Cityscapes, scored on Cityscapes val"
+    assert rest in lines[line] and lines[line].endswith("compares two different val sets")
+    steps = [tmp_path / "step_000001.pth", tmp_path / "step_000002.pth"]
+    for step in steps:
+        step.write_bytes(path.read_bytes())
+    assert evaluate_cityscapes.main(["--restore", *map(str, steps), *common]) == 0
+    assert note in capsys.readouterr().out  # a sweep's comparison too
+    # the same images as a Cityscapes val set (not generated as the synthetic benchmark): no line
+    elsewhere = ["--restore", str(path), "--results", str(tmp_path / "cs.json")]
+    assert evaluate_cityscapes.main([*elsewhere, *common, "data.synthetic.root="]) == 0
+    out = capsys.readouterr().out
+    assert "paper row 'CLAN' was scored with" in out and "not like for like" not in out

@@ -12,10 +12,12 @@ Every results JSON of the repository reads: a training run's ``results.json`` an
 ``evaluate_cityscapes.py``'s (``iou`` per class), an ``ensemble.py`` file (the ensemble's
 row) and a snapshot sweep's ``sweep.results.json`` (its final snapshot and the one selected
 on val). A row is named by ``--labels`` or by its file (a run's folder for ``results.json``).
-``--baseline`` names a row, or ``paper:ROW`` a row of the paper's Table 1 (added to the plot;
-mind that the paper's numbers are on GTA5 -> Cityscapes, not on the synthetic benchmark);
+``--baseline`` names a row, or ``paper:ROW`` a row of the paper's Table 1 (added to the plot);
 by default the first row is the baseline. The table (IoU in percent, then each row minus the
-baseline) is printed; the plot goes to ``--out``.
+baseline) is printed; the plot goes to ``--out``. The paper's rows are GTA5 -> Cityscapes,
+scored on Cityscapes val: a file scored on another val set (the synthetic benchmark, as its
+config records it, or a run's ``config.yaml``) gets a line above the table saying that its
+difference is not like for like, and the plot's difference panel says so too.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from typing import Any
 
 from dataset.labels import CLASS_NAMES
 from utils.analysis.plots import iou_comparison
+from utils.config import read_yaml
 from utils.errors import UsageError, UserError, add_debug_flag, refuse_overwrite, run
 from utils.evaluation.metrics import format_iou_table
-from utils.evaluation.paper_results import paper_row
+from utils.evaluation.paper_results import paper_row, val_set_note
 from utils.evaluation.reports import short_names
 
 PAPER_PREFIX = "paper:"
@@ -128,6 +131,33 @@ def add_baseline(rows: dict[str, list[float]], baseline: str | None) -> str:
     return baseline
 
 
+def recorded_data(path: str | Path) -> dict[str, Any] | None:
+    """The config ``data`` section a results file was scored with: its own ``config``'s, else,
+    for a run's ``results.json``, the run folder's ``config.yaml``'s; None where neither is."""
+    path = Path(path)
+    record = json.loads(path.read_text())  # read_results has checked that it reads
+    config = record.get("config") if isinstance(record, dict) else None
+    if config is None and (path.parent / "config.yaml").is_file():
+        config = read_yaml(path.parent / "config.yaml")
+    data = config.get("data") if isinstance(config, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def val_set_notes(paths: Sequence[str], baseline: str | None) -> list[str]:
+    """With a ``paper:ROW`` baseline, a line for each results file scored on another val set
+    than the row's Cityscapes val (``val_set_note``); none for another baseline."""
+    if baseline is None or not baseline.startswith(PAPER_PREFIX):
+        return []
+    name, _ = paper_row(baseline.removeprefix(PAPER_PREFIX))
+    notes = []
+    for path in paths:
+        data = recorded_data(path)
+        note = None if data is None else val_set_note(name, data)
+        if note is not None:
+            notes.append(f"{path}: {note}")
+    return notes
+
+
 def comparison_table(rows: dict[str, list[float]], baseline: str) -> str:
     """Markdown: every row, then every other row minus the baseline."""
     diffs = {
@@ -168,9 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         refuse_overwrite(out, "--out")
     rows = collect_rows(args.results, args.labels)
     baseline = add_baseline(rows, args.baseline)
-    print(comparison_table(rows, baseline))
+    notes = val_set_notes(args.results, args.baseline)
+    print("\n".join([*notes, comparison_table(rows, baseline)]))
     out.parent.mkdir(parents=True, exist_ok=True)
-    iou_comparison(out, rows, baseline)
+    other_data = "not like for like: scored on another val set than the paper's Cityscapes val"
+    iou_comparison(out, rows, baseline, other_data if notes else "")
     print(f"plot written to {out}")
     return 0
 

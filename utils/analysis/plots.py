@@ -159,9 +159,12 @@ def _class_legend(fig, classes: Sequence[int], palette: np.ndarray) -> None:
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 7), fontsize=7)
 
 
-def iou_comparison(path: str | Path, rows: dict[str, list[float]], baseline: str) -> None:
+def iou_comparison(
+    path: str | Path, rows: dict[str, list[float]], baseline: str, note: str = ""
+) -> None:
     """Two panels over the 19 classes and the mIoU: each row's IoU (percent) as grouped bars,
-    and each other row minus ``baseline`` in points. ``rows`` holds fractions (NaN: absent)."""
+    and each other row minus ``baseline`` in points, its title followed by ``note`` when given.
+    ``rows`` holds fractions (NaN: absent)."""
     columns = [*SHORT_NAMES, "mIoU"]
     values = {k: [*v, nanmean(list(v))] for k, v in rows.items()}
     others = [k for k in values if k != baseline]
@@ -180,7 +183,7 @@ def iou_comparison(path: str | Path, rows: dict[str, list[float]], baseline: str
     _bars(bottom, columns, diff, [colours[k] for k in others])
     bottom.axhline(0, color="black", linewidth=0.8)
     bottom.set_ylabel("difference (points)")
-    bottom.set_title(f"against {baseline}", fontsize=10)
+    bottom.set_title(f"against {baseline}" + (f" ({note})" if note else ""), fontsize=10)
     _save(fig, path)
 
 

@@ -10,11 +10,18 @@ predictions upsampled to them); MaxSquare's 46.4 is the number MaxSquare reports
 code (labels resized with the image to the input size, flip, its best checkpoint chosen on
 val), where the paper measured 44.6 for the released model with AdaptSegNet's
 (docs/evaluation.md, "Two evaluation protocols").
+
+Every row was scored on Cityscapes val: ``other_val_set`` says where a result was scored on
+another set (the synthetic benchmark, another dataset or split), and ``val_set_note`` gives the
+line that a comparison of such a result with a row must carry.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from utils.errors import UsageError
 
@@ -125,3 +132,36 @@ def paper_row(name: str, option: str = "--compare-with") -> tuple[str, PaperRow]
 
 def _key(name: str) -> str:
     return "".join(name.split()).lower()
+
+
+def other_val_set(data: Mapping[str, Any]) -> str | None:
+    """Where a result whose config's ``data`` section (a plain dict) is ``data`` was scored, in
+    words, when that is not Cityscapes val: the synthetic benchmark's val split (a Cityscapes
+    layout under ``data.synthetic.root``), a labelled folder, another dataset or split; None
+    for Cityscapes val."""
+    val = data.get("val") or {}
+    dataset, split, root = val.get("dataset"), val.get("split"), val.get("root")
+    synthetic = (data.get("synthetic") or {}).get("root")
+    inside = bool(synthetic and root) and Path(os.path.abspath(root)).is_relative_to(
+        os.path.abspath(synthetic)
+    )
+    if dataset == "cityscapes" and inside:
+        return f"the synthetic benchmark's {split} split ({root})"
+    if dataset == "folder":
+        return f"the labelled folder {root}"
+    if dataset != "cityscapes" or split != "val":
+        return f"{dataset} {split} ({root})"
+    return None
+
+
+def val_set_note(name: str, data: Mapping[str, Any]) -> str | None:
+    """The line beside a comparison with the paper's row ``name`` of a result scored with
+    ``data`` (a config's ``data`` section) on another set than Cityscapes val; None where the
+    result was scored on Cityscapes val."""
+    other = other_val_set(data)
+    if other is None:
+        return None
+    return (
+        f"not like for like: ours is scored on {other}, while the paper's row {name!r} is GTA5 -> "
+        f"Cityscapes, scored on Cityscapes val; the difference compares two different val sets"
+    )
