@@ -13,6 +13,7 @@ averages the softmax with the mirrored image's, as every number of the paper's T
     python evaluate_cityscapes.py --restore ADVENT.pth --preset advent
     python evaluate_cityscapes.py --restore last.pth --save-dir preds/   # + trainId/colour PNGs
     python evaluate_cityscapes.py --pred-dir other_repo/preds/           # score PNGs on disk
+    python evaluate_cityscapes.py --pred-dir preds/ --results preds/scored.json  # --save-dir's
     python evaluate_cityscapes.py --restore runs/RUN/checkpoints/step_*.pth --flip  # a sweep
     python evaluate_cityscapes.py --restore last.pth --panels 4          # + 4 prediction panels
     python evaluate_cityscapes.py --restore A.pth B.pth --panels 4     # a comparison of A and B
@@ -52,13 +53,17 @@ is not like for like.
 
 Without ``--config`` the config stored in the checkpoint is used (the defaults for files from
 elsewhere, whose preset is inferred from the file unless ``--preset`` names it); ``key.sub=value``
-overrides apply on top, e.g. ``data.val.root=/data/Cityscapes``.
+overrides apply on top, e.g. ``data.val.root=/data/Cityscapes``. ``--pred-dir DIR`` scores
+against the labels of the config's val set: ``--config``, else the config recorded in
+``DIR/results.json`` by the evaluation that wrote the PNGs (``--save-dir DIR``), else the
+defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import sys
 from collections.abc import Sequence
@@ -67,6 +72,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dataset.datasets import DatasetLayoutError
 from dataset.labels import NUM_CLASSES
 from model.build import preset_name
 from utils.analysis.panels import (
@@ -85,7 +91,11 @@ from utils.errors import UsageError, add_debug_flag, refuse_overwrite, run
 from utils.evaluation.inference import evaluate_views
 from utils.evaluation.metrics import miou_name, nanmean
 from utils.evaluation.paper_results import paper_row, val_set_note
-from utils.evaluation.predictions import refuse_replacing, score_prediction_dir
+from utils.evaluation.predictions import (
+    recorded_config,
+    refuse_replacing,
+    score_prediction_dir,
+)
 from utils.evaluation.prepare import (
     Evaluation,
     add_checkpoint_flags,
@@ -165,8 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     files = _in_step_order(args.restore) if args.restore else []
-    ev = prepare_eval(files, args.config, checkpoint_overrides(args) + class_overrides(args),
-                      check=lambda cfg: _check_class_options(args, cfg))  # fmt: skip
+    ev = _prepare(args, files)
     if len(files) > 1:
         return sweep(args, ev, argv)
     cfg, val = ev.cfg, ev.val
@@ -215,6 +224,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("results written to %s", results)
     print("\n".join(miou_lines(class_mious(ious))))
     return 0
+
+
+def _prepare(args: argparse.Namespace, files: list[str]) -> Evaluation:
+    """``prepare_eval`` for the checkpoints ``files`` or, without them, for ``--pred-dir``,
+    whose config is ``--config``, else the one recorded in the folder's ``results.json`` (the
+    evaluation that wrote the predictions: its val set and evaluation settings, the PNGs being
+    its own argmax), else the defaults; a val set that is not there is an error that says
+    where the labels come from and how to point at them."""
+    overrides = checkpoint_overrides(args) + class_overrides(args)
+    check = functools.partial(_check_class_options, args)
+    if files:
+        return prepare_eval(files, args.config, overrides, check=check)
+    recorded = None if args.config else recorded_config(Path(args.pred_dir))
+    source = f"--config {args.config}" if args.config else "the defaults"
+    if recorded is not None:
+        source = f"the config recorded in {Path(args.pred_dir) / 'results.json'}"
+        overrides = ["eval.mask_absent=false", *overrides]
+        log.info("--pred-dir: the val set and evaluation settings of %s", source)
+    try:
+        return prepare_eval([], args.config, overrides, check=check, stored=recorded)
+    except DatasetLayoutError as err:
+        raise DatasetLayoutError(
+            f"{err}. --pred-dir scores the predictions against the labels of the config's val set "
+            f"(data.val, here from {source}): name the config the predictions were made with, "
+            f"--config CONFIG (e.g. --config configs/demo/norm_only.yaml for a demo model's), or "
+            f"point data.val.* at the labels (e.g. data.val.root=DIR)"
+        ) from None
 
 
 def _outputs(args: argparse.Namespace, files: list[str]) -> tuple[Path, Path | None]:

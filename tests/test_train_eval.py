@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import evaluate_cityscapes
 import train_norm_only
 from dataset.labels import CLASS_NAMES
 from utils.checkpoint import CheckpointError, load_checkpoint
-from utils.errors import OutputExistsError
+from utils.errors import OutputExistsError, run
 
 TINY = [*TINY_TRAIN, "train.device=cpu", "data.batch_size=2", "optim.lr=0.01",
         "optim.warmup_steps=2", "optim.schedule_steps=12", "train.image_every=2"]  # fmt: skip
@@ -350,9 +351,44 @@ def test_label_size_input_in_training_evaluate_and_pred_dir(tmp_path, synthetic,
     assert evaluate_cityscapes.main(args) == 0
     assert json.loads(full.read_text())["protocol"]["label_size"] == "full"
     # predictions at the input size score with --label-size input, not against full labels
+    # (without the flag, the label size of the evaluation that wrote them, recorded beside them)
     scored = tmp_path / "scored.json"
     args = ["--pred-dir", str(preds), "--results", str(scored), *synthetic, *TINY]
     assert evaluate_cityscapes.main([*args, "--label-size", "input"]) == 0
     assert json.loads(scored.read_text())["mIoU"] == pytest.approx(trained["mIoU"])
     with pytest.raises(ValueError, match="prediction is 128x64 .*, the label is 192x96"):
-        evaluate_cityscapes.main([*args, "--overwrite"])  # scored.json: the input size's record
+        evaluate_cityscapes.main([*args, "--label-size", "full", "--overwrite"])
+    assert evaluate_cityscapes.main(args) == 0  # the same settings: refreshed
+    assert json.loads(scored.read_text())["protocol"]["label_size"] == "input"
+
+
+def test_pred_dir_scores_with_the_config_recorded_beside_the_predictions(tmp_path, synthetic,
+                                                                         capsys):  # fmt: skip
+    run_dir = _train(tmp_path, synthetic, "pd", "train.max_steps=1")
+    ckpt, preds = run_dir / "checkpoints" / "last.pth", tmp_path / "preds"
+    saving = ["--restore", str(ckpt), "--save-dir", str(preds), "--mask-absent"]
+    assert evaluate_cityscapes.main([*saving, "--classes", "19", "16", "13"]) == 0
+    model = json.loads((preds / "results.json").read_text())
+    # no --config, no overrides: the val set and class sets of the evaluation that wrote them
+    scored = tmp_path / "scored.json"
+    assert evaluate_cityscapes.main(["--pred-dir", str(preds), "--results", str(scored)]) == 0
+    record = json.loads(scored.read_text())
+    assert record["mIoU"] == pytest.approx(model["mIoU"]) and record["num_images"] == 3
+    assert record["config"]["data"]["val"] == model["config"]["data"]["val"]
+    assert record["config"]["eval"]["classes"] == [19, 16, 13] and record["mask_absent"] is False
+    # without that record the labels come from the defaults' val set: the error says so
+    bare = tmp_path / "bare"
+    shutil.copytree(preds, bare)
+    (bare / "results.json").unlink()
+    capsys.readouterr()
+    nowhere = f"data.val.root={tmp_path / 'Cityscapes'}"
+    assert run(evaluate_cityscapes.main, ["--pred-dir", str(bare), nowhere]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: Cityscapes folder {tmp_path}")
+    for words in ("against the labels of the config's val set (data.val, here from the defaults)",
+                  "--config CONFIG (e.g. --config configs/demo/norm_only.yaml", "data.val.*",
+                  "data.val.root=DIR"):  # fmt: skip
+        assert words in err, words
+    demo = ["--config", "configs/demo/norm_only.yaml", *synthetic, *TINY]
+    assert evaluate_cityscapes.main(["--pred-dir", str(bare), *demo]) == 0
+    assert json.loads((bare / "results.json").read_text())["mIoU"] == pytest.approx(model["mIoU"])

@@ -1,10 +1,12 @@
 """Prediction files: trainId and colour PNGs written beside an evaluation (``--save-dir``),
 where the prediction panels go, the guard that keeps what these would replace, and trainId
-PNGs on disk scored without a model (``--pred-dir``)."""
+PNGs on disk scored without a model (``--pred-dir``), with the config recorded beside them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +42,21 @@ def find_prediction(pred_dir: Path, name: str) -> Path:
         f"--pred-dir {pred_dir}: no prediction for {name} (looked for {pred_dir / name} and "
         f"{pred_dir / Path(name).name})"
     )
+
+
+def recorded_config(pred_dir: Path) -> dict[str, Any] | None:
+    """The config recorded in ``pred_dir/results.json`` when that is a results file of this
+    repository (it has ``provenance``) with one: the config of the evaluation that wrote the
+    predictions there (``--save-dir``), or of an earlier score of them; None otherwise."""
+    path = pred_dir / "results.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or "provenance" not in record:
+        return None
+    config = record.get("config")
+    return config if isinstance(config, dict) else None
 
 
 def score_prediction_dir(

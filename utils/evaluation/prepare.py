@@ -116,18 +116,21 @@ def prepare_eval(
     check: Callable[[Config], None] | None = None,
     data: bool = True,
     val: bool = True,
+    stored: dict[str, Any] | None = None,
 ) -> Evaluation:
     """The evaluation prelude (module docstring). ``member_overrides``: extra overrides per
     file (an ensemble's presets); ``check(cfg)`` refuses options the first file's config cannot
     honour, before any work; ``data=False`` skips the data (``predict.py``: the user's own
-    images), ``val=False`` the val split (``analyze_features.py`` builds its own)."""
+    images), ``val=False`` the val split (``analyze_features.py`` builds its own); ``stored``,
+    without files, the config to start from in place of the defaults (``--pred-dir``: the one
+    recorded beside the predictions)."""
     files = list(files)
     for path in files:  # a missing file fails now, not after the others' work
         if not Path(path).is_file():
             raise CheckpointError(f"--restore {path}: not a file")
     per_file = [[*overrides, *extra] for extra in (member_overrides or [[] for _ in files])]
     first = read_weights(files[0]) if files else None
-    cfg = eval_config(config_path, first.config if first else None,
+    cfg = eval_config(config_path, first.config if first else stored,
                       per_file[0] if files else overrides)  # fmt: skip
     if check is not None:
         check(cfg)
