@@ -309,7 +309,7 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str, tuple[str, ...]]] 
      "--compare-with 'Foo'", ()),
     ("option: a folder as the results file",
      lambda e, c: ["evaluate_cityscapes.py", "--restore", e.ckpt, *e.data, "--results", str(c)],
-     "a folder is there", ()),
+     "is a folder", ()),
     ("option: a file as the output folder", _predict_into_a_file, "a file is there", ()),
     ("option: a negative seed",
      lambda e, c: ["analyze_features.py", "--restore", e.ckpt, "--out", str(c / "a"),

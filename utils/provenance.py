@@ -172,6 +172,8 @@ def refuse_other_settings(path: str | Path, record: Mapping[str, Any]) -> None:
     if not path.exists():
         return
     ways_out = "pass --overwrite to replace it, or --results FILE to write this one elsewhere"
+    if path.is_dir():
+        raise OutputExistsError(f"results file {path} is a folder: give --results FILE")
     try:
         existing = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
