@@ -13,7 +13,6 @@ averages the softmax with the mirrored image's, as every number of the paper's T
     python evaluate_cityscapes.py --restore ADVENT.pth --preset advent
     python evaluate_cityscapes.py --restore last.pth --save-dir preds/   # + trainId/colour PNGs
     python evaluate_cityscapes.py --pred-dir other_repo/preds/           # score PNGs on disk
-    python evaluate_cityscapes.py --pred-dir preds/ --results preds/scored.json  # --save-dir's
     python evaluate_cityscapes.py --restore runs/RUN/checkpoints/step_*.pth --flip  # a sweep
     python evaluate_cityscapes.py --restore last.pth --panels 4          # + 4 prediction panels
     python evaluate_cityscapes.py --restore A.pth B.pth --panels 4     # a comparison of A and B
@@ -123,6 +122,9 @@ from utils.logger import setup_logging
 from utils.provenance import command_line, refuse_other_settings, write_results
 
 SCRIPT = "evaluate_cityscapes.py"
+# --pred-dir DIR's record, beside (and never in place of) the results.json that --save-dir DIR
+# wrote with the model's own evaluation
+PRED_DIR_RESULTS = "pred_dir.results.json"
 log = logging.getLogger("evaluate")
 
 
@@ -148,7 +150,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     parser.epilog = (
         "results JSON default: <save-dir>/results.json, else <checkpoint>.results.json, else "
-        "<pred-dir>/results.json; a sweep: <folder of the last snapshot>/sweep.results.json; "
+        f"<pred-dir>/{PRED_DIR_RESULTS}; a sweep: <folder of the last snapshot>/"
+        "sweep.results.json; "
         "one that holds the record of other files or settings is kept unless --overwrite. "
         "--panels-dir default: <save-dir>/panels, else <checkpoint>.panels; a sweep: <folder of "
         "the last snapshot>/sweep.panels"
@@ -257,7 +260,7 @@ def _outputs(args: argparse.Namespace, files: list[str]) -> tuple[Path, Path | N
     """Where one evaluation writes its results JSON and its panels (the epilog's defaults)."""
     save_dir = Path(args.save_dir) if args.save_dir else None
     if not files:
-        beside, panels = Path(args.pred_dir) / "results.json", None
+        beside, panels = Path(args.pred_dir) / PRED_DIR_RESULTS, None
     else:
         ckpt = Path(files[0])
         beside = ckpt.with_name(ckpt.name + ".results.json")

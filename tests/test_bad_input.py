@@ -79,7 +79,7 @@ def _a_label(root: Path) -> Path:
 
 def _pred_dir(env: Env, case: Path, change: Callable[[Path], None]) -> list[str]:
     preds = _copy_tree(env.preds, case / "preds")
-    (preds / "results.json").unlink()  # the model's record (_pred_dir_on_save_dir keeps it)
+    (preds / "results.json").unlink()  # the model's record: the defaults' val set then
     change(sorted(p for p in preds.rglob("*.png") if "color" not in p.parts)[0])
     return ["evaluate_cityscapes.py", "--pred-dir", str(preds), *env.data]
 
@@ -185,9 +185,10 @@ def _predict_into_a_file(env: Env, case: Path) -> list[str]:
             str(case / "file.txt")]  # fmt: skip
 
 
-def _pred_dir_on_save_dir(env: Env, case: Path) -> list[str]:
-    """--pred-dir on a --save-dir's predictions: its results.json is the model's record."""
+def _pred_dir_other_record(env: Env, case: Path) -> list[str]:
+    """--pred-dir where its default results file holds a model's evaluation."""
     preds = _copy_tree(env.preds, case / "preds")
+    (preds / "pred_dir.results.json").write_bytes((preds / "results.json").read_bytes())
     return ["evaluate_cityscapes.py", "--pred-dir", str(preds), *env.data]
 
 
@@ -294,8 +295,8 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str, tuple[str, ...]]] 
      "two or more", ()),
     ("ensemble: save-dir holds results", _ensemble_save_dir, "--overwrite", ()),
     ("evaluate: save-dir holds predictions", _evaluate_save_dir, "6 of this run's files", ()),
-    ("evaluate: pred-dir holds the model's results", _pred_dir_on_save_dir,
-     "results.json holds the results of other settings (checkpoint: ", ()),
+    ("evaluate: pred-dir's results file holds a model's", _pred_dir_other_record,
+     "pred_dir.results.json holds the results of other settings (checkpoint: ", ()),
     ("evaluate: results of another flip", _other_flip, "eval.flip: false there, true now", ()),
     ("resume: another batch size",
      lambda e, c: ["train_norm_only.py", "--resume", str(e.run), "data.batch_size=2"],

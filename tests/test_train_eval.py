@@ -391,4 +391,10 @@ def test_pred_dir_scores_with_the_config_recorded_beside_the_predictions(tmp_pat
         assert words in err, words
     demo = ["--config", "configs/demo/norm_only.yaml", *synthetic, *TINY]
     assert evaluate_cityscapes.main(["--pred-dir", str(bare), *demo]) == 0
-    assert json.loads((bare / "results.json").read_text())["mIoU"] == pytest.approx(model["mIoU"])
+    assert json.loads((bare / "pred_dir.results.json").read_text())["mIoU"] == pytest.approx(
+        model["mIoU"]
+    )
+    # the default record of --pred-dir goes beside the model's, which it never replaces
+    assert evaluate_cityscapes.main(["--pred-dir", str(preds)]) == 0
+    assert json.loads((preds / "results.json").read_text()) == model
+    assert json.loads((preds / "pred_dir.results.json").read_text())["pred_dir"] == str(preds)
