@@ -386,14 +386,15 @@ def test_a_results_file_of_other_settings_is_kept(tmp_path, synthetic, capsys):
     assert json.loads(results.read_text())["flip"] is False
     refused(capsys, evaluate_cityscapes, [*common, "--label-size", "input"], results,
             "eval.label_size: full there, input now")  # fmt: skip
-    # a --pred-dir score would replace the model's results that --save-dir wrote there
+    # a --pred-dir score never replaces the model's results that --save-dir wrote there
     preds = tmp_path / "preds"
     assert evaluate_cityscapes.main([*common, "--flip", "--save-dir", str(preds)]) == 0
     scored = ["--pred-dir", str(preds), *synthetic]
-    refused(capsys, evaluate_cityscapes, scored, preds / "results.json",
+    refused(capsys, evaluate_cityscapes, [*scored, "--results", str(preds / "results.json")],
+            preds / "results.json",
             f"checkpoint: {path} there, none now; pred_dir: none there, {preds} now")  # fmt: skip
     assert json.loads((preds / "results.json").read_text())["flip"] is True
-    assert evaluate_cityscapes.main([*scored, "--results", str(tmp_path / "scored.json")]) == 0
+    assert evaluate_cityscapes.main(scored) == 0  # its own record: pred_dir.results.json
     # a file that is not one of ours
     for text, words in (("not json\n", "is not JSON"), ('{"a": 1}\n', "not a results file")):
         (tmp_path / "theirs.json").write_text(text)

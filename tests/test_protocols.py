@@ -9,6 +9,7 @@ import pytest
 
 from utils import protocols
 from utils.config import load_config
+from utils.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUPS = ["clan_norm", "norm_only", "clan", "source_only"]
@@ -61,5 +62,5 @@ def test_update_readme_rewrites_only_between_the_markers(tmp_path):
     assert readme.read_text() == f"intro\n{protocols.readme_block()}\noutro\n"
     assert not protocols.update_readme(readme)
     (tmp_path / "bare.md").write_text("no markers")
-    with pytest.raises(SystemExit, match="markers"):
+    with pytest.raises(UsageError, match="markers"):
         protocols.update_readme(tmp_path / "bare.md")
