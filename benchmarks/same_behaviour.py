@@ -7,7 +7,9 @@ it wrote:
 - every demo setup for 24 steps on the CPU, one thread, no loader workers, logging every step,
   with image grids, an evaluation and a checkpoint every 12 steps (Source only, Norm only, CLAN,
   CLAN + Norm, the released protocol's Norm only and CLAN + Norm, CLAN + Norm in bf16, Norm only
-  from the SYNTHIA-layout source), and a CLAN + Norm run resumed from its step-12 checkpoint;
+  from the SYNTHIA-layout source, MaxSquare's source stage and, from it, MaxSquare, + IW and
+  + IW + Multi, each with and without Norm, DACS and DACS + Norm), and a CLAN + Norm run resumed
+  from its step-12 checkpoint;
 - ``evaluate_cityscapes.py`` (flip, ``--save-dir``, panels; a sweep with a comparison panel;
   ``--pred-dir``; 19, 16 and 13 classes with ``--mask-absent``), ``ensemble.py`` (flip, PNGs,
   panels), ``predict.py`` and ``analyze_features.py``;
@@ -60,6 +62,14 @@ RUNS = {  # run name -> training script, config, extra overrides
                         "train.image_every=3", "train.eval_every=0"]),
     "synthia_norm_only": ("train_norm_only.py", "configs/demo/synthia/norm_only.yaml",
                           ["train.max_steps=12"]),
+    # MaxSquare's source stage, then each variant from its last.pth ({runs}: the runs folder)
+    "maxsquare_source": ("train_maxsquare_norm.py", "configs/demo/maxsquare_source.yaml", []),
+    **{name: ("train_maxsquare_norm.py", f"configs/demo/{name}.yaml",
+              ["model.init_from={runs}/maxsquare_source/checkpoints/last.pth"])
+       for name in ("maxsquare", "maxsquare_norm", "maxsquare_iw", "maxsquare_iw_norm",
+                    "maxsquare_iw_multi", "maxsquare_iw_multi_norm")},
+    "dacs": ("train_dacs_norm.py", "configs/demo/dacs.yaml", []),
+    "dacs_norm": ("train_dacs_norm.py", "configs/demo/dacs_norm.yaml", []),
 }  # fmt: skip
 NOT_COMPARED = {"provenance", "sec_per_step", "train/sec_per_step", "date"}
 
@@ -69,7 +79,7 @@ def plan(out: Path) -> list[tuple[str, list[str]]]:
     runs, ck = out / "runs", out / "runs" / "clan_norm" / "checkpoints"
     ev = ["eval.num_workers=0"]
     steps = [(f"train_{name}", [script, "--config", cfg, *SHORT, f"train.out_dir={runs}",
-                                f"train.run_name={name}", *extra])
+                                f"train.run_name={name}", *(e.format(runs=runs) for e in extra)])
              for name, (script, cfg, extra) in RUNS.items()]  # fmt: skip
     return [
         ("generate", ["-m", "dataset.synthetic", "--out", str(out / "generated"), "--seed", "3",

@@ -2,10 +2,13 @@
 output trees (the runs themselves take minutes: the tool is run by hand on a refactor)."""
 
 import json
+from pathlib import Path
 
 import torch
 
 from benchmarks.same_behaviour import Comparison, plan, same
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tree(root, loss, weight, provenance, stdout="| table |"):
@@ -58,8 +61,14 @@ def test_values_compare_exactly_and_nan_equals_nan():
 def test_the_plan_covers_every_setup_and_script(tmp_path):
     names = [name for name, _ in plan(tmp_path)]
     commands = {command[0] for _, command in plan(tmp_path)}
-    assert {"train_source_only", "train_norm_only", "train_clan", "train_clan_norm", "resume",
-            "evaluate", "sweep", "ensemble", "predict", "analyze"} <= set(names)  # fmt: skip
-    assert commands == {"-m", "train_norm_only.py", "train_clan_norm.py",
-                        "evaluate_cityscapes.py", "ensemble.py", "predict.py",
+    setups = ["source_only", "norm_only", "clan", "clan_norm", "maxsquare_source", "maxsquare",
+              "maxsquare_norm", "maxsquare_iw", "maxsquare_iw_norm", "maxsquare_iw_multi",
+              "maxsquare_iw_multi_norm", "dacs", "dacs_norm"]  # fmt: skip
+    assert {f"train_{s}" for s in setups} | {"resume", "evaluate", "sweep", "ensemble",
+                                              "predict", "analyze"} <= set(names)  # fmt: skip
+    scripts = {p.name for p in ROOT.glob("train_*.py")}
+    assert commands == {"-m", *scripts, "evaluate_cityscapes.py", "ensemble.py", "predict.py",
                         "analyze_features.py"}  # fmt: skip
+    # a later stage starts from its first stage's run, which the plan trains before it
+    stage = names.index("train_maxsquare_source")
+    assert all(names.index(f"train_{s}") > stage for s in setups if s.startswith("maxsquare_i"))
