@@ -21,30 +21,23 @@ import torch
 import torch.nn.functional as F
 
 from dataset.datasets import Batch
+from model.deeplabv2 import SegOutput
 from model.discriminator import FCDiscriminator
-from utils.config import (
-    DACS_KEYS,
-    DACS_OWNER,
-    MAXSQUARE_KEYS,
-    MAXSQUARE_OWNER,
-    Config,
-    apply_preset,
-    foreign_keys,
-    refuse,
-)
+from utils.config import Config, apply_preset, refuse
 from utils.errors import run
 from utils.losses import (
     discrepancy_map,
     feature_norm,
     segmentation_loss,
-    stepwise_norm_loss,
+    stepwise_norm_term,
     upsample_to,
     weight_discrepancy_loss,
     weighted_bce_with_logits,
 )
-from utils.schedules import damping, norm_damping
+from utils.schedules import damping
+from utils.setups import foreign_keys
 from utils.training.cli import main as engine_main
-from utils.training.state import TrainState, build_generator
+from utils.training.state import TrainState, build_generator, norm_step_values
 
 SETUP = "clan_norm"
 SOURCE, TARGET = 0.0, 1.0  # domain labels of D
@@ -78,10 +71,9 @@ def step_values(cfg: Config, step: int) -> dict[str, float]:
     """The step's scalars, pure functions of the step: the dampings d and d_norm, and whether
     the map M weighs G's adversarial loss (from step 1) and D's target loss (after the warm-up)
     as 1 or 0."""
-    n = cfg.optim.schedule_steps
     return {
-        "damping": damping(step, n),
-        "damping_norm": norm_damping(step, n, cfg.loss.clamp_norm_damping),
+        "damping": damping(step, cfg.optim.schedule_steps),
+        **norm_step_values(cfg, step),
         "map_adv": float(step > 0),
         "map_d": float(step >= cfg.optim.warmup_steps),
     }
@@ -93,45 +85,32 @@ def train_step(
     """G on source (seg + norm), G on target (norm + adversarial + weight), then D on the
     detached source and target predictions; one backward per pass."""
     assert target is not None
-    cfg, g = state.cfg, state.run("G")
+    g, lo = state.run("G"), state.cfg.loss
     disc = state.modules["D"]  # plain D in the G step: no DDP hooks while it is frozen
     for opt in state.optimizers.values():
         opt.zero_grad(set_to_none=True)
-    lo = cfg.loss
     v = state.values(step)  # numbers; under train.cuda_graph, the graph's tensors holding them
     d, d_norm = v["damping"], v["damping_norm"]
 
-    # G step: D is frozen.
-    disc.requires_grad_(False)
+    disc.requires_grad_(False)  # G step: D is frozen
     y_s = state.to_device(source.label)
     with state.autocast():
         out_s = g(state.to_device(source.image))
         p_s1, p_s2 = upsample_to(out_s.p1, y_s.shape[-2:]), upsample_to(out_s.p2, y_s.shape[-2:])
     loss_seg = segmentation_loss(p_s1, p_s2, y_s, lo.seg, lo.focal_gamma)
-    # With lambda_norm 0 (CLAN) the features are detached: the zero-weighted term costs no
-    # backward.
-    norm_grad = lo.lambda_norm > 0
-    loss_norm_s = stepwise_norm_loss(out_s.features if norm_grad else out_s.features.detach(),
-                                     lo.delta_r)  # fmt: skip
+    loss_norm_s = stepwise_norm_term(out_s.features, lo.delta_r, lo.lambda_norm)
     loss_source = (
         loss_seg
         + lo.lambda_norm * d_norm * loss_norm_s
     )  # fmt: skip
     state.backward(loss_source)
 
-    x_t = state.to_device(target.image)
-    size_t = x_t.shape[-2:]
-    with state.autocast():
-        out_t = g(x_t)
-        p_t1, p_t2 = upsample_to(out_t.p1, size_t), upsample_to(out_t.p2, size_t)
-        prob_t = F.softmax(p_t1 + p_t2, dim=1)  # float32: upsample_to returns float32
-        d_out = upsample_to(disc(prob_t), size_t)
+    out_t, (p_t1, p_t2), prob_t, d_out = _target_forward(state, state.to_device(target.image))
     weight_map = discrepancy_map(p_t1, p_t2)  # B x 1 x H x W
     loss_adv = weighted_bce_with_logits(  # fool D: target predictions labelled source
         d_out, SOURCE, weight_map, lo.lambda_local, lo.eps, use_map=v["map_adv"]
     )
-    loss_norm_t = stepwise_norm_loss(out_t.features if norm_grad else out_t.features.detach(),
-                                     lo.delta_r)  # fmt: skip
+    loss_norm_t = stepwise_norm_term(out_t.features, lo.delta_r, lo.lambda_norm)
     loss_weight = weight_discrepancy_loss(*state.model.classifier_weights())
     loss_target = (
         lo.lambda_norm * d_norm * loss_norm_t
@@ -160,6 +139,20 @@ def train_step(
         "damping": d,  # the loop logs numbers and tensors on the device alike
         "damping_norm": d_norm,
     }
+
+
+def _target_forward(
+    state: TrainState, x_t: torch.Tensor
+) -> tuple[SegOutput, tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """G on the target images and the frozen D on its predictions: G's outputs, both heads'
+    logits and their softmax at input size (float32), and D's logits there."""
+    size_t = x_t.shape[-2:]
+    with state.autocast():
+        out_t = state.run("G")(x_t)
+        p_t1, p_t2 = upsample_to(out_t.p1, size_t), upsample_to(out_t.p2, size_t)
+        prob_t = F.softmax(p_t1 + p_t2, dim=1)  # float32: upsample_to returns float32
+        d_out = upsample_to(state.modules["D"](prob_t), size_t)
+    return out_t, (p_t1, p_t2), prob_t, d_out
 
 
 def discriminator_step(
@@ -193,7 +186,7 @@ def discriminator_step(
 def check(cfg: Config) -> None:
     """What this setup cannot train, refused before any work: a multi-level model (CLAN's
     weight-discrepancy loss compares C1's and C2's weights, which then differ in shape), and
-    MaxSquare's and DACS's keys (this setup has no MaxSquare loss and no teacher)."""
+    the other setups' keys (this setup has no MaxSquare loss and no teacher)."""
     problems = []
     if apply_preset(cfg.model).multi_level:
         problems.append(
@@ -203,8 +196,7 @@ def check(cfg: Config) -> None:
             f"{cfg.model.base_width * 32}); train CLAN with model.preset=clan, or the "
             f"multi-level model with train_norm_only.py"
         )
-    problems += foreign_keys(cfg, MAXSQUARE_KEYS, MAXSQUARE_OWNER, "train_clan_norm.py")
-    problems += foreign_keys(cfg, DACS_KEYS, DACS_OWNER, "train_clan_norm.py")
+    problems += foreign_keys(cfg, "train_clan_norm.py")
     refuse("train_clan_norm.py", problems)
 
 

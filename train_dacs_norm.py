@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,25 +31,15 @@ import torch.nn.functional as F
 
 from dataset.datasets import Batch
 from dataset.transforms import IMG_MEAN_BGR
-from utils.config import (
-    MAXSQUARE_KEYS,
-    MAXSQUARE_OWNER,
-    Config,
-    ConfigError,
-    apply_preset,
-    foreign_keys,
-    refuse,
-)
+from utils.config import Config, ConfigError, apply_preset, refuse
 from utils.errors import run
 from utils.losses import (
-    cross_entropy,
     feature_norm,
-    focal_loss,
+    head_loss,
     pixel_weighted_cross_entropy,
-    stepwise_norm_loss,
+    stepwise_norm_term,
     upsample_to,
 )
-from utils.schedules import norm_damping
 from utils.self_training import (
     LABEL_VALUES,
     class_mix_mask,
@@ -61,13 +52,11 @@ from utils.self_training import (
     pseudo_label_weight,
     strong_augment,
 )
+from utils.setups import foreign_keys
 from utils.training.cli import main as engine_main
-from utils.training.state import TrainState, build_generator
+from utils.training.state import TrainState, build_generator, norm_step_values
 
 SETUP = "dacs_norm"
-# Keys of CLAN's discriminator and adversarial loss: this setup has neither.
-CLAN_KEYS = ("loss.lambda_adv", "loss.lambda_weight", "loss.lambda_local", "loss.eps",
-             "optim.lr_d", "optim.betas_d", "optim.weight_decay_d")  # fmt: skip
 
 
 def build(cfg: Config, device: torch.device) -> TrainState:
@@ -94,13 +83,13 @@ def step_values(cfg: Config, step: int) -> dict[str, float | torch.Tensor]:
     random draws (ClassMix's class keys, the augmentation's parameters) from a stream seeded by
     the run's seed, the process's rank and the step, so a resumed run draws what the
     uninterrupted one would have."""
-    n, ds = cfg.optim.schedule_steps, cfg.loss.dacs
+    ds = cfg.loss.dacs
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     seed = np.random.SeedSequence([cfg.train.seed, rank, step]).generate_state(1)[0]
     g = torch.Generator().manual_seed(int(seed))
     b = cfg.data.batch_size
     return {
-        "damping_norm": norm_damping(step, n, cfg.loss.clamp_norm_damping),
+        **norm_step_values(cfg, step),
         "ema_alpha": ema_alpha(step, ds.ema_alpha),
         "mix_keys": torch.rand(b, LABEL_VALUES, generator=g),
         **draw_augmentation(g, b, ds.jitter_p, ds.jitter_strength, ds.blur_p, ds.blur_sigma),
@@ -123,20 +112,13 @@ def _heads(state: TrainState, out) -> tuple[torch.Tensor, ...]:
     return (out.p2,) if state.model.predict_with == "c2" else (out.p1, out.p2)
 
 
-def _seg_loss(cfg: Config, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    logits = upsample_to(logits, label.shape[-2:])
-    if cfg.loss.seg == "focal":
-        return focal_loss(logits, label, cfg.loss.focal_gamma)
-    return cross_entropy(logits, label)
-
-
 def train_step(
     state: TrainState, source: Batch, target: Batch | None, step: int
 ) -> dict[str, torch.Tensor | float]:
     """The teacher's labels, the mix, then G on the source and mixed images: one backward; the
     optimizer step, then the teacher's EMA update."""
     assert target is not None  # (uses_target)
-    cfg, g, teacher = state.cfg, state.run("G"), state.run("teacher")
+    cfg, g = state.cfg, state.run("G")
     lo, ds = cfg.loss, cfg.loss.dacs
     state.optimizers["G"].zero_grad(set_to_none=True)
     v = {k: _on_device(state, x) for k, x in state.values(step).items()}
@@ -147,40 +129,26 @@ def train_step(
         raise ConfigError(f"DACS mixes source and target images pixel for pixel: source crops "
                          f"{tuple(x_s.shape)}, target {tuple(x_t.shape)}; give data.source and "
                          f"data.target the same crop")  # fmt: skip
-
-    # The teacher's pseudo-labels, without gradient, in the step's precision.
-    with torch.no_grad(), state.autocast():
-        logits_t = state.modules["teacher"].predict(teacher(x_t))
-    prob_t = F.softmax(upsample_to(logits_t, y_s.shape[-2:]), dim=1)
-    label_t, _ = pseudo_label(prob_t)
-    weight_t = pseudo_label_weight(prob_t, ds.threshold)
-
-    # ClassMix: source pixels of the drawn classes over the target, label and weight alike.
-    mask = class_mix_mask(y_s, keys=v["mix_keys"], include_ignore=ds.mix_ignore)
-    augment = {k: v[k] for k in ("jitter_on", "jitter", "blur_on", "blur_sigma")}
-    x_mix = strong_augment(mix(mask, x_s, x_t), augment, IMG_MEAN_BGR, ds.blur_kernel)
-    y_mix = mix(mask, y_s, label_t)
-    w_mix = mix(mask, torch.ones_like(prob_t[:, 0]), weight_t.expand_as(prob_t[:, 0]))
+    mixed = _mixed_batch(state, v, x_s, y_s, x_t)
 
     with state.autocast():
         if ds.student_passes == "one":  # BatchNorm sees both batches' statistics together
-            out = g(torch.cat([x_s, x_mix]))
+            out = g(torch.cat([x_s, mixed.image]))
             out_s, out_m = (type(out)(*(t.chunk(2)[i] for t in out)) for i in (0, 1))
         else:  # DACS: a forward per batch
             out_s = g(x_s)
-            out_m = g(x_mix)
-    loss_seg = sum(_seg_loss(cfg, p, y_s) for p in _heads(state, out_s))
-    loss_mix = sum(pixel_weighted_cross_entropy(upsample_to(p, y_mix.shape[-2:]), y_mix, w_mix)
+            out_m = g(mixed.image)
+    loss_seg = sum(head_loss(p, y_s, lo.seg, lo.focal_gamma) for p in _heads(state, out_s))
+    loss_mix = sum(pixel_weighted_cross_entropy(upsample_to(p, mixed.label.shape[-2:]),
+                                                mixed.label, mixed.weight)
                    for p in _heads(state, out_m))  # fmt: skip
-
-    def norm_term(features: torch.Tensor) -> torch.Tensor:
-        # With lambda_norm 0 (plain DACS) the features are detached: no norm backward.
-        return stepwise_norm_loss(features if lo.lambda_norm > 0 else features.detach(),
-                                  lo.delta_r)  # fmt: skip
-
-    loss_norm_s, loss_norm_m = norm_term(out_s.features), norm_term(out_m.features)
-    loss_norm = loss_norm_s + loss_norm_m
-    loss = loss_seg + ds.lambda_mix * loss_mix + lo.lambda_norm * d_norm * loss_norm
+    loss_norm_s = stepwise_norm_term(out_s.features, lo.delta_r, lo.lambda_norm)
+    loss_norm_m = stepwise_norm_term(out_m.features, lo.delta_r, lo.lambda_norm)
+    loss = (
+        loss_seg
+        + ds.lambda_mix * loss_mix
+        + lo.lambda_norm * d_norm * (loss_norm_s + loss_norm_m)
+    )  # fmt: skip
     state.backward(loss)
     state.step_optimizers()
     ema_blend(state.modules["teacher"], state.modules["G"], v["ema_alpha"], ds.teacher_bn)
@@ -191,20 +159,53 @@ def train_step(
         "loss_norm_m": loss_norm_m.detach(),
         "feat_norm_s": feature_norm(out_s.features.detach()).mean(),
         "feat_norm_m": feature_norm(out_m.features.detach()).mean(),
-        "pseudo_weight": weight_t,
-        "mix_share": mask.float().mean(),
+        "pseudo_weight": mixed.pseudo_weight,
+        "mix_share": mixed.mask.float().mean(),
         "damping_norm": d_norm,
         "ema_alpha": v["ema_alpha"],
     }
+
+
+class Mixed(NamedTuple):
+    """ClassMix's batch: the mixed images, labels and pixel weights, the mask of the pasted
+    source pixels, and the teacher's confident share (the target pixels' weight)."""
+
+    image: torch.Tensor  # B x 3 x H x W
+    label: torch.Tensor  # B x H x W
+    weight: torch.Tensor  # B x H x W
+    mask: torch.Tensor  # B x H x W, True where the source's pixel is pasted
+    pseudo_weight: torch.Tensor  # B x 1 x 1
+
+
+def _mixed_batch(
+    state: TrainState,
+    v: dict[str, float | torch.Tensor],
+    x_s: torch.Tensor,
+    y_s: torch.Tensor,
+    x_t: torch.Tensor,
+) -> Mixed:
+    """The teacher's pseudo-labels (without gradient, in the step's precision), then ClassMix:
+    source pixels of the drawn classes over the target, label and weight alike, the mixed
+    images strongly augmented."""
+    ds = state.cfg.loss.dacs
+    with torch.no_grad(), state.autocast():
+        logits_t = state.modules["teacher"].predict(state.run("teacher")(x_t))
+    prob_t = F.softmax(upsample_to(logits_t, y_s.shape[-2:]), dim=1)
+    label_t, _ = pseudo_label(prob_t)
+    weight_t = pseudo_label_weight(prob_t, ds.threshold)
+    mask = class_mix_mask(y_s, keys=v["mix_keys"], include_ignore=ds.mix_ignore)
+    augment = {k: v[k] for k in ("jitter_on", "jitter", "blur_on", "blur_sigma")}
+    x_mix = strong_augment(mix(mask, x_s, x_t), augment, IMG_MEAN_BGR, ds.blur_kernel)
+    y_mix = mix(mask, y_s, label_t)
+    w_mix = mix(mask, torch.ones_like(prob_t[:, 0]), weight_t.expand_as(prob_t[:, 0]))
+    return Mixed(x_mix, y_mix, w_mix, mask, weight_t)
 
 
 def check(cfg: Config) -> None:
     """What this setup cannot train, refused before any work: CLAN's and MaxSquare's keys (it
     has no discriminator and no MaxSquare loss), and source and target crops that differ (the
     mix is pixel for pixel)."""
-    problems = foreign_keys(cfg, CLAN_KEYS, "CLAN's discriminator and adversarial loss "
-                            "(train_clan_norm.py)", "train_dacs_norm.py")  # fmt: skip
-    problems += foreign_keys(cfg, MAXSQUARE_KEYS, MAXSQUARE_OWNER, "train_dacs_norm.py")
+    problems = foreign_keys(cfg, "train_dacs_norm.py")
     s, t = cfg.data.source, cfg.data.target
     size_s, size_t = s.crop or s.resize, t.crop or t.resize
     if size_s is None or size_t is None or tuple(size_s) != tuple(size_t):

@@ -19,33 +19,30 @@ is no target pass: source-only training, the stage MaxSquare starts from.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from dataset.datasets import Batch
-from utils.config import DACS_KEYS, DACS_OWNER, Config, apply_preset, foreign_keys, refuse
+from utils.config import Config, apply_preset, refuse
 from utils.errors import run
 from utils.losses import (
     IGNORE_INDEX,
     cross_entropy,
     feature_norm,
-    focal_loss,
+    head_loss,
     image_wise_max_square_loss,
     max_square_loss,
     multi_level_pseudo_label,
-    stepwise_norm_loss,
+    stepwise_norm_term,
     upsample_to,
 )
-from utils.schedules import norm_damping
+from utils.setups import foreign_keys
 from utils.training.cli import main as engine_main
-from utils.training.state import TrainState, build_generator
+from utils.training.state import TrainState, build_generator, norm_step_values
 
 SETUP = "maxsquare_norm"
-# Keys of CLAN's discriminator and adversarial loss: this setup has neither.
-CLAN_KEYS = ("loss.lambda_adv", "loss.lambda_weight", "loss.lambda_local", "loss.eps",
-             "optim.lr_d", "optim.betas_d", "optim.weight_decay_d")  # fmt: skip
 
 
 def build(cfg: Config, device: torch.device) -> TrainState:
@@ -62,22 +59,8 @@ def build(cfg: Config, device: torch.device) -> TrainState:
         uses_target=ms.lambda_target > 0 or cfg.loss.lambda_norm > 0,
         # C1 trains only with + Multi, and the heads only with a target loss
         partial_g_passes=not ms.multi or ms.lambda_target == 0,
-        schedule=step_values,
+        schedule=norm_step_values,
     )
-
-
-def step_values(cfg: Config, step: int) -> dict[str, float]:
-    """The step's scalar, a pure function of the step: the norm-loss damping d_norm."""
-    n = cfg.optim.schedule_steps
-    return {"damping_norm": norm_damping(step, n, cfg.loss.clamp_norm_damping)}
-
-
-def _seg_loss(cfg: Config, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """One head's segmentation loss (CE, as MaxSquare; or the focal form), at label size."""
-    logits = upsample_to(logits, label.shape[-2:])
-    if cfg.loss.seg == "focal":
-        return focal_loss(logits, label, cfg.loss.focal_gamma)
-    return cross_entropy(logits, label)
 
 
 def train_step(
@@ -89,40 +72,35 @@ def train_step(
     state.optimizers["G"].zero_grad(set_to_none=True)
     d_norm = state.values(step)["damping_norm"]  # a number, or the CUDA graph's tensor
 
-    def norm_term(features: torch.Tensor) -> torch.Tensor:
-        # With lambda_norm 0 (plain MaxSquare) the features are detached: no norm backward.
-        return stepwise_norm_loss(features if lo.lambda_norm > 0 else features.detach(),
-                                  lo.delta_r)  # fmt: skip
-
     y_s = state.to_device(source.label)
     with state.autocast():
         out_s = g(state.to_device(source.image))
-    loss_seg = _seg_loss(cfg, out_s.p2, y_s)  # C2, the output
-    loss_norm_s = norm_term(out_s.features)
-    loss_source = loss_seg + lo.lambda_norm * d_norm * loss_norm_s
-    terms: dict[str, torch.Tensor | float] = {}
-    if ms.multi:  # C1 on layer3, weighted lambda_aux (their lambda_seg)
-        loss_seg_aux = _seg_loss(cfg, out_s.p1, y_s)
-        loss_source = loss_source + ms.lambda_aux * loss_seg_aux
-        terms["loss_seg_aux"] = loss_seg_aux.detach()
+    loss_seg = head_loss(out_s.p2, y_s, lo.seg, lo.focal_gamma)  # C2, the output
+    loss_norm_s = stepwise_norm_term(out_s.features, lo.delta_r, lo.lambda_norm)
+    # + Multi: C1 on layer3 too, weighted lambda_aux (their lambda_seg); no term without it
+    loss_seg_aux = head_loss(out_s.p1, y_s, lo.seg, lo.focal_gamma) if ms.multi else None
+    loss_source = (
+        loss_seg
+        + lo.lambda_norm * d_norm * loss_norm_s
+        + (ms.lambda_aux * loss_seg_aux if ms.multi else 0.0)
+    )  # fmt: skip
     state.backward(loss_source)
+    terms: dict[str, torch.Tensor | float] = {}
+    if ms.multi:
+        terms["loss_seg_aux"] = loss_seg_aux.detach()
     terms.update(loss_seg=loss_seg.detach(), loss_norm_s=loss_norm_s.detach(),
                  feat_norm_s=feature_norm(out_s.features.detach()).mean(),
                  damping_norm=d_norm)  # fmt: skip
 
     if target is not None:
-        terms.update(_target_terms(state, g, state.to_device(target.image), d_norm, norm_term))
+        terms.update(_target_terms(state, g, state.to_device(target.image), d_norm))
 
     state.step_optimizers()
     return terms
 
 
 def _target_terms(
-    state: TrainState,
-    g: torch.nn.Module,
-    x_t: torch.Tensor,
-    d_norm: float | torch.Tensor,
-    norm_term: Callable[[torch.Tensor], torch.Tensor],
+    state: TrainState, g: torch.nn.Module, x_t: torch.Tensor, d_norm: float | torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """The target pass and its backward: lambda_target x MaxSquare (+ IW) on C2's
     probabilities at input size, the norm loss, and with + Multi C1's pseudo-label CE."""
@@ -135,24 +113,27 @@ def _target_terms(
         loss_ms = image_wise_max_square_loss(prob_t, ms.iw_ratio)
     else:
         loss_ms = max_square_loss(prob_t)
-    loss_norm_t = norm_term(out_t.features)
-    loss_target = ms.lambda_target * loss_ms + lo.lambda_norm * d_norm * loss_norm_t
+    loss_norm_t = stepwise_norm_term(out_t.features, lo.delta_r, lo.lambda_norm)
     terms = {"loss_target": loss_ms.detach(), "loss_norm_t": loss_norm_t.detach(),
              "feat_norm_t": feature_norm(out_t.features.detach()).mean()}  # fmt: skip
-    if ms.multi:
+    if ms.multi:  # C1's CE on the pixels whose pseudo-label both heads agree on
         logits_aux = upsample_to(out_t.p1, size)
         label_aux = multi_level_pseudo_label(prob_t, F.softmax(logits_aux, dim=1), ms.threshold)
         loss_target_aux = cross_entropy(logits_aux, label_aux)
-        loss_target = loss_target + ms.lambda_aux * ms.lambda_target * loss_target_aux
         terms["loss_target_aux"] = loss_target_aux.detach()
         terms["pseudo_label_share"] = (label_aux != IGNORE_INDEX).float().mean()
+    loss_target = (
+        ms.lambda_target * loss_ms
+        + lo.lambda_norm * d_norm * loss_norm_t
+        + (ms.lambda_aux * ms.lambda_target * loss_target_aux if ms.multi else 0.0)
+    )  # fmt: skip
     state.backward(loss_target)
     return terms
 
 
 def check(cfg: Config) -> None:
     """What this setup cannot train, refused before any work: a model whose output is not C2,
-    + Multi without a layer3 C1, and CLAN's and DACS's keys (this setup has no discriminator and
+    + Multi without a layer3 C1, and the other setups' keys (this setup has no discriminator and
     no teacher)."""
     model = apply_preset(cfg.model)
     problems = []
@@ -166,9 +147,7 @@ def check(cfg: Config) -> None:
             "loss.maxsquare.multi=true needs C1 on layer3 (model.multi_level=true, as "
             "model.preset=maxsquare sets it)"
         )
-    problems += foreign_keys(cfg, CLAN_KEYS, "CLAN's discriminator and adversarial loss "
-                             "(train_clan_norm.py)", "train_maxsquare_norm.py")  # fmt: skip
-    problems += foreign_keys(cfg, DACS_KEYS, DACS_OWNER, "train_maxsquare_norm.py")
+    problems += foreign_keys(cfg, "train_maxsquare_norm.py")
     refuse("train_maxsquare_norm.py", problems)
 
 

@@ -18,20 +18,12 @@ from collections.abc import Sequence
 import torch
 
 from dataset.datasets import Batch
-from utils.config import (
-    DACS_KEYS,
-    DACS_OWNER,
-    MAXSQUARE_KEYS,
-    MAXSQUARE_OWNER,
-    Config,
-    foreign_keys,
-    refuse,
-)
+from utils.config import Config, refuse
 from utils.errors import run
-from utils.losses import feature_norm, segmentation_loss, stepwise_norm_loss
-from utils.schedules import norm_damping
+from utils.losses import feature_norm, segmentation_loss, stepwise_norm_loss, stepwise_norm_term
+from utils.setups import foreign_keys
 from utils.training.cli import main as engine_main
-from utils.training.state import TrainState, build_generator
+from utils.training.state import TrainState, build_generator, norm_step_values
 
 SETUP = "norm_only"
 
@@ -48,14 +40,8 @@ def build(cfg: Config, device: torch.device) -> TrainState:
         base_lrs={"G": cfg.optim.lr},
         uses_target=cfg.loss.lambda_norm > 0,  # Source only has no target pass
         partial_g_passes=cfg.loss.lambda_norm > 0,  # the target pass skips the heads
-        schedule=step_values,
+        schedule=norm_step_values,
     )
-
-
-def step_values(cfg: Config, step: int) -> dict[str, float]:
-    """The step's scalar, a pure function of the step: the norm-loss damping d_norm."""
-    n = cfg.optim.schedule_steps
-    return {"damping_norm": norm_damping(step, n, cfg.loss.clamp_norm_damping)}
 
 
 def train_step(
@@ -71,10 +57,7 @@ def train_step(
     with state.autocast():
         out_s = g(state.to_device(source.image))
     loss_seg = segmentation_loss(out_s.p1, out_s.p2, label, cfg.loss.seg, cfg.loss.focal_gamma)
-    # With lambda_norm 0 (Source only) the features are detached: the zero-weighted term costs
-    # no backward.
-    features_s = out_s.features if lambda_norm > 0 else out_s.features.detach()
-    loss_norm_s = stepwise_norm_loss(features_s, cfg.loss.delta_r)
+    loss_norm_s = stepwise_norm_term(out_s.features, cfg.loss.delta_r, lambda_norm)
     loss_source = (
         loss_seg
         + lambda_norm * d_norm * loss_norm_s
@@ -101,10 +84,8 @@ def train_step(
 
 
 def check(cfg: Config) -> None:
-    """MaxSquare's and DACS's keys, which this setup would ignore, refused before any work."""
-    problems = foreign_keys(cfg, MAXSQUARE_KEYS, MAXSQUARE_OWNER, "train_norm_only.py")
-    problems += foreign_keys(cfg, DACS_KEYS, DACS_OWNER, "train_norm_only.py")
-    refuse("train_norm_only.py", problems)
+    """The other setups' keys, which this setup would ignore, refused before any work."""
+    refuse("train_norm_only.py", foreign_keys(cfg, "train_norm_only.py"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

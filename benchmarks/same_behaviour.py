@@ -44,17 +44,20 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import UsageError, add_debug_flag, run
+from utils.setups import SETUPS
 
 ROOT = Path(__file__).resolve().parent.parent
 DETERMINISTIC = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 SHORT = ["train.max_steps=24", "train.device=cpu", "data.num_workers=0", "eval.num_workers=0",
          "train.log_every=1", "train.image_every=12", "train.save_every=12",
          "train.eval_every=12"]  # fmt: skip
-RUNS = {  # run name -> training script, config, extra overrides
-    "source_only": ("train_norm_only.py", "configs/demo/source_only.yaml", []),
-    "norm_only": ("train_norm_only.py", "configs/demo/norm_only.yaml", []),
-    "clan": ("train_clan_norm.py", "configs/demo/clan.yaml", []),
-    "clan_norm": ("train_clan_norm.py", "configs/demo/clan_norm.yaml", []),
+# run name -> training script, config, extra overrides ({runs}: the runs folder): every variant
+# of the table of setups with a demo config (a later stage from its first stage's last.pth),
+# then the released protocol, bf16 and the SYNTHIA-layout source
+RUNS = {
+    **{Path(v.demo).stem: (s.script, v.demo, [f"model.init_from={{runs}}/{Path(v.start).stem}"
+                                              "/checkpoints/last.pth"] if v.start else [])
+       for s in SETUPS for v in s.variants if v.demo},
     "released_norm_only": ("train_norm_only.py", "configs/demo/released/norm_only.yaml", []),
     "released_clan_norm": ("train_clan_norm.py", "configs/demo/released/clan_norm.yaml", []),
     "clan_norm_bf16": ("train_clan_norm.py", "configs/demo/clan_norm.yaml",
@@ -62,14 +65,6 @@ RUNS = {  # run name -> training script, config, extra overrides
                         "train.image_every=3", "train.eval_every=0"]),
     "synthia_norm_only": ("train_norm_only.py", "configs/demo/synthia/norm_only.yaml",
                           ["train.max_steps=12"]),
-    # MaxSquare's source stage, then each variant from its last.pth ({runs}: the runs folder)
-    "maxsquare_source": ("train_maxsquare_norm.py", "configs/demo/maxsquare_source.yaml", []),
-    **{name: ("train_maxsquare_norm.py", f"configs/demo/{name}.yaml",
-              ["model.init_from={runs}/maxsquare_source/checkpoints/last.pth"])
-       for name in ("maxsquare", "maxsquare_norm", "maxsquare_iw", "maxsquare_iw_norm",
-                    "maxsquare_iw_multi", "maxsquare_iw_multi_norm")},
-    "dacs": ("train_dacs_norm.py", "configs/demo/dacs.yaml", []),
-    "dacs_norm": ("train_dacs_norm.py", "configs/demo/dacs_norm.yaml", []),
 }  # fmt: skip
 NOT_COMPARED = {"provenance", "sec_per_step", "train/sec_per_step", "date"}
 

@@ -34,10 +34,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import train_clan_norm
-import train_dacs_norm
-import train_maxsquare_norm
-import train_norm_only
 from dataset.labels import CLASS_SUBSETS, NUM_CLASSES
 from utils.config import (
     ConfigError,
@@ -53,18 +49,9 @@ from utils.evaluation.reports import recorded_subset_protocol
 from utils.logger import write_json
 from utils.protocols import flatten
 from utils.provenance import command_line, footer, provenance
+from utils.setups import SETUPS, script_for_config, script_module
 
-SCRIPTS = {"train_clan_norm.py": train_clan_norm, "train_norm_only.py": train_norm_only,
-           "train_maxsquare_norm.py": train_maxsquare_norm,
-           "train_dacs_norm.py": train_dacs_norm}  # fmt: skip
-BY_CONFIG_NAME = {
-    "clan_norm": "train_clan_norm.py",
-    "clan": "train_clan_norm.py",
-    "norm_only": "train_norm_only.py",
-    "source_only": "train_norm_only.py",
-}
-BY_CONFIG_PREFIX = {"maxsquare": "train_maxsquare_norm.py",  # maxsquare_iw_norm.yaml, ...
-                    "dacs": "train_dacs_norm.py"}  # dacs.yaml, dacs_norm.yaml
+SCRIPTS = {setup.script: script_module(setup) for setup in SETUPS}  # the table's scripts
 # Settings that do not change what a run computes: a reused run may differ in these.
 NOT_RESULTS = {"train.device", "train.out_dir", "train.run_name", "train.log_every",
                "train.image_every", "train.save_every", "train.keep_checkpoints",
@@ -80,18 +67,19 @@ class RunStoppedError(UserError, RuntimeError):
 
 
 def script_for(config: str, script: str | None) -> str:
-    """The training script of ``config``: ``script`` if given, else from the config's name."""
+    """The training script of ``config``: ``script`` if given, else from the config's name
+    (``utils.setups.script_for_config``)."""
     if script is not None:
         return script
-    stem = Path(config).stem
-    by_prefix = [s for prefix, s in BY_CONFIG_PREFIX.items() if stem.startswith(prefix)]
-    if stem not in BY_CONFIG_NAME and not by_prefix:
+    setup = script_for_config(config)
+    if setup is None:
+        known = [Path(v.demo).stem for s in SETUPS for v in s.variants if v.demo]
         raise UsageError(
-            f"--config {config}: cannot tell its training script from the name {stem!r} (known: "
-            f"{', '.join(BY_CONFIG_NAME)}, {', '.join(p + '*' for p in BY_CONFIG_PREFIX)}): "
-            f"give --script {' or '.join(SCRIPTS)}"
+            f"--config {config}: cannot tell its training script from the name "
+            f"{Path(config).stem!r} (a name that starts with one of {', '.join(known)}): give "
+            f"--script {' or '.join(SCRIPTS)}"
         )
-    return BY_CONFIG_NAME.get(stem) or by_prefix[0]
+    return setup.script
 
 
 def _check_same_settings(run_dir: Path, wanted: dict[str, Any]) -> None:

@@ -47,9 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import train_clan_norm
 import train_dacs_norm
-import train_maxsquare_norm
 import train_norm_only
 from dataset.build import build_dataset
 from dataset.datasets import Batch, eval_loader, infinite_loader
@@ -64,36 +62,18 @@ from utils.evaluation.metrics import ConfusionMatrix
 from utils.provenance import command_line, footer, provenance
 from utils.schedules import damping, norm_damping
 from utils.self_training import blur_kernel_size, color_jitter, gaussian_blur
+from utils.setups import SETUPS as TABLE
+from utils.setups import script_module
 from utils.training.graphs import CudaGraphBackend, GraphedStep
 from utils.training.state import TrainState, prepare
 
-# setup -> (script, overrides); MaxSquare's as its configs: its model, CE, lambda_target 0.1
-_MAXSQUARE = ["model.preset=maxsquare", "loss.seg=ce", "loss.maxsquare.lambda_target=0.1"]
-_IW = [*_MAXSQUARE, "loss.maxsquare.image_wise=true"]
-# DACS's as its configs: its one classifier, and the ignore label in ClassMix's pool
-_DACS = ["model.preset=dacs", "loss.seg=ce", "loss.dacs.mix_ignore=true"]
-SETUPS = {
-    "Source only": (train_norm_only, ["loss.lambda_norm=0"]),
-    "Norm only": (train_norm_only, []),
-    "CLAN": (train_clan_norm, ["loss.lambda_norm=0"]),
-    "CLAN + Norm": (train_clan_norm, []),
-    "MaxSquare": (train_maxsquare_norm, [*_MAXSQUARE, "loss.lambda_norm=0"]),
-    "MaxSquare + Norm": (train_maxsquare_norm, _MAXSQUARE),
-    "MaxSquare + IW": (train_maxsquare_norm, [*_IW, "loss.lambda_norm=0"]),
-    "MaxSquare + IW + Norm": (train_maxsquare_norm, _IW),
-    "DACS": (train_dacs_norm, [*_DACS, "loss.lambda_norm=0"]),
-    "DACS + Norm": (train_dacs_norm, _DACS),
-    "DACS + Norm, one pass": (train_dacs_norm, [*_DACS, "loss.dacs.student_passes=one"]),
-}
+# setup -> (script, overrides on the defaults), the table's variants that the benchmark times
+SETUPS = {v.label: (script_module(s), list(v.speed))
+          for s in TABLE for v in s.variants if v.speed is not None}  # fmt: skip
 PAPER_SETUPS = ["Source only", "Norm only", "CLAN", "CLAN + Norm"]  # timed by default
 # the norm loss's overhead: each setup with it over the same setup without
-NORM_PAIRS = [
-    ("CLAN + Norm", "CLAN"),
-    ("Norm only", "Source only"),
-    ("MaxSquare + Norm", "MaxSquare"),
-    ("MaxSquare + IW + Norm", "MaxSquare + IW"),
-    ("DACS + Norm", "DACS"),
-]
+NORM_PAIRS = [(v.label, v.baseline) for s in TABLE for v in s.variants
+              if v.label in SETUPS and v.baseline in SETUPS]  # fmt: skip
 
 
 def reference_step(state: TrainState, source: Batch, target: Batch | None, step: int) -> None:
@@ -275,8 +255,8 @@ def reference_dacs_step(state: TrainState, source: Batch, target: Batch | None, 
             ema_param.data[:] = alpha * ema_param.data[:] + (1 - alpha) * param.data[:]
 
 
-REFERENCES = {train_maxsquare_norm: reference_maxsquare_step,
-              train_dacs_norm: reference_dacs_step}  # fmt: skip  # script -> its reference step
+# script -> its reference step, as the table names it
+REFERENCES = {script_module(s): globals()[s.reference] for s in TABLE if s.reference}
 
 
 def _sync(device: torch.device) -> None:

@@ -28,10 +28,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import ensemble
-import train_clan_norm
-import train_dacs_norm
-import train_maxsquare_norm
-import train_norm_only
 from benchmarks.seeds import markdown_table, run_staged, summary
 from dataset.labels import NUM_CLASSES
 from utils.config import take_overrides
@@ -39,6 +35,8 @@ from utils.errors import UsageError, add_debug_flag, run
 from utils.logger import write_json
 from utils.provenance import command_line, footer, provenance, short_commit, stale
 from utils.readme import block, find_block, update_block
+from utils.setups import MAXSQUARE_START
+from utils.setups import SETUPS as TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = "python -m benchmarks.synthetic_table"  # what the blocks' markers name
@@ -52,12 +50,12 @@ PAGES = {  # each table's block lives on its docs page; the main table's summary
     "synthetic-table-dacs-synthia": ("docs/dacs.md",),
 }
 
-class Setup(NamedTuple):
+class Row(NamedTuple):
     """A row: its label, training script, config and extra overrides, and the first stage
     (a config) it starts from, if any (``benchmarks.seeds --start``)."""
 
     label: str
-    script: object
+    script: str
     config: str
     extra: tuple[str, ...] = ()
     start: str | None = None
@@ -71,15 +69,16 @@ class Ensemble(NamedTuple):
     weights: tuple[float, ...]
 
 
-MAXSQUARE_START = "configs/demo/maxsquare_source.yaml"
-SETUPS: dict[str, Setup | Ensemble] = {
-    "source_only": Setup("Source only", train_norm_only, "configs/demo/source_only.yaml", ()),
-    "norm_only": Setup("Norm only", train_norm_only, "configs/demo/norm_only.yaml", ()),
-    "clan": Setup("CLAN", train_clan_norm, "configs/demo/clan.yaml", ()),
-    "clan_norm": Setup("CLAN + Norm", train_clan_norm, "configs/demo/clan_norm.yaml", ()),
-    "oracle": Setup(
+NORM_ONLY, CLAN = "train_norm_only.py", "train_clan_norm.py"
+MAXSQUARE, DACS = "train_maxsquare_norm.py", "train_dacs_norm.py"
+# Every variant of the table of setups is a row, named by its demo config; then the rows of
+# this benchmark alone: an oracle, the released protocol, SYNTHIA, controls and an ensemble.
+SETUPS: dict[str, Row | Ensemble] = {
+    **{Path(v.demo).stem: Row(v.label, s.script, v.demo, (), v.start)
+       for s in TABLE for v in s.variants if v.demo},
+    "oracle": Row(
         "Oracle (target labels)",
-        train_norm_only,
+        NORM_ONLY,
         "configs/demo/source_only.yaml",
         (
             "data.source.dataset=cityscapes",
@@ -88,81 +87,50 @@ SETUPS: dict[str, Setup | Ensemble] = {
             "data.source.crop=null",
         ),
     ),
-    "norm_only_released": Setup(
-        "Norm only, released protocol",
-        train_norm_only,
-        "configs/demo/released/norm_only.yaml",
-        (),
+    "norm_only_released": Row(
+        "Norm only, released protocol", NORM_ONLY, "configs/demo/released/norm_only.yaml"
     ),
-    "norm_only_released_once": Setup(
+    "norm_only_released_once": Row(
         "Norm only, released protocol but each weight updated once",
-        train_norm_only,
+        NORM_ONLY,
         "configs/demo/released/norm_only.yaml",
         ("optim.backbone_updates=once",),
     ),
-    "clan_norm_released": Setup(
-        "CLAN + Norm, released protocol",
-        train_clan_norm,
-        "configs/demo/released/clan_norm.yaml",
-        (),
+    "clan_norm_released": Row(
+        "CLAN + Norm, released protocol", CLAN, "configs/demo/released/clan_norm.yaml"
     ),
-    "synthia_source_only": Setup(
-        "Source only (SYNTHIA)",
-        train_norm_only,
-        "configs/demo/synthia/source_only.yaml",
-        (),
+    "synthia_source_only": Row(
+        "Source only (SYNTHIA)", NORM_ONLY, "configs/demo/synthia/source_only.yaml"
     ),
-    "synthia_norm_only": Setup(
-        "Norm only (SYNTHIA)",
-        train_norm_only,
-        "configs/demo/synthia/norm_only.yaml",
-        (),
-    ),
-    "synthia_clan_norm": Setup(
-        "CLAN + Norm (SYNTHIA)",
-        train_clan_norm,
-        "configs/demo/synthia/clan_norm.yaml",
-        (),
-    ),
-    "norm_only_bn": Setup(
+    "synthia_norm_only": Row("Norm only (SYNTHIA)", NORM_ONLY,
+                             "configs/demo/synthia/norm_only.yaml"),
+    "synthia_clan_norm": Row("CLAN + Norm (SYNTHIA)", CLAN, "configs/demo/synthia/clan_norm.yaml"),
+    "norm_only_bn": Row(
         "Norm only, lambda_norm 1e-9 (target pass, no norm gradient)",
-        train_norm_only,
+        NORM_ONLY,
         "configs/demo/norm_only.yaml",
         ("loss.lambda_norm=1e-9",),
     ),
-    "norm_only_strong": Setup(
+    "norm_only_strong": Row(
         "Norm only, lambda_norm 1e-2",
-        train_norm_only,
+        NORM_ONLY,
         "configs/demo/norm_only.yaml",
         ("loss.lambda_norm=1e-2",),
     ),
-    "maxsquare_source": Setup("Source only (MaxSquare's start)", train_maxsquare_norm,
-                              MAXSQUARE_START),
-    "maxsquare": Setup("MaxSquare", train_maxsquare_norm, "configs/demo/maxsquare.yaml",
-                       start=MAXSQUARE_START),
-    "maxsquare_norm": Setup("MaxSquare + Norm", train_maxsquare_norm,
-                            "configs/demo/maxsquare_norm.yaml", start=MAXSQUARE_START),
-    "maxsquare_iw": Setup("MaxSquare + IW", train_maxsquare_norm, "configs/demo/maxsquare_iw.yaml",
-                          start=MAXSQUARE_START),
-    "maxsquare_iw_norm": Setup("MaxSquare + IW + Norm", train_maxsquare_norm,
-                               "configs/demo/maxsquare_iw_norm.yaml", start=MAXSQUARE_START),
-    # The paper's "Max Square + Norm *": 0.7 on the Norm-only model, 0.3 on MaxSquare, flip on.
     # the controls: the same 200 steps from the same start, with the target pass but (almost) no
     # target gradient, and with no target pass at all (continued source training)
-    "maxsquare_bn": Setup("MaxSquare, lambda_target 1e-9 (target pass, no target gradient)",
-                          train_maxsquare_norm, "configs/demo/maxsquare.yaml",
-                          ("loss.maxsquare.lambda_target=1e-9",), MAXSQUARE_START),
-    "maxsquare_continued": Setup("Source only, 200 more steps (no target pass)",
-                                 train_maxsquare_norm, "configs/demo/maxsquare.yaml",
-                                 ("loss.maxsquare.lambda_target=0",), MAXSQUARE_START),
+    "maxsquare_bn": Row("MaxSquare, lambda_target 1e-9 (target pass, no target gradient)",
+                        MAXSQUARE, "configs/demo/maxsquare.yaml",
+                        ("loss.maxsquare.lambda_target=1e-9",), MAXSQUARE_START),
+    "maxsquare_continued": Row("Source only, 200 more steps (no target pass)",
+                               MAXSQUARE, "configs/demo/maxsquare.yaml",
+                               ("loss.maxsquare.lambda_target=0",), MAXSQUARE_START),
+    # The paper's "Max Square + Norm *": 0.7 on the Norm-only model, 0.3 on MaxSquare, flip on.
     "maxsquare_ensemble": Ensemble("Norm only (0.7) + MaxSquare (0.3) ensemble, flip",
                                    ("norm_only", "maxsquare"), (0.7, 0.3)),
-    "dacs": Setup("DACS", train_dacs_norm, "configs/demo/dacs.yaml"),
-    "dacs_norm": Setup("DACS + Norm", train_dacs_norm, "configs/demo/dacs_norm.yaml"),
-    "synthia_dacs": Setup("DACS (SYNTHIA)", train_dacs_norm, "configs/demo/synthia/dacs.yaml"),
-    "synthia_dacs_norm": Setup("DACS + Norm (SYNTHIA)", train_dacs_norm,
-                               "configs/demo/synthia/dacs_norm.yaml"),
-}
+    "synthia_dacs": Row("DACS (SYNTHIA)", DACS, "configs/demo/synthia/dacs.yaml"),
+    "synthia_dacs_norm": Row("DACS + Norm (SYNTHIA)", DACS, "configs/demo/synthia/dacs_norm.yaml"),
+}  # fmt: skip
 MAXSQUARE_ROWS = [s for s in SETUPS if s.startswith("maxsquare")]
 DACS_ROWS = [s for s in SETUPS if "dacs" in s]
 
@@ -173,8 +141,7 @@ def run_setup(setup: str, seeds: Sequence[int], runs: Path, overrides: Sequence[
     row = SETUPS[setup]
     if isinstance(row, Ensemble):
         return [_ensemble(row, setup, s, runs, overrides) for s in seeds]
-    name = Path(row.script.__file__).name
-    return [run_staged(name, row.config, s, runs, setup, overrides, row.start, row.extra)
+    return [run_staged(row.script, row.config, s, runs, setup, overrides, row.start, row.extra)
             for s in seeds]  # fmt: skip
 
 

@@ -193,9 +193,12 @@ def tiny_cfg(*extra):
 
 
 def spy_terms(monkeypatch, module, names):
-    """Wrap ``module``'s loss functions so that each returned term records the gradient that
-    reaches it in the backward passes: d(total)/d(term), i.e. its weight in the total (None if
-    the term was left out)."""
+    """Wrap the loss functions ``names``, as ``module`` (a training script) and
+    ``utils.losses`` (where the shared step pieces call them) hold them, so that each returned
+    term records the gradient that reaches it in the backward passes: d(total)/d(term), i.e.
+    its weight in the total (None if the term was left out)."""
+    import utils.losses
+
     seen = []
 
     def wrap(name, fn):
@@ -210,5 +213,7 @@ def spy_terms(monkeypatch, module, names):
         return spy
 
     for name in names:
-        monkeypatch.setattr(module, name, wrap(name, getattr(module, name)))
+        for owner in (module, utils.losses):
+            if hasattr(owner, name):
+                monkeypatch.setattr(owner, name, wrap(name, getattr(owner, name)))
     return seen

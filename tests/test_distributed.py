@@ -13,6 +13,8 @@ import torch
 import torch.multiprocessing as mp
 from conftest import TINY_TRAIN
 
+from utils.setups import scripts
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = [*TINY_TRAIN, "train.device=cpu", "data.source.resize=null",
@@ -66,18 +68,22 @@ RELEASED = ["data.source.crop=null", "data.source.resize=[96,52]", "data.target.
             "data.target.resize=[96,48]"]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "script, config, extra",
-    [
-        ("train_clan_norm", "configs/demo/clan_norm.yaml", []),
-        ("train_clan_norm", "configs/demo/released/clan_norm.yaml", RELEASED),
-        ("train_norm_only", "configs/demo/norm_only.yaml", []),
-        ("train_norm_only", "configs/demo/source_only.yaml", []),
-        ("train_maxsquare_norm", "configs/demo/maxsquare_iw_multi_norm.yaml", ["model.init_from="]),
-        ("train_maxsquare_norm", "configs/demo/maxsquare_norm.yaml", ["model.init_from="]),
-        ("train_dacs_norm", "configs/demo/dacs_norm.yaml", []),
-    ],
-)
+DDP_CASES = [
+    ("train_clan_norm", "configs/demo/clan_norm.yaml", []),
+    ("train_clan_norm", "configs/demo/released/clan_norm.yaml", RELEASED),
+    ("train_norm_only", "configs/demo/norm_only.yaml", []),
+    ("train_norm_only", "configs/demo/source_only.yaml", []),
+    ("train_maxsquare_norm", "configs/demo/maxsquare_iw_multi_norm.yaml", ["model.init_from="]),
+    ("train_maxsquare_norm", "configs/demo/maxsquare_norm.yaml", ["model.init_from="]),
+    ("train_dacs_norm", "configs/demo/dacs_norm.yaml", []),
+]
+
+
+def test_every_setup_of_the_table_is_run_under_ddp():
+    assert {f"{script}.py" for script, _, _ in DDP_CASES} == set(scripts())
+
+
+@pytest.mark.parametrize("script, config, extra", DDP_CASES)
 def test_two_gloo_processes_keep_identical_weights(tmp_path, synthetic, script, config, extra):
     argv = ["--config", config, *TINY, *extra, *synthetic, f"train.out_dir={tmp_path}",
             "train.run_name=ddp"]  # fmt: skip

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ import train_norm_only
 from dataset.datasets import Batch
 from utils.config import ConfigError, load_config
 from utils.distributed import DistInfo
+from utils.setups import scripts
 from utils.training.graphs import GraphedStep, GraphShapeError, make_capturable
 from utils.training.loop import _set_learning_rates, _step_runner
 from utils.training.meters import accumulate
@@ -140,6 +142,10 @@ def _assert_same(eager: list[dict], graphed: list[dict], a: TrainState, b: Train
         torch.testing.assert_close(wb[key], wa[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
+def test_every_setup_of_the_table_is_graphed():
+    assert {Path(script.__file__).name for script, _ in SETUPS.values()} == set(scripts())
+
+
 @pytest.mark.parametrize("setup", list(SETUPS))
 def test_graphed_step_gives_the_eager_losses_and_weights(setup, small_model):
     """7 steps: 2 warm-up steps, the capture at step 2, replays from there; D's map switches on
@@ -156,7 +162,7 @@ def test_graphed_step_gives_the_eager_losses_and_weights(setup, small_model):
     # The scalars and rates live in device tensors the graph reads.
     groups = [g for o in graphed.optimizers.values() for g in o.param_groups]
     assert all(torch.is_tensor(g["lr"]) for g in groups)
-    assert set(graphed.static_values) == set(script.step_values(graphed.cfg, 0))
+    assert set(graphed.static_values) == set(graphed.schedule(graphed.cfg, 0))
 
 
 def test_the_runner_is_needed_a_plain_replay_differs(small_model):

@@ -9,8 +9,10 @@ from utils.losses import (
     cross_entropy,
     feature_norm,
     focal_loss,
+    head_loss,
     segmentation_loss,
     stepwise_norm_loss,
+    stepwise_norm_term,
 )
 from utils.schedules import damping, norm_damping, poly_lr
 
@@ -55,6 +57,32 @@ def test_segmentation_loss_upsamples_both_heads_and_sums():
     assert focal.item() == pytest.approx(2 * math.log(4 / 3) / 16, rel=1e-6)
     with pytest.raises(ValueError, match="loss.seg"):
         segmentation_loss(p, p, label, kind="dice")
+
+
+def test_head_loss_is_one_heads_share_of_the_segmentation_loss():
+    p1, p2 = _logits(2, 2), torch.zeros(1, 2, 2, 2)  # p2: softmax (1/2, 1/2) everywhere
+    label = torch.ones(1, 5, 7, dtype=torch.long)
+    assert head_loss(p1, label).item() == pytest.approx(math.log(4 / 3), rel=1e-6)
+    assert head_loss(p2, label).item() == pytest.approx(math.log(2), rel=1e-6)
+    assert head_loss(p1, label, "focal", 2.0).item() == pytest.approx(
+        math.log(4 / 3) / 16, rel=1e-6
+    )
+    assert torch.equal(
+        segmentation_loss(p1, p2, label), head_loss(p1, label) + head_loss(p2, label)
+    )
+    with pytest.raises(ValueError, match="loss.seg"):
+        head_loss(p1, label, kind="dice")
+
+
+def test_the_norm_term_of_a_zero_weight_costs_no_backward():
+    features = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    features.requires_grad_()
+    trained = stepwise_norm_term(features, 0.12, 1.5e-4)
+    logged = stepwise_norm_term(features, 0.12, 0.0)
+    assert trained.item() == pytest.approx(0.12**2, rel=1e-5) == logged.item()  # dr^2, float32
+    assert trained.requires_grad and not logged.requires_grad  # lambda 0: features detached
+    trained.backward()
+    assert features.grad is not None and features.grad.abs().sum() > 0
 
 
 def test_feature_norm_by_hand():

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.same_behaviour import Comparison, plan, same
+from utils.setups import SETUPS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,9 +62,8 @@ def test_values_compare_exactly_and_nan_equals_nan():
 def test_the_plan_covers_every_setup_and_script(tmp_path):
     names = [name for name, _ in plan(tmp_path)]
     commands = {command[0] for _, command in plan(tmp_path)}
-    setups = ["source_only", "norm_only", "clan", "clan_norm", "maxsquare_source", "maxsquare",
-              "maxsquare_norm", "maxsquare_iw", "maxsquare_iw_norm", "maxsquare_iw_multi",
-              "maxsquare_iw_multi_norm", "dacs", "dacs_norm"]  # fmt: skip
+    setups = [Path(v.demo).stem for s in SETUPS for v in s.variants if v.demo]
+    assert len(setups) == 13  # Source only ... DACS + Norm: every setup's demo
     assert {f"train_{s}" for s in setups} | {"resume", "evaluate", "sweep", "ensemble",
                                               "predict", "analyze"} <= set(names)  # fmt: skip
     scripts = {p.name for p in ROOT.glob("train_*.py")}

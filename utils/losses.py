@@ -52,6 +52,23 @@ def focal_loss(
     return (loss * valid).sum() / valid.sum().clamp(min=1)
 
 
+def head_loss(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    kind: str = "ce",
+    focal_gamma: float = 2.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """One head's segmentation loss ``l(up(logits), y)``, with l = CE (paper) or focal
+    (released code), the logits upsampled to the label's size."""
+    logits = upsample_to(logits, tuple(label.shape[-2:]))
+    if kind == "ce":
+        return cross_entropy(logits, label, ignore_index)
+    if kind == "focal":
+        return focal_loss(logits, label, focal_gamma, ignore_index)
+    raise ValueError(f"loss.seg: expected 'ce' or 'focal', got {kind!r}")
+
+
 def segmentation_loss(
     p1: torch.Tensor,
     p2: torch.Tensor,
@@ -60,18 +77,9 @@ def segmentation_loss(
     focal_gamma: float = 2.0,
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
-    """``L_seg = l(up(p1), y) + l(up(p2), y)`` with l = CE (paper) or focal (released code)."""
-    size = tuple(label.shape[-2:])
-    terms = []
-    for logits in (p1, p2):
-        logits = upsample_to(logits, size)
-        if kind == "ce":
-            terms.append(cross_entropy(logits, label, ignore_index))
-        elif kind == "focal":
-            terms.append(focal_loss(logits, label, focal_gamma, ignore_index))
-        else:
-            raise ValueError(f"loss.seg: expected 'ce' or 'focal', got {kind!r}")
-    return terms[0] + terms[1]
+    """``L_seg = l(up(p1), y) + l(up(p2), y)``: both heads' ``head_loss``."""
+    return (head_loss(p1, label, kind, focal_gamma, ignore_index)
+            + head_loss(p2, label, kind, focal_gamma, ignore_index))  # fmt: skip
 
 
 def feature_norm(features: torch.Tensor) -> torch.Tensor:
@@ -89,6 +97,13 @@ def stepwise_norm_loss(features: torch.Tensor, delta_r: float) -> torch.Tensor:
     """
     norms = feature_norm(features)
     return ((norms.detach() + delta_r - norms) ** 2).mean()
+
+
+def stepwise_norm_term(features: torch.Tensor, delta_r: float, lambda_norm: float) -> torch.Tensor:
+    """``stepwise_norm_loss`` of a term weighted ``lambda_norm`` (unweighted): with lambda_norm
+    0 (a setup's baseline) the features are detached, so the term, still logged, costs no
+    backward."""
+    return stepwise_norm_loss(features if lambda_norm > 0 else features.detach(), delta_r)
 
 
 def discrepancy_map(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:

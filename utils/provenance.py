@@ -26,6 +26,7 @@ import torch
 
 from utils.errors import OutputExistsError
 from utils.logger import write_json
+from utils.setups import scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 # The settings of a results record that name files (``recorded_settings``): compared as absolute
@@ -33,9 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FILE_SETTINGS = ("checkpoint", "pred_dir", "snapshots", "members")
 # What a training or evaluation result depends on: a commit touching these after a result's
 # own commit makes the result stale (``stale``).
-CODE_PATHS = ("train_clan_norm.py", "train_norm_only.py", "train_maxsquare_norm.py",
-              "train_dacs_norm.py", "evaluate_cityscapes.py", "ensemble.py", "model", "dataset",
-              "utils", "configs")  # fmt: skip
+CODE_PATHS = (*scripts(), "evaluate_cityscapes.py", "ensemble.py", "model", "dataset", "utils",
+              "configs")  # fmt: skip
 
 
 def _git(*args: str) -> str | None:

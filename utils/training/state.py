@@ -26,6 +26,7 @@ from model.deeplabv2 import DeepLabV2
 from utils.checkpoint import restore_training, training_checkpoint
 from utils.config import Config, to_dict
 from utils.distributed import DistInfo
+from utils.schedules import norm_damping
 from utils.training.optim import build_sgd
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -160,6 +161,13 @@ def build_generator(cfg: Config, device: torch.device) -> tuple[DeepLabV2, torch
     model.train()
     sgd = build_sgd(cfg.optim, model.backbone_stages(), model.param_groups(cfg.optim.lr))
     return model, sgd
+
+
+def norm_step_values(cfg: Config, step: int) -> dict[str, float]:
+    """The step value of every setup with the norm loss, a pure function of the step: the
+    norm-loss damping d_norm."""
+    n = cfg.optim.schedule_steps
+    return {"damping_norm": norm_damping(step, n, cfg.loss.clamp_norm_damping)}
 
 
 def seed_everything(seed: int) -> None:
