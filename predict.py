@@ -47,7 +47,7 @@ from dataset.labels import output_train_ids
 from dataset.transforms import PairedTransform, TransformSpec
 from model.build import preset_name
 from model.deeplabv2 import DeepLabV2
-from utils.analysis.panels import legend, overlay, save_png
+from utils.analysis.panels import legend, overlay
 from utils.distributed import DistInfo, describe
 from utils.errors import UsageError, add_debug_flag, refuse_overwrite, run
 from utils.evaluation.inference import predict_scores, predicted_train_ids
@@ -57,6 +57,7 @@ from utils.evaluation.prepare import (
     checkpoint_overrides,
     prepare_eval,
 )
+from utils.files import save_png
 from utils.logger import setup_logging
 
 log = logging.getLogger("predict")

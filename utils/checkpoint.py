@@ -13,11 +13,9 @@ one calls it::
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import re
 import struct
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +27,7 @@ from torch import nn
 
 from utils.config import config_from_dict
 from utils.errors import UserError
+from utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +41,7 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
     ``os.replace``, so a crash or kill mid-write never leaves a corrupt or missing file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno is not None:  # name the file the user sees
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f), fsync=True)
 
 
 # What torch.load raises on a file that is not a PyTorch checkpoint (truncated archives, text,

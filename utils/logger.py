@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from utils.files import atomic_write
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FILE_ONLY = "file_only"  # ``extra={FILE_ONLY: True}``: a record for the log file alone
 
@@ -42,9 +44,7 @@ class MetricWriter:
         if purge_after and jsonl.is_file():
             kept = [line for line in jsonl.read_text().splitlines()
                     if line and json.loads(line)["step"] <= purge_after]  # fmt: skip
-            tmp = jsonl.with_name(f".{jsonl.name}.tmp")
-            tmp.write_text("".join(f"{line}\n" for line in kept))
-            tmp.replace(jsonl)
+            atomic_write(jsonl, lambda f: f.write("".join(f"{line}\n" for line in kept).encode()))
         self._jsonl = jsonl.open("a")
         self._tb = SummaryWriter(
             log_dir=str(self.run_dir / "tensorboard"),
@@ -76,7 +76,4 @@ class MetricWriter:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))

@@ -35,6 +35,7 @@ from utils.config import take_overrides
 from utils.errors import UsageError
 from utils.evaluation.inference import predict_scores, predicted_train_ids
 from utils.evaluation.predictions import panel_path
+from utils.files import save_png
 
 log = logging.getLogger(__name__)
 
@@ -270,12 +271,6 @@ def write_comparison_panel(
         [_rgb(s.image) for s in samples], [s.label.numpy() for s in samples], preds, names
     )
     return save_png(panel, path)
-
-
-def save_png(array: np.ndarray, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
 
 
 def _rgb(image: torch.Tensor) -> np.ndarray:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from dataset.labels import CLASS_NAMES, PALETTE
 from utils.evaluation.metrics import SHORT_NAMES, nanmean
+from utils.files import atomic_write
 
 DOMAIN_COLOURS = {"source": "tab:orange", "target": "tab:blue"}
 DOMAIN_MARKERS = {"source": "o", "target": "x"}
@@ -30,7 +32,10 @@ def _figure(rows: int, cols: int, panel: tuple[float, float], **kwargs):
 
 
 def _save(fig, path: str | Path) -> None:
-    fig.savefig(path, dpi=100)
+    """``fig`` at ``path`` atomically, in the format its suffix names (as ``savefig(path)``
+    infers it; the default, PNG, without one)."""
+    path = Path(path)
+    atomic_write(path, partial(fig.savefig, dpi=100, format=path.suffix[1:] or None))
 
 
 def _log_bins(values: Sequence[np.ndarray], count: int = 60) -> np.ndarray:

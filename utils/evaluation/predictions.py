@@ -16,6 +16,7 @@ from tqdm import tqdm
 from dataset.labels import NUM_CLASSES, colorize
 from utils.errors import MissingPredictionError, PredictionError, refuse_overwrite
 from utils.evaluation.metrics import ConfusionMatrix
+from utils.files import save_png
 
 
 def prediction_paths(name: str, save_dir: Path) -> tuple[Path, Path]:
@@ -27,8 +28,7 @@ def save_prediction(pred: np.ndarray, name: str, save_dir: Path) -> None:
     """``save_dir/<name>``: trainId PNG (what ``--pred-dir`` reads); ``save_dir/color/<name>``:
     the Cityscapes colours."""
     for path, array in zip(prediction_paths(name, save_dir), (pred, colorize(pred))):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(array).save(path)
+        save_png(array, path)
 
 
 def find_prediction(pred_dir: Path, name: str) -> Path:
