@@ -344,11 +344,3 @@ def test_compare_iou_bad_input(tmp_path, capsys):
     (tmp_path / "plot.png").write_bytes(b"")
     assert run(compare_iou.main, ["--results", *files, "--out", out]) == 2
     assert "plot.png exists: pass --overwrite" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("module", [analyze_features, compare_iou])
-def test_help(module, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        module.main(["--help"])
-    assert exit_info.value.code == 0
-    assert "usage" in capsys.readouterr().out

@@ -258,12 +258,3 @@ def test_sigterm_saves_a_loadable_checkpoint(tmp_path, synthetic):
     assert train_clan_norm.main(["--resume", str(tmp_path / "sig"),
                                  f"train.max_steps={ckpt['step'] + 1}"]) == 0  # fmt: skip
     assert os.path.exists(tmp_path / "sig" / "results.json")
-
-
-def test_help(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        train_clan_norm.main(["--help"])
-    out = capsys.readouterr().out  # argparse prints --help on stdout
-    assert exit_info.value.code == 0 and out.startswith("usage: ")
-    assert "--resume RUN_DIR_OR_CKPT" in out and "--debug" in out
-    assert "python train_clan_norm.py --config configs/demo/clan_norm.yaml" in out  # the docstring

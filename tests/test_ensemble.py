@@ -265,14 +265,6 @@ def test_ensemble_bad_input(tmp_path, synthetic):
     assert not save_dir.exists()  # nothing written before the first prediction
 
 
-@pytest.mark.parametrize("module", [ensemble, evaluate_cityscapes])
-def test_help(module, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        module.main(["--help"])
-    assert exit_info.value.code == 0
-    assert "usage" in capsys.readouterr().out
-
-
 def reference_subset_cm(model, synthetic, view=None):
     """The confusion matrix by hand: output k of a K-class model is trainId CLASS_SUBSETS[K][k];
     ``view``: the argmax over the outputs whose trainId it holds."""

@@ -7,8 +7,10 @@ training, and last the scripts and benchmarks. A module imports from its own lev
 ``model/`` and ``dataset/`` import only the floor (and themselves), and ``utils/losses.py`` and
 ``utils/schedules.py`` nothing of the repository at all.
 
-And every entry point (a module run as ``__main__``, or a package's ``__main__.py``) prints
-the commands of its docstring in ``--help`` exactly as written in the source.
+And every entry point (a module run as ``__main__``, or a package's ``__main__.py``) answers
+``--help`` on stdout with exit status 0: the usage line first, ``--debug``, the commands of its
+docstring exactly as written in the source, the exit statuses where its docstring lists them,
+and ``--resume`` where it is a training script.
 """
 
 from __future__ import annotations
@@ -171,10 +173,27 @@ def _commands(path: Path) -> list[list[str]]:
     return commands
 
 
+def _exit_statuses(path: Path) -> list[str]:
+    """The lines of the module docstring that start its "Exit status:" paragraph (if any)."""
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    return [line for line in doc.splitlines() if line.startswith("Exit status")]
+
+
+def _is_training_script(name: str) -> bool:
+    """Whether ``name`` is built on the shared training command line (``utils.training.cli``)."""
+    modules = _modules()
+    return "utils.training.cli" in _imports(modules[name], name, modules)
+
+
 def test_the_entry_points_are_found():
     entries = _entry_points()
     assert {"train_clan_norm", "predict", "benchmarks.speed", "dataset.synthetic"} <= set(entries)
     assert {"utils.analysis.compare_iou", "utils.protocols"} <= set(entries)
+    # and the kinds the help test checks more of: the training scripts, the exit statuses
+    training = {name for name in entries if _is_training_script(name)}
+    assert training == {name for name in entries if name.startswith("train_")}
+    assert {"train_norm_only", "train_clan_norm"} <= training
+    assert _exit_statuses(_modules()["predict"])
 
 
 @pytest.mark.parametrize("name", _entry_points())
@@ -182,11 +201,16 @@ def test_help_prints_the_docstring_commands_as_written(name, capsys):
     """A backslash continuation in a docstring that is not raw is eaten by Python, so two
     lines of an example print as one; a description cut short leaves them out."""
     module = importlib.import_module(name)
-    commands = _commands(_modules()[name])
+    path = _modules()[name]
+    commands = _commands(path)
     assert commands, f"{name}: no python or torchrun command in its docstring"
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])
-    out = capsys.readouterr().out
-    assert exit_info.value.code == 0
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0 and err == ""  # argparse prints --help on stdout
+    assert out.startswith("usage: ") and "--debug" in out  # every entry point takes --debug
     missing = ["\n".join(lines) for lines in commands if "\n".join(lines) not in out]
     assert missing == []
+    assert [line for line in _exit_statuses(path) if line not in out] == []
+    if _is_training_script(name):
+        assert "--resume RUN_DIR_OR_CKPT" in out

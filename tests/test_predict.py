@@ -160,9 +160,3 @@ def test_bad_input(tmp_path, photos, model_and_ckpt, capsys):
         predict.main([*base, "--input", str(photos), "--alpha", "1.5"])
     assert "--alpha" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-
-
-def test_help(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        predict.main(["--help"])
-    assert exit_info.value.code == 0 and "Exit status" in capsys.readouterr().out

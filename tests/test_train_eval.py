@@ -166,14 +166,6 @@ def test_evaluate_rejects_mismatched_checkpoint(tmp_path, synthetic):
         evaluate_cityscapes.main(["--restore", str(tmp_path / "absent.pth")])
 
 
-@pytest.mark.parametrize("module", [train_norm_only, evaluate_cityscapes])
-def test_help(module, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        module.main(["--help"])
-    assert exit_info.value.code == 0
-    assert "usage" in capsys.readouterr().out
-
-
 def test_picture_shows_label_at_image_size_entropy_and_feature_norms():
     from dataset.datasets import Batch
     from model.deeplabv2 import DeepLabV2
