@@ -1,8 +1,10 @@
 """Shared test setup: the repository root on sys.path, deterministic single-threaded torch, the
 tiny configurations every test file builds on (``from conftest import TINY_EVAL``), fixtures
-for the tiny synthetic benchmark, and the checkpoint files of every public DeepLab-v2 layout.
+for the tiny synthetic benchmark, short training runs, and the checkpoint files of every public
+DeepLab-v2 layout.
 """
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -28,6 +30,11 @@ TINY_EVAL = [*TINY_MODEL, *_TINY_DATA, "train.device=cpu"]
 # test's to choose.
 TINY_TRAIN = [*TINY_MODEL, *_TINY_DATA, "data.source.crop=[96,48]", "data.target.crop=[96,48]",
               "data.batch_size=1", "train.log_every=1", "train.image_every=0"]  # fmt: skip
+# A short run in the test process: on the CPU, batch 2, warm-up over by step 2.
+TINY_CPU_TRAIN = [*TINY_TRAIN, "train.device=cpu", "data.batch_size=2", "optim.warmup_steps=2",
+                  "optim.schedule_steps=12"]  # fmt: skip
+# The norm-only runs': a larger learning rate, and image grids every 2 steps.
+TINY_NORM_ONLY = [*TINY_CPU_TRAIN, "optim.lr=0.01", "train.image_every=2"]
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +77,27 @@ def tiny_run(synthetic):
     """Overrides for a short training run of a small G and D on the tiny synthetic benchmark
     (``TINY_TRAIN``, warm-up over by step 2). The device is the test's to choose."""
     return [*synthetic, *TINY_TRAIN, "optim.warmup_steps=2", "optim.schedule_steps=12"]
+
+
+def train_run(main, tmp_path: Path, name: str, *args: str) -> Path:
+    """The run folder ``tmp_path/name`` of a training script's ``main(args)``, which must
+    finish (exit status 0)."""
+    assert main([*args, f"train.out_dir={tmp_path}", f"train.run_name={name}"]) == 0
+    return tmp_path / name
+
+
+def norm_only_run(tmp_path: Path, synthetic: list[str], name: str, *extra: str,
+                  config: str = "configs/demo/norm_only.yaml") -> Path:  # fmt: skip
+    """A ``TINY_NORM_ONLY`` run of ``train_norm_only.py`` on ``config``, with ``extra``."""
+    import train_norm_only
+
+    args = ["--config", config, *TINY_NORM_ONLY, *synthetic, *extra]
+    return train_run(train_norm_only.main, tmp_path, name, *args)
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl``, in order."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def state_weights(state) -> dict[str, torch.Tensor]:

@@ -1,27 +1,20 @@
-"""CLAN + Norm: the adversarial losses by hand, D/G freezing, gradients, signals, resume."""
+"""CLAN + Norm: the adversarial losses by hand, the step's terms and their weights, D/G
+freezing, gradients and updates (the loop's resume, pruning and signals: test_loop.py)."""
 
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, spy_terms
+from conftest import TINY_CPU_TRAIN, spy_terms
 
 import train_clan_norm
 from dataset.datasets import Batch
 from model.discriminator import FCDiscriminator
-from utils.checkpoint import CheckpointError, load_checkpoint
-from utils.config import ConfigError, load_config, read_yaml
+from utils.config import load_config
 from utils.losses import discrepancy_map, weight_discrepancy_loss, weighted_bce_with_logits
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [*TINY_TRAIN, "train.device=cpu", "data.batch_size=2", "optim.warmup_steps=2",
-        "optim.schedule_steps=12"]  # fmt: skip
 
 
 def test_discriminator_shapes_and_names():
@@ -73,7 +66,7 @@ def test_weight_discrepancy_by_hand():
 
 def _state_and_batches(overrides=()):
     torch.manual_seed(0)
-    cfg = load_config(ROOT / "configs/demo/clan_norm.yaml", [*TINY, *overrides])
+    cfg = load_config(ROOT / "configs/demo/clan_norm.yaml", [*TINY_CPU_TRAIN, *overrides])
     state = train_clan_norm.build(cfg, torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
     label = torch.randint(0, 19, (2, 48, 96), generator=g)
@@ -178,83 +171,3 @@ def test_updates_move_g_and_d_only_through_their_optimizers():
     assert any(not torch.equal(d0[k], d1[k]) for k in d0)
     assert any(not torch.equal(g0[k], g1[k]) for k in g0)
     assert 0.0 <= terms["d_acc_s"].item() <= 1.0 and terms["loss_weight"].item() >= 0.0
-
-
-def _run(tmp_path, synthetic, name, *extra):
-    args = ["--config", "configs/demo/clan_norm.yaml", *TINY, *synthetic,
-            f"train.out_dir={tmp_path}", f"train.run_name={name}", *extra]  # fmt: skip
-    assert train_clan_norm.main(args) == 0
-    return tmp_path / name
-
-
-def _losses(run):
-    import json
-
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [
-        {k: v for k, v in r.items() if k.startswith("train/")}
-        for r in rows
-        if "train/loss_seg" in r
-    ]
-
-
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, synthetic):
-    full = _run(tmp_path, synthetic, "full", "train.max_steps=5")
-    part = _run(tmp_path, synthetic, "part", "train.max_steps=2")
-    assert train_clan_norm.main(["--resume", str(part), "train.max_steps=5"]) == 0
-    a = [{k: v for k, v in r.items() if k != "train/sec_per_step"} for r in _losses(full)]
-    b = [{k: v for k, v in r.items() if k != "train/sec_per_step"} for r in _losses(part)]
-    assert a == b and len(a) == 5
-    ca = load_checkpoint(full / "checkpoints" / "last.pth")
-    cb = load_checkpoint(part / "checkpoints" / "last.pth")
-    for name in ("G", "D"):
-        assert all(
-            torch.equal(ca["models"][name][k], cb["models"][name][k]) for k in ca["models"][name]
-        )
-    # the resumed segment's config is the run's config.yaml; the one it replaced is kept
-    assert read_yaml(part / "config.yaml")["train"]["max_steps"] == 5
-    assert read_yaml(part / "config.before_step_000002.yaml")["train"]["max_steps"] == 2
-    assert "train.max_steps: 2 -> 5" in (part / "train.log").read_text()
-    # resuming with another D width is refused with the mismatching keys, which the run's log
-    # records, the config untouched; another class count before any work (training needs the
-    # 19 trainIds)
-    with pytest.raises(CheckpointError, match="shape mismatches"):
-        train_clan_norm.main(["--resume", str(part), "model.d_width=4", "train.max_steps=6"])
-    logged = (part / "train.log").read_text().split(" ERROR train: stopped: ")
-    assert len(logged) == 2 and "shape mismatches" in logged[1]
-    assert read_yaml(part / "config.yaml")["train"]["max_steps"] == 5
-    with pytest.raises(ConfigError, match="model.num_classes=7"):
-        train_clan_norm.main(["--resume", str(part), "model.num_classes=7", "train.max_steps=6"])
-
-
-def test_keep_checkpoints(tmp_path, synthetic):
-    run = _run(tmp_path, synthetic, "keep", "train.max_steps=4", "train.save_every=1",
-               "train.keep_checkpoints=2")  # fmt: skip
-    names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert names == ["last.pth", "step_000003.pth", "step_000004.pth"]
-
-
-def test_non_finite_loss_stops_with_the_term(tmp_path, synthetic):
-    with pytest.raises(Exception, match="loss_norm_s.*non-finite"):
-        _run(tmp_path, synthetic, "nan", "train.max_steps=3", "loss.delta_r=.nan")
-
-
-def test_sigterm_saves_a_loadable_checkpoint(tmp_path, synthetic):
-    args = [sys.executable, "train_clan_norm.py", "--config", "configs/demo/clan_norm.yaml",
-            *TINY, *synthetic, f"train.out_dir={tmp_path}", "train.run_name=sig",
-            "train.max_steps=100000", "train.save_every=0"]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    metrics = tmp_path / "sig" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, out.decode()[-2000:]
-    ckpt = load_checkpoint(tmp_path / "sig" / "checkpoints" / "last.pth")
-    assert ckpt["step"] >= 1 and set(ckpt["models"]) == {"G", "D"}
-    assert not [p for p in (tmp_path / "sig" / "checkpoints").iterdir() if p.suffix == ".tmp"]
-    # and the run continues from it
-    assert train_clan_norm.main(["--resume", str(tmp_path / "sig"),
-                                 f"train.max_steps={ckpt['step'] + 1}"]) == 0  # fmt: skip
-    assert os.path.exists(tmp_path / "sig" / "results.json")

@@ -134,24 +134,6 @@ def test_damping_by_hand():
     assert norm_damping(120, 150, clamp=False) == pytest.approx(-0.2)
 
 
-@pytest.mark.parametrize("scaling, factor", [("none", 1), ("linear", 4)])
-def test_the_loop_sets_each_groups_learning_rate(scaling, factor, small_model):
-    import train_clan_norm
-    from utils.config import load_config
-    from utils.training.loop import _set_learning_rates
-
-    cfg = load_config(None, [*small_model, "optim.lr=0.01", "optim.lr_d=0.001",
-                             f"optim.lr_scaling={scaling}"])  # fmt: skip
-    state = train_clan_norm.build(cfg, torch.device("cpu"))
-    lrs = _set_learning_rates(state, 20, world_size=4)
-    g = poly_lr(20, 0.01 * factor, 1000, 0.9, 10)
-    d = poly_lr(20, 0.001 * factor, 1000, 0.9, 10)
-    assert lrs == {"lr_G": pytest.approx(g), "lr_D": pytest.approx(d)}
-    backbone, heads = state.optimizers["G"].param_groups
-    assert backbone["lr"] == pytest.approx(g) and heads["lr"] == pytest.approx(10 * g)  # x10
-    assert state.optimizers["D"].param_groups[0]["lr"] == pytest.approx(d)
-
-
 def test_the_norm_loss_and_its_damping_lift_out_of_the_repository(tmp_path):
     """utils/losses.py and utils/schedules.py copied alone into a folder import with torch as
     their only dependency: the norm loss and its damping work without the repository."""

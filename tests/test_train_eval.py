@@ -1,4 +1,5 @@
-"""End to end on a tiny synthetic benchmark: train, checkpoint, resume, evaluate, score PNGs."""
+"""End to end on a tiny synthetic benchmark: train, checkpoint, evaluate, score PNGs (the
+shared loop's resume, evaluation during the run and checkpoints: test_loop.py)."""
 
 import json
 import math
@@ -7,33 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN
+from conftest import TINY_NORM_ONLY, metrics_rows, norm_only_run
 from PIL import Image
 
 import evaluate_cityscapes
-import train_norm_only
 from dataset.labels import CLASS_NAMES
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.errors import OutputExistsError, run
 
-TINY = [*TINY_TRAIN, "train.device=cpu", "data.batch_size=2", "optim.lr=0.01",
-        "optim.warmup_steps=2", "optim.schedule_steps=12", "train.image_every=2"]  # fmt: skip
-
-
-def _train(tmp_path, synthetic, name, *extra, config="configs/demo/norm_only.yaml"):
-    args = ["--config", config, *TINY, *synthetic, f"train.out_dir={tmp_path}",
-            f"train.run_name={name}", *extra]  # fmt: skip
-    assert train_norm_only.main(args) == 0
-    return tmp_path / name
-
-
-def _metrics(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
-
 
 def test_norm_only_run_writes_everything(tmp_path, synthetic, capsys):
-    run = _train(tmp_path, synthetic, "a", "train.max_steps=4", "train.save_every=2")
+    run = norm_only_run(tmp_path, synthetic, "a", "train.max_steps=4", "train.save_every=2")
     out = capsys.readouterr().out
     assert "| method" in out and out.rstrip().splitlines()[-1].startswith("mIoU: ")
     assert (run / "config.yaml").is_file() and (run / "train.log").is_file()
@@ -51,7 +36,7 @@ def test_norm_only_run_writes_everything(tmp_path, synthetic, capsys):
     assert [h.step for h in norms] == [1, 2, 4]  # step 1, then every image_every=2
     cells = 7 * 13  # G's stride-8 grid of a 96x48 crop (the stem's max-pool rounds up)
     assert all(h.histogram_value.min >= 0 and h.histogram_value.num == cells for h in norms)
-    records = [r for r in _metrics(run) if "train/loss_seg" in r]
+    records = [r for r in metrics_rows(run) if "train/loss_seg" in r]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     for key in ("loss_norm_s", "loss_norm_t", "feat_norm_s", "feat_norm_t", "lr_G"):
         assert all(math.isfinite(r[f"train/{key}"]) for r in records)
@@ -68,45 +53,18 @@ def test_norm_only_run_writes_everything(tmp_path, synthetic, capsys):
 
     # the run folder is never reused silently
     with pytest.raises(FileExistsError, match="--resume"):
-        _train(tmp_path, synthetic, "a", "train.max_steps=4")
+        norm_only_run(tmp_path, synthetic, "a", "train.max_steps=4")
 
 
 def test_source_only_has_no_target_pass(tmp_path, synthetic):
-    run = _train(tmp_path, synthetic, "src", "train.max_steps=2",
-                 config="configs/demo/source_only.yaml")  # fmt: skip
-    records = [r for r in _metrics(run) if "train/loss_seg" in r]
+    run = norm_only_run(tmp_path, synthetic, "src", "train.max_steps=2",
+                        config="configs/demo/source_only.yaml")  # fmt: skip
+    records = [r for r in metrics_rows(run) if "train/loss_seg" in r]
     assert records and all("train/loss_norm_t" not in r for r in records)
 
 
-def test_resume_continues_step_for_step(tmp_path, synthetic):
-    full = _train(tmp_path, synthetic, "full", "train.max_steps=6", "train.save_every=3")
-    part = _train(tmp_path, synthetic, "part", "train.max_steps=3", "train.save_every=3")
-    assert train_norm_only.main(["--resume", str(part), "train.max_steps=6"]) == 0
-    a = [r for r in _metrics(full) if "train/loss_seg" in r]
-    b = [r for r in _metrics(part) if "train/loss_seg" in r]
-    keys = ["train/loss_seg", "train/feat_norm_s", "train/feat_norm_t", "train/lr_G"]
-    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
-    wa = load_checkpoint(full / "checkpoints" / "last.pth")["models"]["G"]
-    wb = load_checkpoint(part / "checkpoints" / "last.pth")["models"]["G"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def test_resume_errors(tmp_path, synthetic, capsys):
-    with pytest.raises(CheckpointError, match="no checkpoint"):
-        train_norm_only.main(["--resume", str(tmp_path / "nothing")])
-    bogus = tmp_path / "bogus" / "checkpoints" / "last.pth"
-    bogus.parent.mkdir(parents=True)
-    torch.save({"setup": "clan_norm", "config": {}}, bogus)
-    with pytest.raises(CheckpointError, match="setup 'clan_norm'"):
-        train_norm_only.main(["--resume", str(bogus.parent.parent)])
-    # a resumed run continues with its checkpoint's config: another --config is refused
-    with pytest.raises(SystemExit) as exit_info:
-        train_norm_only.main(["--resume", str(bogus.parent.parent), "--config", "x.yaml"])
-    assert exit_info.value.code == 2 and "--config with --resume" in capsys.readouterr().err
-
-
 def test_evaluate_restore_save_dir_and_pred_dir(tmp_path, synthetic, capsys):
-    run = _train(tmp_path, synthetic, "ev", "train.max_steps=2")
+    run = norm_only_run(tmp_path, synthetic, "ev", "train.max_steps=2")
     trained = json.loads((run / "results.json").read_text())["mIoU"]
     capsys.readouterr()
     preds = tmp_path / "preds"
@@ -133,7 +91,7 @@ def test_evaluate_restore_save_dir_and_pred_dir(tmp_path, synthetic, capsys):
 
     # scoring the written PNGs gives the same number, without a model
     scored = tmp_path / "scored.json"
-    args = ["--pred-dir", str(preds), "--results", str(scored), *synthetic, *TINY]
+    args = ["--pred-dir", str(preds), "--results", str(scored), *synthetic, *TINY_NORM_ONLY]
     assert evaluate_cityscapes.main(args) == 0
     assert json.loads(scored.read_text())["mIoU"] == pytest.approx(trained)
     assert json.loads(scored.read_text())["protocol"] == {
@@ -158,7 +116,7 @@ def test_evaluate_restore_save_dir_and_pred_dir(tmp_path, synthetic, capsys):
 
 
 def test_evaluate_rejects_mismatched_checkpoint(tmp_path, synthetic):
-    run = _train(tmp_path, synthetic, "mm", "train.max_steps=1")
+    run = norm_only_run(tmp_path, synthetic, "mm", "train.max_steps=1")
     ckpt = run / "checkpoints" / "last.pth"
     with pytest.raises(CheckpointError, match="shape mismatches"):
         evaluate_cityscapes.main(["--restore", str(ckpt), "model.base_width=16"])
@@ -197,7 +155,7 @@ def test_picture_shows_label_at_image_size_entropy_and_feature_norms():
 
 
 def test_a_sweep_scores_every_snapshot_and_reports_the_final_one(tmp_path, synthetic, capsys):
-    run = _train(tmp_path, synthetic, "sw", "train.max_steps=3", "train.save_every=1")
+    run = norm_only_run(tmp_path, synthetic, "sw", "train.max_steps=3", "train.save_every=1")
     snaps = sorted(str(p) for p in (run / "checkpoints").glob("step_*.pth"))
     capsys.readouterr()
     out = tmp_path / "sweep.json"
@@ -281,17 +239,6 @@ def test_a_list_option_gives_back_the_overrides_it_swallowed(capsys):
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_mid_run_evaluation_and_the_checkpoints_metric(tmp_path, synthetic):
-    run = _train(tmp_path, synthetic, "mid", "train.max_steps=4", "train.eval_every=2",
-                 "train.save_every=2")  # fmt: skip
-    val = [r for r in _metrics(run) if "val/mIoU" in r]
-    assert [r["step"] for r in val] == [2, 4]  # every 2 steps, the last one at the end
-    at_2 = load_checkpoint(run / "checkpoints" / "step_000002.pth")
-    assert at_2["metric"] == pytest.approx(val[0]["val/mIoU"])
-    final = json.loads((run / "results.json").read_text())
-    assert final["step"] == 4 and final["mIoU"] == pytest.approx(val[1]["val/mIoU"])
-
-
 def test_synthia_source_run_reports_16_and_13_classes(tmp_path, capsys):
     root = tmp_path / "data"
     data = [f"data.synthetic.root={root}", "data.synthetic.num_synthia=4",
@@ -299,8 +246,8 @@ def test_synthia_source_run_reports_16_and_13_classes(tmp_path, capsys):
             "data.synthetic.synthia_size=[160,95]", "data.synthetic.target_size=[192,96]",
             f"data.source.root={root}/SYNTHIA", f"data.target.root={root}/Cityscapes",
             f"data.val.root={root}/Cityscapes", "data.source.resize=[160,95]"]  # fmt: skip
-    run = _train(tmp_path, data, "syn", "train.max_steps=2",
-                 config="configs/demo/synthia/norm_only.yaml")  # fmt: skip
+    run = norm_only_run(tmp_path, data, "syn", "train.max_steps=2",
+                        config="configs/demo/synthia/norm_only.yaml")  # fmt: skip
     assert not (root / "GTA5").exists() and len(list((root / "SYNTHIA/RGB").iterdir())) == 4
     results = json.loads((run / "results.json").read_text())
     lines = capsys.readouterr().out.rstrip().splitlines()
@@ -311,7 +258,7 @@ def test_synthia_source_run_reports_16_and_13_classes(tmp_path, capsys):
         sum(v for v in results["iou16"] if not math.isnan(v))
         / sum(not math.isnan(v) for v in results["iou16"])
     )
-    val = [r for r in _metrics(run) if "val/mIoU16" in r]
+    val = [r for r in metrics_rows(run) if "val/mIoU16" in r]
     assert val and val[-1]["val/mIoU13"] == pytest.approx(results["mIoU13"])
     # evaluate_cityscapes.py reports the run's class sets by default (its stored eval.classes)
     out = tmp_path / "e.json"
@@ -323,7 +270,7 @@ def test_synthia_source_run_reports_16_and_13_classes(tmp_path, capsys):
 
 
 def test_label_size_input_in_training_evaluate_and_pred_dir(tmp_path, synthetic, capsys):
-    run = _train(tmp_path, synthetic, "in", "train.max_steps=2", "eval.label_size=input")
+    run = norm_only_run(tmp_path, synthetic, "in", "train.max_steps=2", "eval.label_size=input")
     trained = json.loads((run / "results.json").read_text())
     assert trained["protocol"] == {"label_size": "input", "input_size": [128, 64],
                                    "flip": False, "selection": "last"}  # fmt: skip
@@ -345,7 +292,7 @@ def test_label_size_input_in_training_evaluate_and_pred_dir(tmp_path, synthetic,
     # predictions at the input size score with --label-size input, not against full labels
     # (without the flag, the label size of the evaluation that wrote them, recorded beside them)
     scored = tmp_path / "scored.json"
-    args = ["--pred-dir", str(preds), "--results", str(scored), *synthetic, *TINY]
+    args = ["--pred-dir", str(preds), "--results", str(scored), *synthetic, *TINY_NORM_ONLY]
     assert evaluate_cityscapes.main([*args, "--label-size", "input"]) == 0
     assert json.loads(scored.read_text())["mIoU"] == pytest.approx(trained["mIoU"])
     with pytest.raises(ValueError, match="prediction is 128x64 .*, the label is 192x96"):
@@ -356,7 +303,7 @@ def test_label_size_input_in_training_evaluate_and_pred_dir(tmp_path, synthetic,
 
 def test_pred_dir_scores_with_the_config_recorded_beside_the_predictions(tmp_path, synthetic,
                                                                          capsys):  # fmt: skip
-    run_dir = _train(tmp_path, synthetic, "pd", "train.max_steps=1")
+    run_dir = norm_only_run(tmp_path, synthetic, "pd", "train.max_steps=1")
     ckpt, preds = run_dir / "checkpoints" / "last.pth", tmp_path / "preds"
     saving = ["--restore", str(ckpt), "--save-dir", str(preds), "--mask-absent"]
     assert evaluate_cityscapes.main([*saving, "--classes", "19", "16", "13"]) == 0
@@ -381,7 +328,7 @@ def test_pred_dir_scores_with_the_config_recorded_beside_the_predictions(tmp_pat
                   "--config CONFIG (e.g. --config configs/demo/norm_only.yaml", "data.val.*",
                   "data.val.root=DIR"):  # fmt: skip
         assert words in err, words
-    demo = ["--config", "configs/demo/norm_only.yaml", *synthetic, *TINY]
+    demo = ["--config", "configs/demo/norm_only.yaml", *synthetic, *TINY_NORM_ONLY]
     assert evaluate_cityscapes.main(["--pred-dir", str(bare), *demo]) == 0
     assert json.loads((bare / "pred_dir.results.json").read_text())["mIoU"] == pytest.approx(
         model["mIoU"]
