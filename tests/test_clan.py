@@ -1,5 +1,5 @@
-"""CLAN + Norm: the adversarial losses by hand, the step's terms and their weights, D/G
-freezing, gradients and updates (the loop's resume, pruning and signals: test_loop.py)."""
+"""CLAN + Norm: D's shape, the step's terms and their weights, D/G freezing, gradients and
+updates (its losses: test_losses.py; the loop's resume, pruning and signals: test_loop.py)."""
 
 import math
 from pathlib import Path
@@ -12,7 +12,6 @@ import train_clan_norm
 from dataset.datasets import Batch
 from model.discriminator import FCDiscriminator
 from utils.config import load_config
-from utils.losses import discrepancy_map, weight_discrepancy_loss, weighted_bce_with_logits
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,42 +25,6 @@ def test_discriminator_shapes_and_names():
     assert [m.out_channels for m in disc.children() if hasattr(m, "out_channels")] == [
         64, 128, 256, 512, 1
     ]  # fmt: skip
-
-
-def test_discrepancy_map_by_hand():
-    # softmax(p1) = (1/2, 1/2), softmax(p2) = (1/4, 3/4):
-    # cos = (1/8 + 3/8) / (sqrt(1/2) sqrt(10/16))
-    p1 = torch.zeros(1, 2, 1, 1)
-    p2 = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1)
-    cos = 0.5 / (math.sqrt(0.5) * math.sqrt(10 / 16))
-    assert discrepancy_map(p1, p2).shape == (1, 1, 1, 1)
-    assert discrepancy_map(p1, p2).item() == pytest.approx(1 - cos, rel=1e-6)
-    assert discrepancy_map(p2, p2).item() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_weighted_bce_by_hand():
-    logits = torch.tensor([0.0, math.log(3.0)]).view(1, 1, 1, 2)  # sigmoid: 1/2, 3/4
-    weight = torch.tensor([0.0, 0.5]).view(1, 1, 1, 2)
-    # label 0: BCE = -ln(1 - sigmoid) = ln 2, ln 4
-    assert weighted_bce_with_logits(logits, 0.0).item() == pytest.approx(
-        (math.log(2) + math.log(4)) / 2, rel=1e-6
-    )
-    # (40 M + 0.4) * BCE: 0.4 ln 2 and 20.4 ln 4
-    expected = (0.4 * math.log(2) + 20.4 * math.log(4)) / 2
-    assert weighted_bce_with_logits(logits, 0.0, weight, 40.0, 0.4).item() == pytest.approx(
-        expected, rel=1e-6
-    )
-    # label 1: -ln(sigmoid) = ln 2, ln(4/3)
-    assert weighted_bce_with_logits(logits, 1.0).item() == pytest.approx(
-        (math.log(2) + math.log(4 / 3)) / 2, rel=1e-6
-    )
-
-
-def test_weight_discrepancy_by_hand():
-    w1 = torch.tensor([1.0, 0.0, 1.0])
-    w2 = torch.tensor([1.0, 1.0, 0.0])
-    assert weight_discrepancy_loss(w1, w2).item() == pytest.approx(1.5)  # cos 1/2, plus 1
-    assert weight_discrepancy_loss(w1, -w1).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def _state_and_batches(overrides=()):
