@@ -1,11 +1,11 @@
 """The repository's import graph: rooms that import only downwards, and no circle.
 
-From the bottom up: the floor (the modules directly under ``utils/``: config, errors,
-checkpoint I/O, logging, distributed, provenance, the losses and schedules), the data
-(``dataset/``), the networks (``model/``), then the rooms of ``utils/``: evaluation, analysis,
-training, and last the scripts and benchmarks. A module imports from its own level or below;
-``model/`` and ``dataset/`` import only the floor (and themselves), and ``utils/losses.py`` and
-``utils/schedules.py`` nothing of the repository at all.
+From the bottom up: the floor (the modules directly under ``utils/``: errors, checkpoint
+I/O, logging, distributed, provenance, the losses and schedules; and the config, a package on
+the floor), the data (``dataset/``), the networks (``model/``), then the rooms of ``utils/``:
+evaluation, analysis, training, and last the scripts and benchmarks. A module imports from its
+own level or below; ``model/`` and ``dataset/`` import only the floor (and themselves), and
+``utils/losses.py`` and ``utils/schedules.py`` nothing of the repository at all.
 
 And every entry point (a module run as ``__main__``, or a package's ``__main__.py``) answers
 ``--help`` on stdout with exit status 0: the usage line first, ``--debug``, the commands of its
@@ -33,6 +33,7 @@ LEVELS = {  # module prefix -> level; the longest matching prefix wins
     "benchmarks": 6,
 }
 SCRIPT_LEVEL = 6  # the top-level scripts
+FLOOR_PACKAGES = ("config",)  # the subpackages of utils/ that are the floor, not a room
 STANDALONE = ("utils.losses", "utils.schedules")
 
 
@@ -132,12 +133,13 @@ def test_the_import_graph_has_no_circle():
 
 
 def test_every_module_of_utils_is_on_the_floor_or_in_a_room():
-    """The files directly under utils/ are the floor; every subpackage is a room with a level
-    of its own (a new one must be given its place above)."""
-    utils = {n: p for n, p in _modules().items() if n.startswith("utils.")}
-    floor = [n for n, p in utils.items() if p.parent == ROOT / "utils"]
-    rooms = {p.relative_to(ROOT / "utils").parts[0] for p in utils.values()} - {p.name for p in
-             (ROOT / "utils").glob("*.py")}  # fmt: skip
+    """The files directly under utils/ and the floor's packages (the config) are the floor;
+    every other subpackage is a room with a level of its own (a new one must be given its
+    place above)."""
+    utils = {n: p.relative_to(ROOT / "utils").parts for n, p in _modules().items()
+             if n.startswith("utils.")}  # fmt: skip
+    floor = [n for n, parts in utils.items() if len(parts) == 1 or parts[0] in FLOOR_PACKAGES]
+    rooms = {parts[0] for parts in utils.values() if len(parts) > 1} - set(FLOOR_PACKAGES)
     assert "utils.config" in floor and all(_level(n) == 0 for n in floor)
     assert rooms == {"evaluation", "analysis", "training"}
     assert all(_level(f"utils.{room}") > 0 for room in rooms)

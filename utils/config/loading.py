@@ -23,7 +23,7 @@ import yaml
 from utils.errors import UserError
 from utils.schedules import WARMUP_FORMS
 
-DEFAULTS_PATH = Path(__file__).resolve().parent.parent / "configs" / "defaults.yaml"
+DEFAULTS_PATH = Path(__file__).resolve().parents[2] / "configs" / "defaults.yaml"
 
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
