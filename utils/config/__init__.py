@@ -13,9 +13,9 @@ one duty:
   (``configs_writing``).
 - ``checks``: every choice a key can take and every range (``CHOICES``, ``AT_LEAST`` and the
   choice tuples other modules import), and ``validate``.
-- ``ownership``: the keys a script owns (``MAXSQUARE_KEYS``, ``DACS_KEYS``), which every other
-  script refuses when they differ from the defaults (``changed_keys``, ``foreign_keys``,
-  ``refuse``).
+- ``ownership``: the keys a config sets away from the defaults (``changed_keys``) and a
+  script's load-time refusal (``refuse``), with which the scripts refuse the keys another setup
+  owns (``utils.setups`` names the owners).
 - ``arguments``: the overrides among a command line's words (``split_overrides``,
   ``take_overrides``).
 """
@@ -62,12 +62,7 @@ from utils.config.loading import (
     to_dict,
 )
 from utils.config.ownership import (
-    DACS_KEYS,
-    DACS_OWNER,
-    MAXSQUARE_KEYS,
-    MAXSQUARE_OWNER,
     changed_keys,
-    foreign_keys,
     refuse,
 )
 from utils.config.schema import (
@@ -127,12 +122,7 @@ __all__ = [
     "parse_override",
     "read_yaml",
     "to_dict",
-    "DACS_KEYS",
-    "DACS_OWNER",
-    "MAXSQUARE_KEYS",
-    "MAXSQUARE_OWNER",
     "changed_keys",
-    "foreign_keys",
     "refuse",
     "PRESETS",
     "Config",

@@ -19,6 +19,7 @@ import yaml
 
 from utils.config.checks import _problems
 from utils.config.schema import Config, ConfigError, _raise, describe
+from utils.files import atomic_write
 
 DEFAULTS_PATH = Path(__file__).resolve().parents[2] / "configs" / "defaults.yaml"
 
@@ -269,7 +270,5 @@ def configs_writing(path: str | Path) -> list[Path]:
 
 def dump_yaml(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write(path, lambda f: f.write(text.encode()))

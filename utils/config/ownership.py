@@ -1,5 +1,5 @@
-"""Which script owns which keys: a key set away from the defaults that a script would
-silently ignore is refused, naming the script that reads it."""
+"""The keys a config sets away from the defaults, and a script's load-time refusal: the pieces
+with which a script refuses the keys that another setup owns (``utils.setups.foreign_keys``)."""
 
 from __future__ import annotations
 
@@ -21,22 +21,6 @@ def changed_keys(cfg: Config, keys: typing.Iterable[str]) -> dict[str, Any]:
         for key, value in _flat(cfg).items()
         if any(key == p or key.startswith(p + ".") for p in prefixes) and value != defaults[key]
     }
-
-
-# The keys of MaxSquare's losses, read by train_maxsquare_norm.py alone: the other scripts
-# refuse them (``foreign_keys``) rather than ignore them.
-MAXSQUARE_KEYS = ("loss.maxsquare",)
-MAXSQUARE_OWNER = "MaxSquare's target losses (train_maxsquare_norm.py)"
-DACS_KEYS = ("loss.dacs", "eval.model")
-DACS_OWNER = "DACS's self-training (train_dacs_norm.py)"
-
-
-def foreign_keys(cfg: Config, keys: typing.Iterable[str], owner: str, script: str) -> list[str]:
-    """A problem line for each of ``keys`` that ``cfg`` sets away from the defaults: a key of
-    ``owner`` (e.g. "MaxSquare's target loss (train_maxsquare_norm.py)") that ``script`` would
-    silently ignore."""
-    return [f"{key}={value!r}: a key of {owner}; {script} has no use for it: remove it"
-            for key, value in changed_keys(cfg, keys).items()]  # fmt: skip
 
 
 def refuse(script: str, problems: typing.Sequence[str]) -> None:
