@@ -52,7 +52,7 @@ from dataset.build import build_dataset
 from dataset.datasets import SegmentationDataset
 from dataset.labels import CLASS_NAMES
 from model.build import preset_name
-from model.deeplabv2 import DeepLabV2
+from model.contract import Segmenter
 from utils.analysis import plots
 from utils.analysis.features import (
     DOMAINS,
@@ -212,7 +212,7 @@ def choose(dataset: SegmentationDataset, domain: str, count: int, seed: int) -> 
 
 
 def features(
-    model: DeepLabV2,
+    model: Segmenter,
     datasets: dict[str, SegmentationDataset],
     indices: dict[str, list[int]],
     pixels: int,

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from model.build import Restored, preset_name
-from model.deeplabv2 import DeepLabV2
+from model.contract import Segmenter
 from utils.analysis.panels import (
     ProbsFn,
     add_panel_flags,
@@ -230,7 +230,7 @@ def _check_classes(paths: Sequence[str], members: Sequence[Restored]) -> None:
 
 
 def _ensemble_probs(
-    models: Sequence[DeepLabV2], weights: Sequence[float], names: Sequence[str],
+    models: Sequence[Segmenter], weights: Sequence[float], names: Sequence[str],
     device: torch.device, flip: bool, combine: str, offload: bool,
 ) -> ProbsFn:  # fmt: skip
     """The ensemble's probabilities for the panels: ``sum_i w_i P_i``, or with ``combine``

@@ -46,7 +46,7 @@ from dataset.folder import find_images, listed, read_upright
 from dataset.labels import output_train_ids
 from dataset.transforms import PairedTransform, TransformSpec
 from model.build import preset_name
-from model.deeplabv2 import DeepLabV2
+from model.contract import Segmenter
 from utils.analysis.panels import legend, overlay
 from utils.distributed import DistInfo, describe
 from utils.errors import UsageError, add_debug_flag, refuse_overwrite, run
@@ -178,7 +178,7 @@ def read_photo(path: Path) -> np.ndarray:
 
 @torch.no_grad()
 def segment(
-    model: DeepLabV2,
+    model: Segmenter,
     image: np.ndarray,
     transform: PairedTransform,
     device: torch.device,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dataset.datasets import Batch
-from model.deeplabv2 import SegOutput
+from model.contract import SegOutput
 from model.discriminator import FCDiscriminator
 from utils.config import Config, apply_preset, refuse
 from utils.errors import run

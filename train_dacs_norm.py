@@ -106,12 +106,6 @@ def _on_device(state: TrainState, value: float | torch.Tensor) -> float | torch.
     return value.to(state.device, non_blocking=True)
 
 
-def _heads(state: TrainState, out) -> tuple[torch.Tensor, ...]:
-    """The trained heads' logits: C2 alone (``model.predict_with=c2``, DACS's one classifier)
-    or C1 and C2 (``sum``, the paper's two classifiers)."""
-    return (out.p2,) if state.model.predict_with == "c2" else (out.p1, out.p2)
-
-
 def train_step(
     state: TrainState, source: Batch, target: Batch | None, step: int
 ) -> dict[str, torch.Tensor | float]:
@@ -138,10 +132,11 @@ def train_step(
         else:  # DACS: a forward per batch
             out_s = g(x_s)
             out_m = g(mixed.image)
-    loss_seg = sum(head_loss(p, y_s, lo.seg, lo.focal_gamma) for p in _heads(state, out_s))
+    heads = state.model.predicted_heads  # C2 (DACS's one classifier), or C1 and C2
+    loss_seg = sum(head_loss(p, y_s, lo.seg, lo.focal_gamma) for p in heads(out_s))
     loss_mix = sum(pixel_weighted_cross_entropy(upsample_to(p, mixed.label.shape[-2:]),
                                                 mixed.label, mixed.weight)
-                   for p in _heads(state, out_m))  # fmt: skip
+                   for p in heads(out_m))  # fmt: skip
     loss_norm_s = stepwise_norm_term(out_s.features, lo.delta_r, lo.lambda_norm)
     loss_norm_m = stepwise_norm_term(out_m.features, lo.delta_r, lo.lambda_norm)
     loss = (

@@ -8,23 +8,16 @@ CLAN and FeatureToAdapt weights load with `load_state_dict(strict=True)`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from model.contract import SegOutput
 from utils.config import PREDICT_WITH
 
 ASPP_DILATIONS = (6, 12, 18, 24)
 CLASSIFIER_LR_MULT = 10.0
-
-
-class SegOutput(NamedTuple):
-    """Outputs of `DeepLabV2.forward`."""
-
-    p1: Tensor | None  # C1 logits, B x K x h x w (None when heads=False)
-    p2: Tensor | None  # C2 logits, B x K x h x w (None when heads=False)
-    features: Tensor  # layer4 output F, B x C x h x w
 
 
 def _frozen_bn(channels: int) -> nn.BatchNorm2d:
@@ -171,6 +164,10 @@ class DeepLabV2(nn.Module):
         if out.p1 is None or out.p2 is None:
             raise ValueError("predict() needs classifier outputs; got a forward(heads=False)")
         return out.p1 + out.p2 if self.predict_with == "sum" else out.p2
+
+    def predicted_heads(self, out: SegOutput) -> tuple[Tensor, ...]:
+        """The heads' logits that `predict` combines: C1 and C2 (`"sum"`), or C2 (`"c2"`)."""
+        return (out.p2,) if self.predict_with == "c2" else (out.p1, out.p2)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimizer groups: trainable backbone params at lr, classifier params at 10 x lr."""

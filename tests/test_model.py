@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.contract import Segmenter
 from model.deeplabv2 import DeepLabV2, SegOutput
 
 RESNET101 = (3, 4, 23, 3)  # blocks per stage
@@ -197,6 +200,19 @@ def test_predict_sum_and_c2() -> None:
     assert torch.equal(c2.predict(out), out.p2)
     with pytest.raises(ValueError, match="heads=False"):
         summed.predict(out._replace(p1=None, p2=None))
+    # the heads that predict() combines: what a self-training setup trains
+    assert summed.predicted_heads(out) == (out.p1, out.p2) and c2.predicted_heads(out) == (out.p2,)
+
+
+def test_deeplabv2_meets_the_model_contract_that_the_rest_uses() -> None:
+    assert isinstance(small_model(), Segmenter)
+    assert not isinstance(nn.Conv2d(3, 3, 1), Segmenter)  # a module without G's methods
+    # outside model/, G is known by its contract only: no module imports the family's class
+    root = Path(__file__).resolve().parent.parent
+    users = [p for p in [*root.glob("*.py"), *(root / "utils").rglob("*.py"),
+                         *(root / "benchmarks").rglob("*.py")]
+             if "model.deeplabv2" in p.read_text()]  # fmt: skip
+    assert users == []
 
 
 @pytest.mark.parametrize("multi_level", [False, True])

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from dataset.datasets import SegmentationDataset
 from dataset.labels import IGNORE_INDEX, NUM_CLASSES
-from model.deeplabv2 import DeepLabV2
+from model.contract import Segmenter
 from utils.losses import feature_norm
 
 DOMAINS: tuple[str, str] = ("source", "target")
@@ -109,7 +109,7 @@ def sample_positions(labels: Tensor, count: int, seed: int, stream: int, index: 
 
 @torch.no_grad()
 def extract_domain(
-    model: DeepLabV2,
+    model: Segmenter,
     dataset: SegmentationDataset,
     indices: Sequence[int],
     pixels: int,

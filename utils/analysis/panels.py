@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from dataset.datasets import SegmentationDataset
 from dataset.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colorize
 from dataset.transforms import denormalize
-from model.deeplabv2 import DeepLabV2
+from model.contract import Segmenter
 from utils.config import take_overrides
 from utils.errors import UsageError
 from utils.evaluation.inference import predict_scores, predicted_train_ids
@@ -225,7 +225,7 @@ def choose_images(
     return sorted(random.Random(seed).sample(range(len(names)), count))
 
 
-def model_probs(model: DeepLabV2, device: torch.device, flip: bool) -> ProbsFn:
+def model_probs(model: Segmenter, device: torch.device, flip: bool) -> ProbsFn:
     """``model``'s softmax probabilities (eval mode, ``flip``-averaged) on ``device``."""
     model.eval()
     return lambda image, size: predict_scores(model, image.to(device), size, flip=flip)

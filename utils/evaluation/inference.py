@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from dataset.datasets import Batch
 from dataset.labels import NUM_CLASSES, output_train_ids
-from model.deeplabv2 import DeepLabV2
+from model.contract import Segmenter
 from utils.errors import (
     UsageError,
 )
@@ -44,14 +44,14 @@ View = tuple[int, ...] | None  # the trainIds an argmax may choose; None: every 
 
 
 @torch.no_grad()
-def predict_logits(model: DeepLabV2, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def predict_logits(model: Segmenter, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The model's prediction logits (``p1 + p2`` or C2) upsampled to ``size`` (H, W)."""
     return upsample_to(model.predict(model(image)).float(), size)
 
 
 @torch.no_grad()
 def predict_scores(
-    model: DeepLabV2,
+    model: Segmenter,
     image: torch.Tensor,
     size: tuple[int, int],
     *,
@@ -86,7 +86,7 @@ def predicted_train_ids(scores: torch.Tensor, view: View = None) -> torch.Tensor
 
 @torch.no_grad()
 def evaluate_views(
-    model: DeepLabV2,
+    model: Segmenter,
     loader: torch.utils.data.DataLoader,
     device: torch.device,
     views: Sequence[View] = (None,),
@@ -120,7 +120,7 @@ def evaluate_views(
 
 
 def evaluate(
-    model: DeepLabV2,
+    model: Segmenter,
     loader: torch.utils.data.DataLoader,
     device: torch.device,
     num_classes: int = NUM_CLASSES,
@@ -170,7 +170,7 @@ def combine_scores(
 
 @torch.no_grad()
 def member_scores(
-    models: Sequence[DeepLabV2],
+    models: Sequence[Segmenter],
     image: torch.Tensor,
     size: tuple[int, int],
     *,
@@ -192,7 +192,7 @@ def member_scores(
 
 @torch.no_grad()
 def evaluate_ensemble(
-    models: Sequence[DeepLabV2],
+    models: Sequence[Segmenter],
     weights: Sequence[float],
     names: Sequence[str],
     loader: torch.utils.data.DataLoader,

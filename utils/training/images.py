@@ -7,7 +7,7 @@ import torch
 from dataset.datasets import Batch
 from dataset.labels import colorize
 from dataset.transforms import denormalize
-from model.deeplabv2 import DeepLabV2
+from model.contract import Segmenter
 from utils.evaluation.inference import predicted_train_ids
 from utils.logger import MetricWriter
 from utils.losses import feature_norm, upsample_to
@@ -15,7 +15,7 @@ from utils.losses import feature_norm, upsample_to
 
 def log_images(
     writer: MetricWriter,
-    model: DeepLabV2,
+    model: Segmenter,
     batches: tuple[Batch, Batch | None],
     step: int,
     device: torch.device,
@@ -33,7 +33,7 @@ def log_images(
 
 @torch.no_grad()
 def picture(
-    model: DeepLabV2, batch: Batch, device: torch.device
+    model: Segmenter, batch: Batch, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What TensorBoard shows of a batch's first image, in eval mode as evaluation (the picture
     leaves BN's running statistics alone): input | label | prediction | entropy as one

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dataset.datasets import Batch
 from model.build import build_model
-from model.deeplabv2 import DeepLabV2
+from model.contract import Segmenter
 from utils.checkpoint import restore_training, training_checkpoint
 from utils.config import Config, to_dict
 from utils.distributed import DistInfo
@@ -48,7 +48,7 @@ class TrainState:
 
     cfg: Config
     device: torch.device
-    model: DeepLabV2
+    model: Segmenter
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     base_lrs: dict[str, float]
@@ -154,7 +154,7 @@ BuildFn = Callable[[Config, torch.device], TrainState]
 StepFn = Callable[[TrainState, Batch, "Batch | None", int], dict[str, "torch.Tensor | float"]]
 
 
-def build_generator(cfg: Config, device: torch.device) -> tuple[DeepLabV2, torch.optim.Optimizer]:
+def build_generator(cfg: Config, device: torch.device) -> tuple[Segmenter, torch.optim.Optimizer]:
     """G in train mode on ``device`` and its SGD optimizer (backbone x1, classifiers x10; each
     weight updated once per step, or as the released code did: ``optim.backbone_updates``)."""
     model = build_model(cfg.model).to(device)

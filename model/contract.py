@@ -1,0 +1,58 @@
+"""What the repository needs of a segmentation network G, so that another network family can
+be trained, scored, ensembled, analysed and used for prediction as DeepLab-v2 is.
+
+A family's module (``model/deeplabv2.py``) defines an ``nn.Module`` with these methods, and
+``model/build.py`` names the family once (how to build it from the ``model`` section, and the
+weights layouts it reads). The training loop and the setups' steps, evaluation, ensembles,
+``predict.py`` and ``analyze_features.py`` use G only through this contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+
+class SegOutput(NamedTuple):
+    """What G's forward returns: its heads' logits and the features the norm loss reads."""
+
+    p1: Tensor | None  # the first head's logits (C1), B x K x h x w; None: no such head, or
+    # a forward with heads=False
+    p2: Tensor | None  # the output head's logits (C2), B x K x h x w; None with heads=False
+    features: Tensor  # the backbone features F of the step-wise norm loss, B x C x h x w
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """G, as the repository uses it. Besides the methods of an ``nn.Module`` (``train``,
+    ``eval``, ``parameters``, ``state_dict``...):
+
+    - ``forward(x, heads=True)``: images ``B x 3 x H x W`` to a ``SegOutput``; with
+      ``heads=False`` the features alone (a pass that only the norm loss reads);
+    - ``predict(out)``: the logits that predictions and evaluation take the argmax of;
+    - ``predicted_heads(out)``: the heads' logits that ``predict`` combines (the heads a
+      self-training setup trains);
+    - ``param_groups(lr)``: the optimizer's groups, each with its ``lr_mult`` (the loop sets
+      ``lr = schedule x lr_mult``) and, where a group is exempt, its own ``weight_decay``;
+    - ``classifier_weights()``: two heads' parameters, flattened (CLAN's weight-discrepancy
+      loss), where a setup needs them;
+    - ``backbone_stages()``: the backbone's modules in the order the released DeepLab-v2 code
+      walked them (its optimizer's duplicated list), where ``optim.backbone_updates`` asks.
+    """
+
+    def __call__(self, x: Tensor, heads: bool = True) -> SegOutput: ...
+
+    def predict(self, out: SegOutput) -> Tensor: ...
+
+    def predicted_heads(self, out: SegOutput) -> tuple[Tensor, ...]: ...
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]: ...
+
+    def classifier_weights(self) -> tuple[Tensor, Tensor]: ...
+
+    def backbone_stages(self) -> list[nn.Module]: ...
+
+    def train(self, mode: bool = True) -> nn.Module: ...
+
+    def eval(self) -> nn.Module: ...
