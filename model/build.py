@@ -1,23 +1,50 @@
-"""G from the ``model`` config section: its preset, its initial weights, or a trained file."""
+"""G from the ``model`` config section: its family (``model.arch``), its preset, its initial
+weights, or a trained file.
+
+``FAMILIES`` names each network family once: how to build it from the ``model`` section, the
+weights layouts it reads, how a file from elsewhere sets the section (its preset, its classes)
+and how a file is loaded into it. Building dispatches on ``model.arch``; restoring a file on
+its layout (this repository's checkpoints on the ``model.arch`` they record).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
+from model.contract import Segmenter
 from model.deeplabv2 import DeepLabV2
-from model.weights import LoadReport, Weights, load_weights, preset_for, read_weights
+from model.weights import (
+    LAYOUTS,
+    LoadReport,
+    Purpose,
+    Weights,
+    load_weights,
+    preset_for,
+    read_weights,
+)
+from utils.checkpoint import CheckpointError
 from utils.config import PRESETS, ModelConfig, apply_preset
 
 log = logging.getLogger(__name__)
 
 
+class Family(NamedTuple):
+    """A network family: what building and restoring it need."""
+
+    build: Callable[[ModelConfig], Segmenter]  # an untrained G as the section describes
+    layouts: tuple[str, ...]  # the weights layouts (model.weights.LAYOUTS) of its files
+    fit: Callable[[ModelConfig, Weights], ModelConfig]  # the section a file from elsewhere needs
+    load: Callable[[Segmenter, Weights, Purpose], LoadReport]  # a file into G, checked
+
+
 class Restored(NamedTuple):
     """A trained G, the model config it was built from (preset applied) and the load report."""
 
-    model: DeepLabV2
+    model: Segmenter
     config: ModelConfig
     report: LoadReport
 
@@ -29,11 +56,10 @@ def preset_name(cfg: ModelConfig) -> str:
     return cfg.preset or next((n for n, p in PRESETS.items() if p == switches), "custom")
 
 
-def build_model(cfg: ModelConfig) -> DeepLabV2:
-    """A DeepLab-v2 as ``cfg`` describes (preset applied); ``cfg.init_from`` loads initial
-    weights (backbone strictly, classifiers where they fit)."""
+def _deeplabv2(cfg: ModelConfig) -> DeepLabV2:
+    """A DeepLab-v2 as ``cfg`` describes (preset applied)."""
     cfg = apply_preset(cfg)
-    model = DeepLabV2(
+    return DeepLabV2(
         num_classes=cfg.num_classes,
         layers=cfg.layers,
         base_width=cfg.base_width,
@@ -42,15 +68,38 @@ def build_model(cfg: ModelConfig) -> DeepLabV2:
         predict_with=cfg.predict_with,
         freeze_bn_stats=cfg.freeze_bn_stats,
     )
+
+
+FAMILIES: dict[str, Family] = {
+    "deeplabv2": Family(_deeplabv2, tuple(LAYOUTS), preset_for, load_weights),
+}
+
+
+def build_model(cfg: ModelConfig) -> Segmenter:
+    """G of the family ``model.arch`` as ``cfg`` describes; ``cfg.init_from`` loads initial
+    weights (the backbone strictly, classifiers where they fit)."""
+    family = FAMILIES[cfg.arch]
+    model = family.build(cfg)
     if cfg.init_from:
-        load_weights(model, cfg.init_from, purpose="init")
+        family.load(model, read_weights(cfg.init_from), "init")
     return model
 
 
 def restore_model(cfg: ModelConfig, source: str | Path | Weights) -> Restored:
-    """A trained G from a file of any layout: the preset ``cfg`` names, else (files from
-    elsewhere) the one inferred from the file; no initial weights; every key checked."""
+    """A trained G from a file of any layout: the family of its layout (this repository's
+    checkpoints: ``cfg.arch``, the one they record), the preset ``cfg`` names or, for files
+    from elsewhere, the one inferred from the file; no initial weights; every key checked."""
     weights = source if isinstance(source, Weights) else read_weights(source)
-    cfg = apply_preset(preset_for(replace(cfg, init_from=""), weights))
-    model = build_model(cfg)
-    return Restored(model, cfg, load_weights(model, weights, purpose="restore"))
+    arch = cfg.arch if weights.layout == "checkpoint" else _family_of(weights)
+    family = FAMILIES[arch]
+    cfg = apply_preset(family.fit(replace(cfg, arch=arch, init_from=""), weights))
+    model = family.build(cfg)
+    return Restored(model, cfg, family.load(model, weights, "restore"))
+
+
+def _family_of(weights: Weights) -> str:
+    """The family whose layouts hold a file from elsewhere."""
+    for arch, family in FAMILIES.items():
+        if weights.layout in family.layouts:
+            return arch
+    raise CheckpointError(f"{weights.path}: no network family reads layout {weights.layout!r}")

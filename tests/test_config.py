@@ -100,7 +100,7 @@ def test_every_bad_key_of_a_command_is_in_one_error_in_words():
     assert str(refused.value).splitlines() == [
         "invalid config:",
         "  override 'optim.lrr=1': unknown key optim.lrr (valid keys here: backbone_updates, "
-        "betas_d, lr, lr_d, lr_scaling, momentum, power, schedule_steps, warmup_form, "
+        "betas_d, lr, lr_d, lr_scaling, momentum, optimizer, power, schedule_steps, warmup_form, "
         "warmup_steps, weight_decay, weight_decay_d)",
         "  override 'model=3': model is a section, not a value",
         "  data.source.crop: expected a pair of integers [W, H], or null, got 256",
@@ -178,3 +178,21 @@ def test_eval_label_size_is_checked():
     stored = to_dict(load_config())
     del stored["eval"]["label_size"]
     assert config_from_dict(stored).eval.label_size == "full"
+
+
+def test_the_network_family_and_the_optimizer_are_keys():
+    cfg = load_config()
+    assert cfg.model.arch == "deeplabv2" and cfg.optim.optimizer == "sgd"
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, ["model.arch=unet", "model.layers=[0]", "optim.optimizer=adam"])
+    # DeepLab-v2's own keys are checked only for model.arch=deeplabv2
+    assert str(refused.value).splitlines()[1:] == [
+        "  model.arch: expected one of deeplabv2, got 'unet'",
+        "  optim.optimizer: expected one of sgd, got 'adam'",
+    ]
+    with pytest.raises(ConfigError, match=r"model\.layers: expected 4 block counts"):
+        load_config(None, ["model.layers=[0]"])
+    # a config stored before the keys existed (an older checkpoint's) loads with the defaults
+    stored = to_dict(cfg)
+    del stored["model"]["arch"], stored["optim"]["optimizer"]
+    assert config_from_dict(stored) == cfg

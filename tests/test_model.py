@@ -253,3 +253,23 @@ def test_bad_arguments_raise(kwargs: dict[str, object], bad: str) -> None:
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=rf"{name}.*{bad}"):
         small_model(**kwargs)
+
+
+def test_building_and_restoring_dispatch_on_the_family() -> None:
+    from dataclasses import replace
+
+    from conftest import tiny_cfg
+
+    from model.build import FAMILIES, build_model, restore_model
+    from model.weights import Weights
+    from utils.checkpoint import CheckpointError
+    from utils.config import ARCHS
+
+    built = build_model(tiny_cfg())
+    assert set(FAMILIES) == set(ARCHS) and isinstance(built, DeepLabV2)
+    # a file from elsewhere: the family whose layouts hold it; an unknown layout is refused
+    file = Weights("theirs.pth", "deeplab_v2", built.state_dict(), None, ())
+    restored = restore_model(tiny_cfg(), file)
+    assert isinstance(restored.model, DeepLabV2) and restored.config.arch == "deeplabv2"
+    with pytest.raises(CheckpointError, match="theirs.pth: no network family reads layout 'x'"):
+        restore_model(tiny_cfg(), replace(file, layout="x"))

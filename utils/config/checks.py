@@ -19,6 +19,12 @@ SEG_LOSSES = ("ce", "focal")
 LR_SCALINGS = ("none", "linear")
 BACKBONE_UPDATES = ("once", "released", "released_torch14")
 PREDICT_WITH = ("sum", "c2")
+ARCHS = ("deeplabv2",)  # model.arch: the network families (model.build.FAMILIES)
+OPTIMIZERS = ("sgd",)  # optim.optimizer: G's optimizers (utils.training.optim.OPTIMIZERS)
+# The keys of the DeepLab-v2 family: read and checked only where model.arch names it, so that
+# another family brings its own subsection without them.
+DEEPLABV2_KEYS = ("model.preset", "model.layers", "model.base_width", "model.multi_level",
+                  "model.aspp_branches", "model.predict_with", "model.freeze_bn_stats")  # fmt: skip
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DATASETS = ("gta5", "synthia", "cityscapes", "folder", "acdc", "darkzurich", "crosscity")
 # Each real benchmark's parts (dataset.targets): conditions, times of day, cities and splits.
@@ -38,6 +44,8 @@ EVAL_MODELS = ("student", "teacher")  # which of a self-training run's models is
 TEACHER_BN = ("keep", "copy")  # the teacher's BatchNorm statistics: its own | the student's
 STUDENT_PASSES = ("two", "one")  # DACS's student forward: a pass per batch | one joint batch
 CHOICES: dict[str, tuple[str, ...]] = {
+    "model.arch": ARCHS,
+    "optim.optimizer": OPTIMIZERS,
     "model.predict_with": PREDICT_WITH,
     "data.source.dataset": DATASETS,
     "data.target.dataset": DATASETS,
@@ -216,23 +224,28 @@ def _problems(cfg: Config) -> list[str]:
 
 
 def _table_problems(cfg: Config) -> list[str]:
-    """Each key of ``CHOICES`` off its choices, and of ``AT_LEAST`` below its smallest value."""
+    """Each key of ``CHOICES`` off its choices, and of ``AT_LEAST`` below its smallest value
+    (DeepLab-v2's keys only where the family is DeepLab-v2)."""
     flat = _flat(cfg)
+    if cfg.model.arch != "deeplabv2":
+        flat = {k: v for k, v in flat.items() if k not in DEEPLABV2_KEYS}
     problems = [
         f"{key}: expected one of {', '.join(choices)}, got {flat[key]!r}"
         for key, choices in CHOICES.items()
-        if flat[key] not in choices
+        if key in flat and flat[key] not in choices
     ]
     problems += [
         f"{key}: expected a number >= {low:g}, got {flat[key]!r}"
         for key, low in AT_LEAST.items()
-        if not flat[key] >= low  # (NaN fails too)
+        if key in flat and not flat[key] >= low  # (NaN fails too)
     ]
     return problems
 
 
 def _model_problems(cfg: Config) -> list[str]:
-    """The network's preset, its depth and its ASPP branches."""
+    """The DeepLab-v2 network's preset, its depth and its ASPP branches."""
+    if cfg.model.arch != "deeplabv2":
+        return []
     problems = []
     if cfg.model.preset not in ("", *PRESETS):
         problems.append(f"model.preset: expected one of {', '.join(PRESETS)} or '', got "

@@ -23,6 +23,7 @@ Range = Annotated[tuple[float, float], "[low, high]"]
 
 @dataclass(frozen=True)
 class ModelConfig:
+    arch: str  # the network family; the keys up to freeze_bn_stats are DeepLab-v2's
     preset: str
     num_classes: int
     layers: tuple[int, ...]
@@ -151,6 +152,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    optimizer: str
     lr: float
     momentum: float
     weight_decay: float

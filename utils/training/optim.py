@@ -22,12 +22,13 @@ in place: there, entry j's ``d`` also carries the decay terms of the entries bef
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from model.contract import Segmenter
 from utils.config import OptimConfig
 
 
@@ -153,3 +154,13 @@ def build_sgd(
         raise ValueError("the released backbone list and the backbone group hold other parameters")
     groups = [{**backbone, "params": params, "repeats": repeats}, *groups[1:]]
     return ReleasedSGD(groups, wd_in_grad=o.backbone_updates == "released_torch14", **sgd_args)
+
+
+def sgd(o: OptimConfig, model: Segmenter) -> torch.optim.Optimizer:
+    """``optim.optimizer=sgd``: ``build_sgd`` on G's groups and its backbone stages."""
+    return build_sgd(o, model.backbone_stages(), model.param_groups(o.lr))
+
+
+# optim.optimizer -> how G's optimizer is built from the optim section and G (its param_groups
+# carry each group's lr_mult and any weight-decay exemption): another optimizer is one entry.
+OPTIMIZERS: dict[str, Callable[[OptimConfig, Segmenter], torch.optim.Optimizer]] = {"sgd": sgd}

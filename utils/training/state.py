@@ -27,7 +27,7 @@ from utils.checkpoint import restore_training, training_checkpoint
 from utils.config import Config, to_dict
 from utils.distributed import DistInfo
 from utils.schedules import norm_damping
-from utils.training.optim import build_sgd
+from utils.training.optim import OPTIMIZERS
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -155,12 +155,12 @@ StepFn = Callable[[TrainState, Batch, "Batch | None", int], dict[str, "torch.Ten
 
 
 def build_generator(cfg: Config, device: torch.device) -> tuple[Segmenter, torch.optim.Optimizer]:
-    """G in train mode on ``device`` and its SGD optimizer (backbone x1, classifiers x10; each
-    weight updated once per step, or as the released code did: ``optim.backbone_updates``)."""
+    """G in train mode on ``device`` (``model.arch``) and its optimizer (``optim.optimizer``; SGD:
+    backbone x1, classifiers x10, each weight updated once per step, or as the released code
+    did: ``optim.backbone_updates``)."""
     model = build_model(cfg.model).to(device)
     model.train()
-    sgd = build_sgd(cfg.optim, model.backbone_stages(), model.param_groups(cfg.optim.lr))
-    return model, sgd
+    return model, OPTIMIZERS[cfg.optim.optimizer](cfg.optim, model)
 
 
 def norm_step_values(cfg: Config, step: int) -> dict[str, float]:
