@@ -251,7 +251,7 @@ def write_blocks(
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -284,6 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     add_debug_flag(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     take_overrides(parser, args, "seeds", int, "integers")
     take_overrides(parser, args, "setups", choices=list(SETUPS))

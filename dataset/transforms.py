@@ -99,6 +99,27 @@ def _random_blur(image: Tensor, rng: torch.Generator) -> Tensor:
     return TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
 
 
+def _random_crop(
+    image: Tensor, labels: Tensor | None, crop: tuple[int, int], rng: torch.Generator
+) -> tuple[Tensor, Tensor | None]:
+    """A ``crop`` = (W, H) window at a random place, the image padded with 0 (the mean colour,
+    once normalised) and the labels with the ignore label where it is smaller."""
+    import torchvision.transforms.v2.functional as TF
+
+    crop_w, crop_h = crop
+    _, height, width = image.shape
+    # left, top, right, bottom: pad right and bottom up to the crop size
+    pad = [0, 0, max(crop_w - width, 0), max(crop_h - height, 0)]
+    if pad[2] or pad[3]:
+        image = TF.pad(image, pad, fill=0.0)
+        labels = TF.pad(labels, pad, fill=IGNORE_INDEX) if labels is not None else None
+    _, height, width = image.shape
+    top, left = _randint(rng, height - crop_h), _randint(rng, width - crop_w)
+    image = TF.crop(image, top, left, crop_h, crop_w)
+    labels = TF.crop(labels, top, left, crop_h, crop_w) if labels is not None else None
+    return image, labels
+
+
 class PairedTransform:
     """Apply a ``TransformSpec`` to an (image, label) pair with randomness from ``rng``."""
 
@@ -156,17 +177,7 @@ class PairedTransform:
         image = normalize(image)  # padding with 0 below is padding with the mean colour
 
         if spec.crop is not None:
-            crop_w, crop_h = spec.crop
-            _, height, width = image.shape
-            # left, top, right, bottom: pad right and bottom up to the crop size
-            pad = [0, 0, max(crop_w - width, 0), max(crop_h - height, 0)]
-            if pad[2] or pad[3]:
-                image = TF.pad(image, pad, fill=0.0)
-                labels = TF.pad(labels, pad, fill=IGNORE_INDEX) if labels is not None else None
-            _, height, width = image.shape
-            top, left = _randint(rng, height - crop_h), _randint(rng, width - crop_w)
-            image = TF.crop(image, top, left, crop_h, crop_w)
-            labels = TF.crop(labels, top, left, crop_h, crop_w) if labels is not None else None
+            image, labels = _random_crop(image, labels, spec.crop, rng)
 
         if spec.mirror and torch.rand((), generator=rng).item() < 0.5:
             image = TF.horizontal_flip(image)

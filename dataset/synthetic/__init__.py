@@ -79,9 +79,8 @@ __all__ = [  # what the loaders, the benchmarks and the tests use
 ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: generate a synthetic dataset (see the module docstring)."""
-    defaults = SyntheticSpec()
+def _parser(defaults: SyntheticSpec) -> argparse.ArgumentParser:
+    """The command line's options, each defaulting to ``defaults``' value."""
     parser = argparse.ArgumentParser(
         prog="python -m dataset.synthetic", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -130,7 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="labelled night-and-fog frames",
     )  # fmt: skip
     add_debug_flag(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: generate a synthetic dataset (see the module docstring)."""
+    args = _parser(SyntheticSpec()).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataset.synthetic.domains import FLAT, ID, STATIC_ID, Jitter, jitter
+from dataset.synthetic.domains import FLAT, ID, STATIC_ID, Colour, Jitter, jitter
 from dataset.synthetic.geometry import rect
 from dataset.synthetic.painter import Painter, Sprite
 
@@ -238,6 +238,28 @@ def _box(
 _VEHICLE_WIDTH = {"car": 1.82, "truck": 2.45, "bus": 2.5, "train": 2.65}
 
 
+def _car_body(
+    p: Painter,
+    jit: Jitter,
+    xs: tuple[float, float],
+    zs: tuple[float, float, float],
+    direction: int,
+    glass: Colour,
+) -> None:
+    """A car's body (``zs``: its near and far ends and its length), its cabin with windows
+    and its rear (or front) lamps."""
+    (x0, x1), (z, z1, length), label = xs, zs, ID["car"]
+    _box(p, "car", jit, x0, x1, 0.3, 1.0, z, z1)
+    c0, c1 = z + (0.28 if direction > 0 else 0.25) * length, z + 0.74 * length
+    csx = _box(p, "car", jit, x0 + 0.12, x1 - 0.12, 1.0, 1.45, c0, c1)  # cabin
+    p.fill(rect("z", c0 - 0.01, x0 + 0.22, x1 - 0.22, 1.04, 1.4), label, glass)
+    if csx is not None:
+        p.fill(rect("x", csx * 0.999, c0 + 0.15, c1 - 0.15, 1.04, 1.4), label, glass)
+    lamp = p.colour("lamp_red" if direction > 0 else "lamp_amber", FLAT, z, 0.9)
+    for a in (x0 + 0.08, x1 - 0.38):
+        p.fill(rect("z", z - 0.01, a, a + 0.3, 0.72, 0.88), label, lamp)
+
+
 def vehicle(
     p: Painter,
     rng: np.random.Generator,
@@ -261,15 +283,7 @@ def vehicle(
         for zc in (z + 0.9, z1 - 0.9):
             p.disc(rect("x", sx, zc - r, zc + r, 0.0, 2 * r), label, tyre)
     if kind == "car":
-        _box(p, "car", jit, x0, x1, 0.3, 1.0, z, z1)
-        c0, c1 = z + (0.28 if direction > 0 else 0.25) * length, z + 0.74 * length
-        csx = _box(p, "car", jit, x0 + 0.12, x1 - 0.12, 1.0, 1.45, c0, c1)  # cabin
-        p.fill(rect("z", c0 - 0.01, x0 + 0.22, x1 - 0.22, 1.04, 1.4), label, glass)
-        if csx is not None:
-            p.fill(rect("x", csx * 0.999, c0 + 0.15, c1 - 0.15, 1.04, 1.4), label, glass)
-        lamp = p.colour("lamp_red" if direction > 0 else "lamp_amber", FLAT, z, 0.9)
-        for a in (x0 + 0.08, x1 - 0.38):
-            p.fill(rect("z", z - 0.01, a, a + 0.3, 0.72, 0.88), label, lamp)
+        _car_body(p, jit, (x0, x1), (z, z1, length), direction, glass)
     elif kind == "truck":  # cab and cargo box, far part first
         cab, cargo = (
             ((z1 - 2.2, z1), (z, z1 - 2.4)) if direction > 0 else ((z, z + 2.2), (z + 2.4, z1))
