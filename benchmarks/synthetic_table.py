@@ -187,14 +187,16 @@ def commits(data: dict[str, Any]) -> list[str]:
     return list(seen)
 
 
-def markdown(data: dict[str, Any]) -> str:
-    """The table and its footer: the runs' commits, and how the table was made."""
+def markdown(data: dict[str, Any], flags: Sequence[str] = ()) -> str:
+    """The table and its footer (the runs' commits, how the table was made), and ``flags``
+    (``staleness``, at generation time) as a warning line: the table's file in benchmarks/."""
     runs = ", ".join(commits(data))
-    return (
+    text = (
         f"{markdown_table(data['rows'], data.get('classes', NUM_CLASSES))}\n\n"
         f"<sub>Runs made at commit {runs}{' (not recorded)' if runs == 'unknown' else ''}.</sub> "
         f"{footer(data['provenance'])}"
     )
+    return text + ("\n\n**Stale:** " + "; ".join(flags) + "." if flags else "")
 
 
 def staleness(data: dict[str, Any]) -> list[str]:
@@ -208,13 +210,14 @@ def staleness(data: dict[str, Any]) -> list[str]:
     return [f"{why} ({', '.join(dict.fromkeys(labels))})" for why, labels in reasons.items()]
 
 
-def readme_block(data: dict[str, Any], name: str, flags: Sequence[str] = ()) -> str:
-    """The generated block of table ``name``, markers included; ``flags`` (``staleness``, at
-    generation time) become a warning line under the table."""
-    body = markdown(data)
-    if flags:
-        body += "\n\n**Stale:** " + "; ".join(flags) + "."
-    return block(name, SOURCE, body)
+def readme_block(data: dict[str, Any], name: str) -> str:
+    """The generated block of table ``name`` on its docs page, markers included: the table and
+    a link to its file in benchmarks/, which holds the runs' commits, the machine and any stale
+    flag (the docs page carries no history)."""
+    where = f"benchmarks/{name.replace('-', '_')}.md"
+    table = markdown_table(data["rows"], data.get("classes", NUM_CLASSES))
+    note = f"<sub>The runs, their commits and machine: [`{where}`](../{where}).</sub>"
+    return block(name, SOURCE, f"{table}\n\n{note}")
 
 
 def summary_block(data: dict[str, Any]) -> str:
@@ -228,13 +231,11 @@ def summary_block(data: dict[str, Any]) -> str:
     return block(SUMMARY, SOURCE, "\n".join(lines))
 
 
-def write_blocks(
-    data: dict[str, Any], name: str, flags: Sequence[str], paths: Sequence[Path]
-) -> list[str]:
+def write_blocks(data: dict[str, Any], name: str, paths: Sequence[Path]) -> list[str]:
     """Rewrite, in each of ``paths``, every block of table ``name`` it holds: the table's own
     and, for the main table, its summary (an error for a file that holds none); returns a line
     per file."""
-    blocks = {name: readme_block(data, name, flags)}
+    blocks = {name: readme_block(data, name)}
     if name == MAIN:
         blocks[SUMMARY] = summary_block(data)
     report = []
@@ -306,16 +307,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = table_data(rows, args.seeds, args.classes, command)
         write_json(data_path, data)
         print(f"{(time.perf_counter() - start) / 60:.1f} min this call")
-    table = markdown(data)
+    flags = staleness(data)
+    table = markdown(data, flags)
     args.out.write_text(table + "\n")
     print(table)
-    flags = staleness(data)
     for flag in flags:
         print(f"warning: stale runs: {flag}", file=sys.stderr)
     if args.readme is not None:
         name = args.out.stem.replace("_", "-")
         paths = args.readme or [ROOT / page for page in PAGES.get(name, ())]
-        print("\n".join(write_blocks(data, name, flags, paths)))
+        print("\n".join(write_blocks(data, name, paths)))
     print(f"written to {args.out} and {data_path}")
     return 0
 

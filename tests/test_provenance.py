@@ -134,27 +134,27 @@ def test_synthetic_table_footer_names_the_runs_commits_and_flags_stale_runs(repo
     table = synthetic_table.markdown(data)
     assert f"Runs made at commit {head[:10]}, {head[:10]} (uncommitted changes)." in table
     assert synthetic_table.staleness(data) == ["made with uncommitted changes (B)"]
-    block = synthetic_table.readme_block(data, "t", synthetic_table.staleness(data))
-    assert block.endswith("**Stale:** made with uncommitted changes (B).\n<!-- /t -->")
+    flagged = synthetic_table.markdown(data, synthetic_table.staleness(data))
+    assert flagged.endswith("\n\n**Stale:** made with uncommitted changes (B).")
+    # the docs page's block: the table and a link to its file, no commit and no stale flag
+    block = synthetic_table.readme_block(data, "t")
+    assert block.endswith("\n\n<sub>The runs, their commits and machine: [`benchmarks/t.md`]"
+                          "(../benchmarks/t.md).</sub>\n<!-- /t -->")  # fmt: skip
+    assert "Stale" not in block and head[:10] not in block
 
 
 @pytest.mark.parametrize("name", list(synthetic_table.PAGES))
 def test_the_docs_tables_are_generated_from_their_result_files(name):
     """Each result table on its docs page is what ``--from-json --readme`` makes of the
-    committed JSON (a stale-run warning, computed when it was generated, may follow the
-    table), and the README's summary is the main table's mIoU column."""
+    committed JSON, and the README's summary is the main table's mIoU column."""
     data = json.loads((ROOT / "benchmarks" / f"{name.replace('-', '_')}.json").read_text())
     page = synthetic_table.PAGES[name][0]
     found = readme.find_block((ROOT / page).read_text(), name)
     assert found is not None, f"{page} has no {name} block"
-    expected = synthetic_table.readme_block(data, name)
-    body = found.removesuffix(f"\n<!-- /{name} -->")
-    assert body.startswith(expected.removesuffix(f"\n<!-- /{name} -->")), (
+    assert found == synthetic_table.readme_block(data, name), (
         f"run: python -m benchmarks.synthetic_table --from-json --out "
         f"benchmarks/{name.replace('-', '_')}.md --readme"
     )
-    rest = body[len(expected.removesuffix(f"\n<!-- /{name} -->")) :]
-    assert rest == "" or rest.startswith("\n\n**Stale:** ")
     if name == synthetic_table.MAIN:
         summary = readme.find_block((ROOT / "README.md").read_text(), synthetic_table.SUMMARY)
         assert summary == synthetic_table.summary_block(data)
@@ -169,15 +169,15 @@ def test_the_summary_is_the_tables_miou_column_and_blocks_go_where_they_are(tmp_
     page.write_text(f"x\n{readme.block('synthetic-table', 'old', 'old')}\ny\n")
     front.write_text(f"{readme.block('synthetic-summary', 'old', 'old')}\n")
     other.write_text("no block\n")
-    report = synthetic_table.write_blocks(data, "synthetic-table", [], [page, front])
+    report = synthetic_table.write_blocks(data, "synthetic-table", [page, front])
     assert report == [f"{page}: updated", f"{front}: updated"]
     assert synthetic_table.readme_block(data, "synthetic-table") in page.read_text()
     assert front.read_text() == summary + "\n"
     # another table never touches the main table's summary; a file without a block is an error
     with pytest.raises(UsageError, match="other.md: no block 'synthetic-table-released'"):
-        synthetic_table.write_blocks(data, "synthetic-table-released", [], [other])
+        synthetic_table.write_blocks(data, "synthetic-table-released", [other])
     with pytest.raises(UsageError, match="README.md: no block 'synthetic-table-released'"):
-        synthetic_table.write_blocks(data, "synthetic-table-released", [], [front])
+        synthetic_table.write_blocks(data, "synthetic-table-released", [front])
 
 
 def test_seeds_trains_reuses_and_refuses_a_folder_of_other_settings(
