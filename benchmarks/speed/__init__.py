@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +55,7 @@ from dataset.transforms import IMG_MEAN_BGR
 from utils import losses
 from utils.config import load_config, take_overrides
 from utils.distributed import DistInfo, resolve_device
-from utils.errors import UsageError, add_debug_flag, at_least, run
+from utils.errors import UsageError, add_debug_flag, at_least
 from utils.evaluation.inference import evaluate, predict_logits
 from utils.evaluation.metrics import ConfusionMatrix
 from utils.provenance import command_line, footer, provenance
@@ -651,7 +650,9 @@ def markdown(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.speed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--crop", type=at_least(1), nargs=2, default=[512, 1024], metavar=("H", "W")
@@ -721,7 +722,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.out, "w") as f:
             f.write(table + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run(main))
