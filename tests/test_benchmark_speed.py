@@ -128,7 +128,7 @@ def test_peak_memory_is_taken_after_the_warm_up(monkeypatch, small_model):
             Meter.calls += 1
             return (100 if Meter.calls <= len(speed.PAPER_SETUPS) * 2 else 1) * 2**30
 
-    monkeypatch.setattr(speed, "PeakMemory", Meter)
+    monkeypatch.setattr("benchmarks.speed.benchmarks.PeakMemory", Meter)  # bench_training's
     args = argparse.Namespace(crop=[48, 64], amp="off", compile=False, cuda_graph=False, steps=1,
                               warmup=1, profile_steps=0, overrides=small_model)  # fmt: skip
     rows, _ = speed.bench_training(args, torch.device("cpu"))
