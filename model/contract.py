@@ -20,7 +20,9 @@ class SegOutput(NamedTuple):
     p1: Tensor | None  # the first head's logits (C1), B x K x h x w; None: no such head, or
     # a forward with heads=False
     p2: Tensor | None  # the output head's logits (C2), B x K x h x w; None with heads=False
-    features: Tensor  # the backbone features F of the step-wise norm loss, B x C x h x w
+    features: Tensor  # the features F the step-wise norm loss reads, B x C x h x w
+    stages: tuple[Tensor, ...] | None = None  # the encoder's stages, where a family returns
+    # them (DAFormer: the four MiT stages; the feature distance reads the last)
 
 
 @runtime_checkable

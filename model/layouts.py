@@ -1,8 +1,8 @@
 """What a weights file is once read, whatever its network family: its layout's name, its
 converted state, the report of a load, and the helpers every family's reader shares.
 
-``model/weights.py`` reads DeepLab-v2's layouts and this repository's checkpoints;
-``LAYOUTS`` names every layout a family reads.
+``model/weights.py`` reads DeepLab-v2's layouts and this repository's checkpoints,
+``model/mit_weights.py`` the MiT family's; ``LAYOUTS`` names every layout a family reads.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ LAYOUTS: dict[str, str] = {
     "deeplab_init": "DeepLab-v2 init file ('Scale.' prefix)",
     "torchvision": "torchvision ResNet state dict (ImageNet)",
     "deeplab_v2": "DeepLab-v2 state dict (AdaptSegNet, CLAN, FeatureToAdapt, ADVENT)",
+    "mit_init": "SegFormer MiT ImageNet file (mit_b*.pth)",  # model/mit_weights.py's layouts
+    "daformer": "DAFormer / HRDA / MIC checkpoint (backbone, decode_head)",
 }
 
 

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from model import mit_weights
 from model.deeplabv2 import ASPP_DILATIONS, DeepLabV2
 from model.layouts import (
     LAYOUTS,
@@ -70,6 +71,7 @@ except ImportError:  # numpy 1.x
 
 log = logging.getLogger(__name__)
 
+DEEPLAB_LAYOUTS = ("maxsquare", "deeplab_init", "torchvision", "deeplab_v2")
 BACKBONE_ONLY = ("deeplab_init", "torchvision")
 HEADS = ("layer5", "layer6")  # C1, C2
 
@@ -107,6 +109,8 @@ def read_weights(path: str | Path) -> Weights:
         layout = "checkpoint"
         notes.append(note)
         teacher = obj["models"].get("teacher")
+    elif (mit := mit_weights.recognise(obj, path)) is not None:
+        return mit
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         layout, state = "maxsquare", obj["state_dict"]
         notes.append("unwrapped state_dict")
