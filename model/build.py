@@ -54,7 +54,11 @@ class Restored(NamedTuple):
 
 
 def preset_name(cfg: ModelConfig) -> str:
-    """The preset ``cfg`` names or whose switches it has; ``custom`` for other switches."""
+    """How results name the network: DeepLab-v2's preset (the one ``cfg`` names or whose
+    switches it has; ``custom`` for other switches), or DAFormer's MiT size (``daformer
+    mit_b5``)."""
+    if cfg.arch == "daformer":
+        return f"daformer {cfg.backbone}"
     cfg = apply_preset(cfg)
     switches = (cfg.multi_level, cfg.aspp_branches, cfg.predict_with)
     return cfg.preset or next((n for n, p in PRESETS.items() if p == switches), "custom")

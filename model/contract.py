@@ -40,8 +40,14 @@ class Segmenter(Protocol):
     - ``classifier_weights()``: two heads' parameters, flattened (CLAN's weight-discrepancy
       loss), where a setup needs them;
     - ``backbone_stages()``: the backbone's modules in the order the released DeepLab-v2 code
-      walked them (its optimizer's duplicated list), where ``optim.backbone_updates`` asks.
+      walked them (its optimizer's duplicated list), where ``optim.backbone_updates`` asks;
+    - ``align_corners``: how its logits are resized to a label's or an image's size.
+
+    Every family's forward takes the images in one form, the datasets' (BGR minus DeepLab-v2's
+    mean, ``dataset/transforms.py``); a family with another normalisation converts them first.
     """
+
+    align_corners: bool
 
     def __call__(self, x: Tensor, heads: bool = True) -> SegOutput: ...
 

@@ -7,6 +7,12 @@ every convolution) and a 3x3 bottleneck; dropout 0.1 and a 1x1 classifier give t
 stride 4. Parameter names are those of DAFormer's checkpoints (``backbone.*``,
 ``decode_head.*``), so its, HRDA's and MIC's trained students load with ``strict=True``.
 
+Its input normalisation is its own: the forward takes the images as every family does (the
+datasets' BGR minus DeepLab-v2's mean, ``dataset/transforms.py``) and first turns them into
+DAFormer's (RGB minus ImageNet's mean, divided by its std), a per-channel affine map. Its
+logits are resized to the input's size as mmseg's ``EncoderDecoder`` does (bilinear,
+``align_corners=False``), and so is any further resize (``align_corners``).
+
 The network meets the model contract (``model/contract.py``): one head, whose logits are
 ``SegOutput.p2``; ``SegOutput.features`` are the features the norm loss reads, at the place
 ``norm_features`` names: ``backbone`` (the last MiT stage, after its LayerNorm) or ``decoder``
@@ -22,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dataset.transforms import IMG_MEAN_BGR
 from model.contract import SegOutput
 from model.mit import MixTransformer
 
@@ -34,6 +41,8 @@ NORM_FEATURES = ("backbone", "decoder")
 # DAFormer's input normalisation: RGB in [0, 255], ImageNet's mean and std
 RGB_MEAN = (123.675, 116.28, 103.53)
 RGB_STD = (58.395, 57.12, 57.375)
+# the repository's image form, which every family's forward takes: BGR minus IMG_MEAN_BGR
+REPOSITORY_MEAN_RGB = IMG_MEAN_BGR[::-1]
 
 
 class ConvBNReLU(nn.Module):
@@ -122,8 +131,6 @@ class DAFormerHead(nn.Module):
 class DAFormer(nn.Module):
     """A MiT encoder (``backbone``) and DAFormer's head (``decode_head``)."""
 
-    input_mean = RGB_MEAN  # the family's input normalisation (RGB)
-    input_std = RGB_STD
     align_corners = False  # how its logits are resized to labels and images
 
     def __init__(
@@ -139,18 +146,28 @@ class DAFormer(nn.Module):
         self.norm_features = norm_features
         self.backbone = MixTransformer(backbone)
         self.decode_head = DAFormerHead(self.backbone.dims, num_classes, head_channels)
+        # x_own = (x.flip(channels) + shift) / scale; buffers that files do not hold
+        shift = torch.tensor(REPOSITORY_MEAN_RGB) - torch.tensor(RGB_MEAN)
+        self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(RGB_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: Tensor, heads: bool = True) -> SegOutput:
-        """x: B x 3 x H x W -> SegOutput; logits (``p2``) at H/4 x W/4. With ``heads=False``
-        and the norm on the backbone, the head does not run."""
-        stages = self.backbone(x)
+        """x: B x 3 x H x W, the repository's image form -> SegOutput; logits (``p2``) at
+        H x W. With ``heads=False`` and the norm on the backbone, the head does not run."""
+        stages = self.backbone(self.own_input(x))
         if not heads and self.norm_features == "backbone":
             return SegOutput(None, None, stages[-1], tuple(stages))
         fused, logits = self.decode_head(stages)
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         features = stages[-1] if self.norm_features == "backbone" else fused
         if not heads:
             return SegOutput(None, None, features, tuple(stages))
         return SegOutput(None, logits, features, tuple(stages))
+
+    def own_input(self, x: Tensor) -> Tensor:
+        """The repository's image form (BGR minus DeepLab-v2's mean) -> DAFormer's (RGB minus
+        ImageNet's mean, over its std), in float32."""
+        return (x.float().flip(1) + self.shift) / self.scale
 
     def predict(self, out: SegOutput) -> Tensor:
         """The logits: the one head's."""

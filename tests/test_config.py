@@ -188,7 +188,7 @@ def test_the_network_family_and_the_optimizer_are_keys():
     # DeepLab-v2's own keys are checked only for model.arch=deeplabv2
     assert str(refused.value).splitlines()[1:] == [
         "  model.arch: expected one of deeplabv2, daformer, got 'unet'",
-        "  optim.optimizer: expected one of sgd, got 'adam'",
+        "  optim.optimizer: expected one of sgd, adamw, got 'adam'",
     ]
     with pytest.raises(ConfigError, match=r"model\.layers: expected 4 block counts"):
         load_config(None, ["model.layers=[0]"])

@@ -7,7 +7,9 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from dataset.transforms import normalize
 from model.build import build_model, restore_model
 from model.contract import Segmenter
 from model.daformer import DAFormer
@@ -113,7 +115,7 @@ def test_outputs_meet_the_contract_at_strides_4_to_32(place):
     out = model(torch.randn(2, 3, 96, 160))
     assert [tuple(s.shape) for s in out.stages] == [
         (2, 32, 24, 40), (2, 64, 12, 20), (2, 160, 6, 10), (2, 256, 3, 5)]  # fmt: skip
-    assert out.p1 is None and out.p2.shape == (2, 19, 24, 40)
+    assert out.p1 is None and out.p2.shape == (2, 19, 96, 160)  # resized to the input's size
     assert model.predict(out) is out.p2 and model.predicted_heads(out) == (out.p2,)
     expected = out.stages[-1] if place == "backbone" else (2, 16, 24, 40)
     assert out.features is expected if place == "backbone" else out.features.shape == expected
@@ -122,9 +124,19 @@ def test_outputs_meet_the_contract_at_strides_4_to_32(place):
 def test_decoder_features_are_the_fused_map_the_classifier_reads():
     model = small("decoder").eval()
     out = model(torch.randn(1, 3, 64, 64))
-    head = model.decode_head
-    assert torch.allclose(head.conv_seg(out.features), out.p2, atol=1e-6)
+    logits = model.decode_head.conv_seg(out.features)  # 1 x 19 x 16 x 16, stride 4
+    resized = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.allclose(resized, out.p2, atol=1e-6)
     assert out.features.min() >= 0  # after the bottleneck's ReLU
+
+
+def test_the_input_is_turned_into_daformers_normalisation():
+    rgb = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    ours = small().own_input(normalize(rgb))  # the datasets' BGR minus DeepLab-v2's mean
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    assert torch.allclose(ours, (rgb.float() - mean) / std, atol=1e-6)
+    assert "shift" not in small().state_dict()  # not a weight: files do not hold it
 
 
 def test_a_features_only_pass_skips_the_head_for_the_backbone_norm(monkeypatch):
@@ -294,3 +306,16 @@ def test_an_own_checkpoint_restores_on_the_arch_it_records(tmp_path):
     assert weights.layout == "checkpoint"
     restored = restore_model(full.model, weights).model
     assert isinstance(restored, DAFormer) and _same_predictions(restored, producer)
+
+
+def test_adamw_takes_the_groups_decay_and_the_loop_sets_their_rates():
+    from utils.training.optim import OPTIMIZERS
+
+    o = load_config(None, ["model.arch=daformer", "optim.optimizer=adamw", "optim.lr=6e-5",
+                           "optim.weight_decay=0.01"]).optim  # fmt: skip
+    opt = OPTIMIZERS["adamw"](o, small())
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
+    decay = {g["name"]: g["weight_decay"] for g in opt.param_groups}
+    assert decay == {"backbone": 0.01, "backbone_norms": 0.0, "head": 0.01}
+    with pytest.raises(ConfigError, match="backbone_updates=released: the released update is SGD"):
+        load_config(None, ["optim.optimizer=adamw", "optim.backbone_updates=released"])

@@ -20,7 +20,7 @@ LR_SCALINGS = ("none", "linear")
 BACKBONE_UPDATES = ("once", "released", "released_torch14")
 PREDICT_WITH = ("sum", "c2")
 ARCHS = ("deeplabv2", "daformer")  # model.arch: the network families (model.build.FAMILIES)
-OPTIMIZERS = ("sgd",)  # optim.optimizer: G's optimizers (utils.training.optim.OPTIMIZERS)
+OPTIMIZERS = ("sgd", "adamw")  # optim.optimizer: G's optimizers (utils.training.optim.OPTIMIZERS)
 # The keys of the DeepLab-v2 family: read and checked only where model.arch names it, so that
 # another family brings its own subsection without them.
 DEEPLABV2_KEYS = ("model.preset", "model.layers", "model.base_width", "model.multi_level",
@@ -304,6 +304,9 @@ def _range_problems(cfg: Config) -> list[str]:
     lo, hi = cfg.loss.dacs.blur_sigma
     if not 0 < lo <= hi:
         problems.append(f"loss.dacs.blur_sigma: expected 0 < low <= high, got [{lo}, {hi}]")
+    if cfg.optim.optimizer != "sgd" and cfg.optim.backbone_updates != "once":
+        problems.append(f"optim.backbone_updates={cfg.optim.backbone_updates}: the released "
+                        f"update is SGD's; optim.optimizer is {cfg.optim.optimizer}")  # fmt: skip
     if not cfg.optim.momentum < 1:
         problems.append(f"optim.momentum: expected a number < 1, got {cfg.optim.momentum}")
     if cfg.train.device != "auto":
