@@ -319,3 +319,44 @@ def test_adamw_takes_the_groups_decay_and_the_loop_sets_their_rates():
     assert decay == {"backbone": 0.01, "backbone_norms": 0.0, "head": 0.01}
     with pytest.raises(ConfigError, match="backbone_updates=released: the released update is SGD"):
         load_config(None, ["optim.optimizer=adamw", "optim.backbone_updates=released"])
+
+
+# ---- training ----
+
+DAFORMER_RUN = [
+    *("model.arch=daformer", "model.backbone=mit_demo", "model.head_channels=8"),
+    *("optim.optimizer=adamw", "optim.lr=6e-4", "optim.weight_decay=0.01"),
+    *("optim.warmup_form=mmcv", "loss.norm_features=decoder", "train.image_every=0"),
+]
+
+
+def test_norm_only_trains_daformer_resumes_exactly_and_its_checkpoint_scores(tmp_path, synthetic):
+    from conftest import metrics_rows, norm_only_run
+
+    import train_clan_norm
+    import train_norm_only
+    from utils.checkpoint import load_checkpoint
+
+    full = norm_only_run(tmp_path, synthetic, "full", *DAFORMER_RUN, "train.max_steps=3")
+    part = norm_only_run(tmp_path, synthetic, "part", *DAFORMER_RUN, "train.max_steps=2")
+    assert train_norm_only.main(["--resume", str(part), "train.max_steps=3"]) == 0
+
+    # dropout and stochastic depth draw from the global RNG: the resumed steps draw as the
+    # uninterrupted ones did (the loaders do not draw from it when they start again)
+    def losses(run):
+        rows = [r for r in metrics_rows(run) if "train/loss_seg" in r]
+        return [{k: v for k, v in r.items() if k != "train/sec_per_step"} for r in rows]
+
+    assert losses(full) == losses(part) and len(losses(full)) == 3
+    a, b = (load_checkpoint(r / "checkpoints" / "last.pth") for r in (full, part))
+    assert all(torch.equal(a["models"]["G"][k], v) for k, v in b["models"]["G"].items())
+    assert a["config"]["model"]["arch"] == "daformer"
+    # the head's group at 10x the rate
+    groups = a["optimizers"]["G"]["param_groups"]
+    assert [g["lr_mult"] for g in groups] == [1.0, 1.0, 10.0]
+    weights = read_weights(full / "checkpoints" / "last.pth")
+    restored = restore_model(cfg("model.head_channels=8"), weights).model
+    assert isinstance(restored, DAFormer)
+    with pytest.raises(ConfigError, match="model.arch=daformer: train_clan_norm.py trains "
+                                          "model.arch=deeplabv2 only"):  # fmt: skip
+        train_clan_norm.main(["--config", "configs/demo/clan_norm.yaml", *synthetic, *DAFORMER_RUN])

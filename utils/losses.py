@@ -73,16 +73,19 @@ def head_loss(
 
 
 def segmentation_loss(
-    p1: torch.Tensor,
+    p1: torch.Tensor | None,
     p2: torch.Tensor,
     label: torch.Tensor,
     kind: str = "ce",
     focal_gamma: float = 2.0,
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
-    """``L_seg = l(up(p1), y) + l(up(p2), y)``: both heads' ``head_loss``."""
-    return (head_loss(p1, label, kind, focal_gamma, ignore_index)
-            + head_loss(p2, label, kind, focal_gamma, ignore_index))  # fmt: skip
+    """``L_seg = l(up(p1), y) + l(up(p2), y)``: both heads' ``head_loss``; ``l(up(p2), y)``
+    alone for a network of one head (DAFormer's: ``p1`` is None)."""
+    loss = head_loss(p2, label, kind, focal_gamma, ignore_index)
+    if p1 is None:
+        return loss
+    return head_loss(p1, label, kind, focal_gamma, ignore_index) + loss
 
 
 def feature_norm(features: torch.Tensor) -> torch.Tensor:
