@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dataset.transforms import IMG_MEAN_BGR
 from model.contract import SegOutput
 from model.mit import MixTransformer
+from utils.image_form import IMG_MEAN_BGR
 
 FUSION_DILATIONS = (1, 6, 12, 18)
 HEAD_CHANNELS = 256
