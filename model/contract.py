@@ -64,3 +64,17 @@ class Segmenter(Protocol):
     def train(self, mode: bool = True) -> nn.Module: ...
 
     def eval(self) -> nn.Module: ...
+
+
+def split_output(out: SegOutput, parts: int) -> list[SegOutput]:
+    """A forward of a batch made of ``parts`` equal batches, as the forward of each (every
+    tensor chunked along the batch; an absent head stays None)."""
+
+    def chunks(t: Tensor | tuple[Tensor, ...] | None) -> list:
+        if t is None:
+            return [None] * parts
+        if isinstance(t, tuple):
+            return [tuple(c) for c in zip(*(s.chunk(parts) for s in t), strict=True)]
+        return list(t.chunk(parts))
+
+    return [SegOutput(*fields) for fields in zip(*(chunks(t) for t in out), strict=True)]

@@ -360,3 +360,16 @@ def test_norm_only_trains_daformer_resumes_exactly_and_its_checkpoint_scores(tmp
     with pytest.raises(ConfigError, match="model.arch=daformer: train_clan_norm.py trains "
                                           "model.arch=deeplabv2 only"):  # fmt: skip
         train_clan_norm.main(["--config", "configs/demo/clan_norm.yaml", *synthetic, *DAFORMER_RUN])
+
+
+def test_a_joint_forward_splits_into_each_batchs():
+    from model.contract import split_output
+
+    model = small().eval()
+    a, b = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        first, second = split_output(model(torch.cat([a, b])), 2)
+        alone = model(b)
+    assert first.p1 is None and first.p2.shape[0] == 2 and len(second.stages) == 4
+    assert torch.allclose(second.p2, alone.p2, atol=1e-5)
+    assert all(torch.allclose(s, t, atol=1e-5) for s, t in zip(second.stages, alone.stages))
