@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from dataset.datasets import Batch
 from dataset.transforms import IMG_MEAN_BGR
+from model.contract import split_output
 from utils.config import Config, ConfigError, apply_preset, refuse
 from utils.errors import run
 from utils.losses import (
@@ -128,7 +129,7 @@ def train_step(
     with state.autocast():
         if ds.student_passes == "one":  # BatchNorm sees both batches' statistics together
             out = g(torch.cat([x_s, mixed.image]))
-            out_s, out_m = (type(out)(*(t.chunk(2)[i] for t in out)) for i in (0, 1))
+            out_s, out_m = split_output(out, 2)
         else:  # DACS: a forward per batch
             out_s = g(x_s)
             out_m = g(mixed.image)

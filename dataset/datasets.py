@@ -418,7 +418,9 @@ def infinite_loader(
 ) -> Iterator[Batch]:
     """Endless batches; the same (seed, start_step) gives the same batches for any num_workers.
 
-    ``start_step`` is the number of batches this rank has already consumed.
+    ``start_step`` is the number of batches this rank has already consumed. The loader draws
+    its workers' base seed from a generator of its own, not from the global RNG, so that
+    starting it (again, on a resume) leaves the global stream (dropout's) where it was.
     """
     start = start_step * batch_size
     sampler = InfiniteSampler(len(dataset), seed, start, shuffle, rank, world_size)
@@ -431,6 +433,7 @@ def infinite_loader(
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )
     return iter(loader)
 
@@ -454,4 +457,5 @@ def eval_loader(
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),  # not the global RNG (``infinite_loader``)
     )

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 
 from dataset.labels import IGNORE_INDEX
+from utils.image_form import IMG_MEAN_BGR  # (re-exported: the datasets' image form)
 
-IMG_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
+__all__ = ["IMG_MEAN_BGR", "PairedTransform", "TransformSpec", "denormalize", "normalize"]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ class SegOutput(NamedTuple):
     p1: Tensor | None  # the first head's logits (C1), B x K x h x w; None: no such head, or
     # a forward with heads=False
     p2: Tensor | None  # the output head's logits (C2), B x K x h x w; None with heads=False
-    features: Tensor  # the backbone features F of the step-wise norm loss, B x C x h x w
+    features: Tensor  # the features F the step-wise norm loss reads, B x C x h x w
+    stages: tuple[Tensor, ...] | None = None  # the encoder's stages, where a family returns
+    # them (DAFormer: the four MiT stages; the feature distance reads the last)
 
 
 @runtime_checkable
@@ -38,8 +40,14 @@ class Segmenter(Protocol):
     - ``classifier_weights()``: two heads' parameters, flattened (CLAN's weight-discrepancy
       loss), where a setup needs them;
     - ``backbone_stages()``: the backbone's modules in the order the released DeepLab-v2 code
-      walked them (its optimizer's duplicated list), where ``optim.backbone_updates`` asks.
+      walked them (its optimizer's duplicated list), where ``optim.backbone_updates`` asks;
+    - ``align_corners``: how its logits are resized to a label's or an image's size.
+
+    Every family's forward takes the images in one form, the datasets' (BGR minus DeepLab-v2's
+    mean, ``dataset/transforms.py``); a family with another normalisation converts them first.
     """
+
+    align_corners: bool
 
     def __call__(self, x: Tensor, heads: bool = True) -> SegOutput: ...
 
@@ -56,3 +64,17 @@ class Segmenter(Protocol):
     def train(self, mode: bool = True) -> nn.Module: ...
 
     def eval(self) -> nn.Module: ...
+
+
+def split_output(out: SegOutput, parts: int) -> list[SegOutput]:
+    """A forward of a batch made of ``parts`` equal batches, as the forward of each (every
+    tensor chunked along the batch; an absent head stays None)."""
+
+    def chunks(t: Tensor | tuple[Tensor, ...] | None) -> list:
+        if t is None:
+            return [None] * parts
+        if isinstance(t, tuple):
+            return [tuple(c) for c in zip(*(s.chunk(parts) for s in t), strict=True)]
+        return list(t.chunk(parts))
+
+    return [SegOutput(*fields) for fields in zip(*(chunks(t) for t in out), strict=True)]

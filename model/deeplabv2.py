@@ -106,6 +106,8 @@ class DeepLabV2(nn.Module):
     never train; `freeze_bn_stats=True` keeps every BN on its running statistics in train mode.
     """
 
+    align_corners = True  # how its logits are resized to labels and images (nn.Upsample's)
+
     def __init__(
         self,
         num_classes: int = 19,

@@ -36,15 +36,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from model import mit_weights
 from model.deeplabv2 import ASPP_DILATIONS, DeepLabV2
+from model.layouts import (
+    LAYOUTS,
+    LoadReport,
+    Purpose,
+    Weights,
+    check_tensors,
+    class_count,
+    strip_prefix,
+)
 from utils.checkpoint import (
     CheckpointError,
     generator_of,
@@ -61,16 +71,7 @@ except ImportError:  # numpy 1.x
 
 log = logging.getLogger(__name__)
 
-Purpose = Literal["init", "restore"]
-
-
-LAYOUTS: dict[str, str] = {
-    "checkpoint": "this repository's checkpoint (models.G)",
-    "maxsquare": "MaxSquare checkpoint ({'state_dict': ...})",
-    "deeplab_init": "DeepLab-v2 init file ('Scale.' prefix)",
-    "torchvision": "torchvision ResNet state dict (ImageNet)",
-    "deeplab_v2": "DeepLab-v2 state dict (AdaptSegNet, CLAN, FeatureToAdapt, ADVENT)",
-}
+DEEPLAB_LAYOUTS = ("maxsquare", "deeplab_init", "torchvision", "deeplab_v2")
 BACKBONE_ONLY = ("deeplab_init", "torchvision")
 HEADS = ("layer5", "layer6")  # C1, C2
 
@@ -82,39 +83,6 @@ _NUMPY_SCALARS = [
     (_np_scalar, "numpy.core.multiarray.scalar"),
     (_np_scalar, "numpy._core.multiarray.scalar"),
 ]
-
-
-@dataclass(frozen=True)
-class Weights:
-    """A weights file, read and converted to G's parameter names."""
-
-    path: str
-    layout: str  # a key of LAYOUTS
-    state: dict[str, Tensor]
-    config: dict[str, Any] | None  # the stored config (this repository's checkpoints)
-    notes: tuple[str, ...]  # conversions applied while reading
-    teacher: dict[str, Tensor] | None = None  # a self-training run's mean teacher (DACS)
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    """What ``load_weights`` recognised, converted and loaded."""
-
-    path: str
-    layout: str
-    purpose: Purpose
-    loaded: int  # tensors taken from the file
-    notes: tuple[str, ...]  # conversions and drops, one sentence each
-    kept_init: tuple[str, ...]  # model tensors left at their initial values
-    num_classes: int | None = None  # the classes the file's classifiers predict (None: none)
-
-    def __str__(self) -> str:
-        classes = f", {class_count(self.num_classes)}" if self.num_classes is not None else ""
-        lines = [f"{self.path}: {LAYOUTS[self.layout]}{classes}, {self.loaded} tensors loaded"]
-        lines += [f"  {note}" for note in self.notes]
-        if self.kept_init:
-            lines.append(f"  {len(self.kept_init)} tensors kept at their initial values")
-        return "\n".join(lines)
 
 
 class Structure(NamedTuple):
@@ -141,6 +109,8 @@ def read_weights(path: str | Path) -> Weights:
         layout = "checkpoint"
         notes.append(note)
         teacher = obj["models"].get("teacher")
+    elif (mit := mit_weights.recognise(obj, path)) is not None:
+        return mit
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         layout, state = "maxsquare", obj["state_dict"]
         notes.append("unwrapped state_dict")
@@ -148,11 +118,11 @@ def read_weights(path: str | Path) -> Weights:
         layout, state = "", obj
     else:
         raise CheckpointError(f"{path}: expected a dict of weights, the file holds a {type(obj)}")
-    _check_tensors(state, path)
-    state = _strip_prefix(state, "module.", notes)
+    check_tensors(state, path)
+    state = strip_prefix(state, "module.", notes)
     if not layout:
         if state and all(k.startswith("Scale.") for k in state):
-            layout, state = "deeplab_init", _strip_prefix(state, "Scale.", notes)
+            layout, state = "deeplab_init", strip_prefix(state, "Scale.", notes)
         elif "fc.weight" in state and not _head_keys(state):
             layout = "torchvision"
         elif "conv1.weight" in state and _head_keys(state):
@@ -194,13 +164,6 @@ def infer_preset(weights: Weights) -> str:
     if s.multi_level and s.branches == 2:
         return "adaptsegnet"  # only the used branches stored: same switches as maxsquare
     raise CheckpointError(f"{where}: cannot infer the preset: {_suggestion(s, weights.layout)}")
-
-
-def class_count(num_classes: int) -> str:
-    """How a class count reads: ``19 classes``, or the SYNTHIA subset 16 or 13 stand for."""
-    if num_classes in EVAL_CLASSES[1:]:  # 16 or 13
-        return f"{num_classes} classes (the SYNTHIA {num_classes}, in trainId order)"
-    return f"{num_classes} classes"
 
 
 def preset_for(cfg: ModelConfig, weights: Weights) -> ModelConfig:
@@ -294,23 +257,6 @@ def structure(state: Mapping[str, Tensor]) -> Structure:
     return Structure(
         num_classes, multi_level, branches, layers, None if stem is None else int(stem.shape[0])
     )
-
-
-def _check_tensors(state: dict[str, Any], path: str) -> None:
-    for key, value in state.items():
-        if not isinstance(value, Tensor):
-            raise CheckpointError(
-                f"{path}: expected a state dict of tensors; key {key!r} holds a "
-                f"{type(value).__name__}"
-            )
-
-
-def _strip_prefix(state: dict[str, Tensor], prefix: str, notes: list[str]) -> dict[str, Tensor]:
-    """Remove ``prefix`` when every key carries it."""
-    if not state or not all(k.startswith(prefix) for k in state):
-        return state
-    notes.append(f"removed the key prefix {prefix!r}")
-    return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
 def _branch_count(state: Mapping[str, Tensor], head: str) -> int:

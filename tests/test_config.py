@@ -187,12 +187,13 @@ def test_the_network_family_and_the_optimizer_are_keys():
         load_config(None, ["model.arch=unet", "model.layers=[0]", "optim.optimizer=adam"])
     # DeepLab-v2's own keys are checked only for model.arch=deeplabv2
     assert str(refused.value).splitlines()[1:] == [
-        "  model.arch: expected one of deeplabv2, got 'unet'",
-        "  optim.optimizer: expected one of sgd, got 'adam'",
+        "  model.arch: expected one of deeplabv2, daformer, got 'unet'",
+        "  optim.optimizer: expected one of sgd, adamw, got 'adam'",
     ]
     with pytest.raises(ConfigError, match=r"model\.layers: expected 4 block counts"):
         load_config(None, ["model.layers=[0]"])
     # a config stored before the keys existed (an older checkpoint's) loads with the defaults
     stored = to_dict(cfg)
-    del stored["model"]["arch"], stored["optim"]["optimizer"]
+    del stored["model"]["arch"], stored["optim"]["optimizer"], stored["model"]["backbone"]
+    del stored["model"]["head_channels"], stored["loss"]["norm_features"]
     assert config_from_dict(stored) == cfg

@@ -432,6 +432,8 @@ class _FixedPrediction(torch.nn.Module):
     """A stand-in G that predicts ``pred`` (h x w trainIds) whatever the image: one-hot logits
     at that size, so nothing is upsampled when the label has it too."""
 
+    align_corners = True  # the contract's: how its logits are resized
+
     def __init__(self, pred):
         super().__init__()
         self.pred = pred

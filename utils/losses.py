@@ -15,14 +15,17 @@ import torch.nn.functional as F
 IGNORE_INDEX = 255  # the datasets' label for pixels outside the classes
 
 
-def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling (align_corners=True, as DeepLab-v2) of ``B x K x h x w`` to ``size``,
-    in float32 whatever the input dtype: under mixed precision the full-resolution logits that
-    the losses, the map M and D's input are computed from keep float32 precision."""
+def upsample_to(
+    logits: torch.Tensor, size: tuple[int, int], align_corners: bool = True
+) -> torch.Tensor:
+    """Bilinear upsampling (align_corners=True, as DeepLab-v2; DAFormer's is False) of
+    ``B x K x h x w`` to ``size``, in float32 whatever the input dtype: under mixed precision the
+    full-resolution logits that the losses, the map M and D's input are computed from keep
+    float32 precision."""
     logits = logits.float()
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def cross_entropy(
@@ -70,16 +73,19 @@ def head_loss(
 
 
 def segmentation_loss(
-    p1: torch.Tensor,
+    p1: torch.Tensor | None,
     p2: torch.Tensor,
     label: torch.Tensor,
     kind: str = "ce",
     focal_gamma: float = 2.0,
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
-    """``L_seg = l(up(p1), y) + l(up(p2), y)``: both heads' ``head_loss``."""
-    return (head_loss(p1, label, kind, focal_gamma, ignore_index)
-            + head_loss(p2, label, kind, focal_gamma, ignore_index))  # fmt: skip
+    """``L_seg = l(up(p1), y) + l(up(p2), y)``: both heads' ``head_loss``; ``l(up(p2), y)``
+    alone for a network of one head (DAFormer's: ``p1`` is None)."""
+    loss = head_loss(p2, label, kind, focal_gamma, ignore_index)
+    if p1 is None:
+        return loss
+    return head_loss(p1, label, kind, focal_gamma, ignore_index) + loss
 
 
 def feature_norm(features: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ This module imports nothing: it can be copied into another repository as it is.
 
 from __future__ import annotations
 
-WARMUP_FORMS = ("scaled", "released")  # optim.warmup_form
+WARMUP_FORMS = ("scaled", "released", "mmcv")  # optim.warmup_form
+MMCV_WARMUP_RATIO = 1e-6  # DAFormer's warmup_ratio: where mmcv's linear warm-up starts
 
 
 def poly_lr(
@@ -18,16 +19,21 @@ def poly_lr(
     warmup_form: str = "scaled",
 ) -> float:
     """``base_lr * (1 - i/N)^power`` after a linear warm-up over the first W steps, which is
-    ``scaled``: the poly value times ``(i + 1) / W``; or ``released`` (the authors' code):
-    ``base_lr * i / W`` alone (0 at step 0), so the rate drops to the poly value at step W."""
+    ``scaled``: the poly value times ``(i + 1) / W``; ``released`` (the authors' code):
+    ``base_lr * i / W`` alone (0 at step 0), so the rate drops to the poly value at step W; or
+    ``mmcv`` (DAFormer's ``warmup='linear'``): the poly value times ``r + (1 - r) i / W``,
+    r = ``MMCV_WARMUP_RATIO``."""
     if warmup_form not in WARMUP_FORMS:
-        raise ValueError(f"optim.warmup_form: expected scaled or released, got {warmup_form!r}")
+        raise ValueError(f"optim.warmup_form: expected one of {', '.join(WARMUP_FORMS)}, got "
+                         f"{warmup_form!r}")  # fmt: skip
     warming = warmup_steps > 0 and step < warmup_steps
     if warming and warmup_form == "released":
         return base_lr * step / warmup_steps
     progress = min(step, total_steps) / total_steps
     lr = base_lr * (1.0 - progress) ** power
-    if warming:
+    if warming and warmup_form == "mmcv":
+        lr *= MMCV_WARMUP_RATIO + (1.0 - MMCV_WARMUP_RATIO) * step / warmup_steps
+    elif warming:
         lr *= (step + 1) / warmup_steps
     return lr
 

@@ -41,6 +41,7 @@ class Setup(NamedTuple):
     variants: tuple[Variant, ...]
     ignores: tuple[str, ...] = ()  # scripts whose keys this one accepts (its configs are theirs)
     reference: str | None = None  # benchmarks.speed's step of the upstream code, by name
+    archs: tuple[str, ...] = ("deeplabv2",)  # the network families (model.arch) it trains
 
 
 # MaxSquare's and DACS's speed runs use their configs' model and loss: the model of their
@@ -59,6 +60,7 @@ SETUPS: tuple[Setup, ...] = (
         # CLAN's configs are Norm only's plus D: its configs carry CLAN's values
         ignores=("train_clan_norm.py",),
         reference="reference_step",
+        archs=("deeplabv2", "daformer"),
     ),
     Setup(
         "train_clan_norm.py", "CLAN's discriminator and adversarial loss",
@@ -131,9 +133,13 @@ def script_for_config(config: str | Path) -> Setup | None:
 
 def foreign_keys(cfg: Config, script: str) -> list[str]:
     """A problem line for each key that another setup owns and ``cfg`` sets away from the
-    defaults: ``script`` would silently ignore it (the setups it ``ignores`` aside)."""
+    defaults: ``script`` would silently ignore it (the setups it ``ignores`` aside); and one
+    for a network family (``model.arch``) that ``script`` does not train."""
     mine = setup_of(script)
     problems = []
+    if cfg.model.arch not in mine.archs:
+        problems.append(f"model.arch={cfg.model.arch}: {mine.script} trains model.arch="
+                        f"{' or '.join(mine.archs)} only")  # fmt: skip
     for other in SETUPS:
         if other is mine or other.script in mine.ignores:
             continue

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import train_dacs_norm
 from dataset.datasets import Batch
 from dataset.transforms import IMG_MEAN_BGR
+from model.contract import split_output
 from utils import losses
 from utils.config import DacsConfig
 from utils.schedules import damping, norm_damping
@@ -191,7 +192,7 @@ def reference_dacs_step(state: TrainState, source: Batch, target: Batch | None, 
         out_s, out_m = g(x_s), g(torch.stack(mixed))
     else:  # the one-pass variant: both batches through one forward
         out = g(torch.cat([x_s, torch.stack(mixed)]))
-        out_s, out_m = (type(out)(*(t.chunk(2)[i] for t in out)) for i in (0, 1))
+        out_s, out_m = split_output(out, 2)
     if lo.lambda_norm > 0:
         d_norm = norm_damping(step, cfg.optim.schedule_steps, lo.clamp_norm_damping)
         norm = losses.stepwise_norm_loss(out_s.features, lo.delta_r) + losses.stepwise_norm_loss(

@@ -19,12 +19,16 @@ SEG_LOSSES = ("ce", "focal")
 LR_SCALINGS = ("none", "linear")
 BACKBONE_UPDATES = ("once", "released", "released_torch14")
 PREDICT_WITH = ("sum", "c2")
-ARCHS = ("deeplabv2",)  # model.arch: the network families (model.build.FAMILIES)
-OPTIMIZERS = ("sgd",)  # optim.optimizer: G's optimizers (utils.training.optim.OPTIMIZERS)
+ARCHS = ("deeplabv2", "daformer")  # model.arch: the network families (model.build.FAMILIES)
+OPTIMIZERS = ("sgd", "adamw")  # optim.optimizer: G's optimizers (utils.training.optim.OPTIMIZERS)
 # The keys of the DeepLab-v2 family: read and checked only where model.arch names it, so that
 # another family brings its own subsection without them.
 DEEPLABV2_KEYS = ("model.preset", "model.layers", "model.base_width", "model.multi_level",
                   "model.aspp_branches", "model.predict_with", "model.freeze_bn_stats")  # fmt: skip
+# DAFormer's keys: the MiT sizes (model.mit.MIT_VARIANTS), read only where model.arch=daformer
+MIT_BACKBONES = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "mit_demo")
+DAFORMER_KEYS = ("model.backbone", "model.head_channels")
+NORM_FEATURES = ("backbone", "decoder")  # loss.norm_features (decoder: DAFormer's head only)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DATASETS = ("gta5", "synthia", "cityscapes", "folder", "acdc", "darkzurich", "crosscity")
 # Each real benchmark's parts (dataset.targets): conditions, times of day, cities and splits.
@@ -47,6 +51,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ARCHS,
     "optim.optimizer": OPTIMIZERS,
     "model.predict_with": PREDICT_WITH,
+    "model.backbone": MIT_BACKBONES,
+    "loss.norm_features": NORM_FEATURES,
     "data.source.dataset": DATASETS,
     "data.target.dataset": DATASETS,
     "data.val.dataset": (*DATASETS, "none"),
@@ -63,7 +69,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.dacs.student_passes": STUDENT_PASSES,
 }
 AT_LEAST: dict[str, float] = {  # key: smallest valid value
-    "model.num_classes": 1, "model.base_width": 1, "model.d_width": 1,
+    "model.num_classes": 1, "model.base_width": 1, "model.d_width": 1, "model.head_channels": 1,
     "data.batch_size": 1, "data.num_workers": 0, "eval.batch_size": 1, "eval.num_workers": 0,
     "data.synthetic.seed": 0, "data.synthetic.num_source": 0, "data.synthetic.num_train": 0,
     "data.synthetic.num_val": 0, "data.synthetic.num_synthia": 0, "data.synthetic.num_night": 0,
@@ -212,11 +218,11 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _problems(cfg: Config) -> list[str]:
+def _problems(cfg: Config, defaults: dict[str, Any] | None = None) -> list[str]:
     """``validate``'s lines, in this order: each choice, range and combination of ``cfg`` that
-    is invalid."""
+    is invalid (and, given the defaults.yaml dict, another family's keys that it sets)."""
     problems = _table_problems(cfg)
-    problems += _model_problems(cfg)
+    problems += _model_problems(cfg, defaults)
     problems += _range_problems(cfg)
     problems += _data_problems(cfg)
     problems += _graph_problems(cfg)
@@ -225,10 +231,9 @@ def _problems(cfg: Config) -> list[str]:
 
 def _table_problems(cfg: Config) -> list[str]:
     """Each key of ``CHOICES`` off its choices, and of ``AT_LEAST`` below its smallest value
-    (DeepLab-v2's keys only where the family is DeepLab-v2)."""
-    flat = _flat(cfg)
-    if cfg.model.arch != "deeplabv2":
-        flat = {k: v for k, v in flat.items() if k not in DEEPLABV2_KEYS}
+    (each family's own keys only where ``model.arch`` names it)."""
+    other_family = {"deeplabv2": DAFORMER_KEYS, "daformer": DEEPLABV2_KEYS}.get(cfg.model.arch, ())
+    flat = {k: v for k, v in _flat(cfg).items() if k not in other_family}
     problems = [
         f"{key}: expected one of {', '.join(choices)}, got {flat[key]!r}"
         for key, choices in CHOICES.items()
@@ -242,11 +247,20 @@ def _table_problems(cfg: Config) -> list[str]:
     return problems
 
 
-def _model_problems(cfg: Config) -> list[str]:
-    """The DeepLab-v2 network's preset, its depth and its ASPP branches."""
+def _model_problems(cfg: Config, defaults: dict[str, Any] | None) -> list[str]:
+    """The DeepLab-v2 network's preset, its depth and its ASPP branches; the norm loss's
+    features where the family has them; DAFormer's keys set away from ``defaults`` (the
+    defaults.yaml dict) while the family is DeepLab-v2."""
     if cfg.model.arch != "deeplabv2":
         return []
     problems = []
+    flat = _flat(cfg)
+    problems += [f"{key}={flat[key]}: a key of model.arch=daformer; this config's family is "
+                 f"deeplabv2" for key in DAFORMER_KEYS
+                 if defaults is not None and flat[key] != _get(defaults, key)]  # fmt: skip
+    if cfg.loss.norm_features == "decoder":
+        problems.append("loss.norm_features: DeepLab-v2 (model.arch=deeplabv2) has no decoder; "
+                        "its norm loss reads layer4: backbone")  # fmt: skip
     if cfg.model.preset not in ("", *PRESETS):
         problems.append(f"model.preset: expected one of {', '.join(PRESETS)} or '', got "
                         f"{cfg.model.preset!r}")  # fmt: skip
@@ -255,6 +269,13 @@ def _model_problems(cfg: Config) -> list[str]:
     if cfg.model.aspp_branches not in (2, 4):
         problems.append(f"model.aspp_branches: expected 2 or 4, got {cfg.model.aspp_branches}")
     return problems
+
+
+def _get(data: dict[str, Any], key: str) -> Any:
+    """The value of a dotted key in a nested dict."""
+    for part in key.split("."):
+        data = data[part]
+    return data
 
 
 def _range_problems(cfg: Config) -> list[str]:
@@ -283,6 +304,9 @@ def _range_problems(cfg: Config) -> list[str]:
     lo, hi = cfg.loss.dacs.blur_sigma
     if not 0 < lo <= hi:
         problems.append(f"loss.dacs.blur_sigma: expected 0 < low <= high, got [{lo}, {hi}]")
+    if cfg.optim.optimizer != "sgd" and cfg.optim.backbone_updates != "once":
+        problems.append(f"optim.backbone_updates={cfg.optim.backbone_updates}: the released "
+                        f"update is SGD's; optim.optimizer is {cfg.optim.optimizer}")  # fmt: skip
     if not cfg.optim.momentum < 1:
         problems.append(f"optim.momentum: expected a number < 1, got {cfg.optim.momentum}")
     if cfg.train.device != "auto":

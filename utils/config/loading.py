@@ -245,10 +245,12 @@ def _resolve(data: dict[str, Any], overrides: typing.Iterable[str]) -> Config:
     problems: list[str] = []
     data = apply_overrides(data, overrides, problems)
     typed = len(problems)
-    cfg = _build(Config, data, "", problems, read_yaml(DEFAULTS_PATH))
+    defaults = read_yaml(DEFAULTS_PATH)
+    cfg = _build(Config, data, "", problems, defaults)
     mistyped = [line.split(":")[0].split("[")[0] for line in problems[typed:]]
     if cfg is not None:
-        problems += [line for line in _problems(cfg) if not any(k in line for k in mistyped)]
+        problems += [line for line in _problems(cfg, defaults)
+                     if not any(k in line for k in mistyped)]  # fmt: skip
     _raise(problems)
     return cfg
 

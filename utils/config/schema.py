@@ -32,6 +32,8 @@ class ModelConfig:
     aspp_branches: int
     predict_with: str
     freeze_bn_stats: bool
+    backbone: str  # daformer's keys: the MiT size and the head's channels
+    head_channels: int
     init_from: str
     d_width: int
 
@@ -141,6 +143,7 @@ class LossConfig:
     focal_gamma: float
     lambda_norm: float
     delta_r: float
+    norm_features: str
     clamp_norm_damping: bool
     lambda_adv: float
     lambda_weight: float

@@ -45,8 +45,9 @@ View = tuple[int, ...] | None  # the trainIds an argmax may choose; None: every 
 
 @torch.no_grad()
 def predict_logits(model: Segmenter, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The model's prediction logits (``p1 + p2`` or C2) upsampled to ``size`` (H, W)."""
-    return upsample_to(model.predict(model(image)).float(), size)
+    """The model's prediction logits (``p1 + p2``, C2, or DAFormer's one head) upsampled to
+    ``size`` (H, W) as the model's family resizes (``align_corners``)."""
+    return upsample_to(model.predict(model(image)).float(), size, model.align_corners)
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""G's optimizer: SGD once per parameter (the paper), or the authors' released update.
+"""G's optimizer: SGD once per parameter (the paper), the authors' released update, or AdamW
+(DAFormer's).
 
 The released code (and AdaptSegNet's and CLAN's, which it copies) gives SGD a backbone group
 built by ``get_1x_lr_params_NOscale``: for each backbone stage, every module inside it (the
@@ -161,6 +162,16 @@ def sgd(o: OptimConfig, model: Segmenter) -> torch.optim.Optimizer:
     return build_sgd(o, model.backbone_stages(), model.param_groups(o.lr))
 
 
+def adamw(o: OptimConfig, model: Segmenter) -> torch.optim.Optimizer:
+    """``optim.optimizer=adamw``: ``torch.optim.AdamW`` on G's groups (DAFormer's: betas 0.9 and
+    0.999, ``optim.weight_decay`` except where a group sets its own, each group's rate set by
+    the loop from its ``lr_mult``)."""
+    return torch.optim.AdamW(model.param_groups(o.lr), lr=o.lr, weight_decay=o.weight_decay)
+
+
 # optim.optimizer -> how G's optimizer is built from the optim section and G (its param_groups
 # carry each group's lr_mult and any weight-decay exemption): another optimizer is one entry.
-OPTIMIZERS: dict[str, Callable[[OptimConfig, Segmenter], torch.optim.Optimizer]] = {"sgd": sgd}
+OPTIMIZERS: dict[str, Callable[[OptimConfig, Segmenter], torch.optim.Optimizer]] = {
+    "sgd": sgd,
+    "adamw": adamw,
+}

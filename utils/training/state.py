@@ -158,7 +158,7 @@ def build_generator(cfg: Config, device: torch.device) -> tuple[Segmenter, torch
     """G in train mode on ``device`` (``model.arch``) and its optimizer (``optim.optimizer``; SGD:
     backbone x1, classifiers x10, each weight updated once per step, or as the released code
     did: ``optim.backbone_updates``)."""
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg.model, cfg.loss.norm_features).to(device)
     model.train()
     return model, OPTIMIZERS[cfg.optim.optimizer](cfg.optim, model)
 
