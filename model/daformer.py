@@ -158,10 +158,10 @@ class DAFormer(nn.Module):
         if not heads and self.norm_features == "backbone":
             return SegOutput(None, None, stages[-1], tuple(stages))
         fused, logits = self.decode_head(stages)
+        if not heads:  # the decoder's features alone: no logits to resize
+            return SegOutput(None, None, fused, tuple(stages))
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         features = stages[-1] if self.norm_features == "backbone" else fused
-        if not heads:
-            return SegOutput(None, None, features, tuple(stages))
         return SegOutput(None, logits, features, tuple(stages))
 
     def own_input(self, x: Tensor) -> Tensor:

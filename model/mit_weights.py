@@ -103,15 +103,19 @@ def _refuse_other_heads(state: dict[str, Tensor], path: str) -> None:
         )
 
 
+def encoder_sizes(state: dict[str, Tensor]) -> tuple[list[int], list[int]]:
+    """The channels and the blocks of each stage of a state dict's ``backbone.*`` keys (the
+    stages it holds)."""
+    dims = [int(state[f"backbone.patch_embed{i}.proj.weight"].shape[0])
+            for i in range(1, 5) if f"backbone.patch_embed{i}.proj.weight" in state]  # fmt: skip
+    depths = [len({k.split(".")[2] for k in state if k.startswith(f"backbone.block{i}.")})
+              for i in range(1, 5)]  # fmt: skip
+    return dims, depths
+
+
 def variant_of(state: dict[str, Tensor]) -> str | None:
     """The MiT size of a state dict's ``backbone.*`` keys, None when no size matches."""
-    dims, depths = [], []
-    for i in range(1, 5):
-        weight = state.get(f"backbone.patch_embed{i}.proj.weight")
-        if weight is None:
-            return None
-        dims.append(int(weight.shape[0]))
-        depths.append(len({k.split(".")[2] for k in state if k.startswith(f"backbone.block{i}.")}))
+    dims, depths = encoder_sizes(state)
     return next((name for name, v in MIT_VARIANTS.items()
                  if v.dims == tuple(dims) and v.depths == tuple(depths)), None)  # fmt: skip
 
@@ -178,8 +182,5 @@ def load(model: nn.Module, weights: Weights, purpose: Purpose) -> LoadReport:
 
 def _sizes(state: dict[str, Tensor]) -> str:
     """What a state dict's encoder has: its stages' channels and blocks."""
-    dims = [int(state[f"backbone.patch_embed{i}.proj.weight"].shape[0])
-            for i in range(1, 5) if f"backbone.patch_embed{i}.proj.weight" in state]  # fmt: skip
-    depths = [len({k.split(".")[2] for k in state if k.startswith(f"backbone.block{i}.")})
-              for i in range(1, 5)]  # fmt: skip
+    dims, depths = encoder_sizes(state)
     return f"stage channels {dims}, blocks {depths}"

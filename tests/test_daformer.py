@@ -128,6 +128,8 @@ def test_decoder_features_are_the_fused_map_the_classifier_reads():
     resized = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
     assert torch.allclose(resized, out.p2, atol=1e-6)
     assert out.features.min() >= 0  # after the bottleneck's ReLU
+    alone = model(torch.randn(1, 3, 64, 64), heads=False)  # a features-only pass
+    assert alone.p2 is None and alone.features.shape == out.features.shape
 
 
 def test_the_input_is_turned_into_daformers_normalisation():
