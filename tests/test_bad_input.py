@@ -1,19 +1,16 @@
-"""Bad input, run the way a user runs the scripts (subprocesses): each case must exit with 2,
+"""Bad input, run the way a user runs the scripts (a process each): each case must exit with 2,
 print one ``error: ...`` naming the culprit and no traceback, and leave every file as it was."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import resource
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import forkrun
 import numpy as np
 import pytest
 import torch
@@ -209,11 +206,6 @@ def _full_disk(env: Env, case: Path) -> list[str]:
     return ["train_norm_only.py", "--resume", str(run), "train.max_steps=3"]
 
 
-def _limit_file_size() -> None:  # the checkpoint no longer fits: as a full disk
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
-
-
 # (name, argv builder, what the message must name, files the case may change)
 CASES: list[tuple[str, Callable[[Env, Path], list[str]], str, tuple[str, ...]]] = [
     ("config: unknown key", lambda e, c: e.train(c, "train.foo=1"), "train.foo", ()),
@@ -348,36 +340,32 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def _run(env: Env, index: int) -> tuple[str, str, int, str, dict, dict, tuple[str, ...]]:
-    name, build, expect, may_change = CASES[index]
-    case = env.tmp / f"case{index:02d}"
-    case.mkdir()
-    argv = build(env, case)
-    watched = (case, env.run, env.preds, env.root)  # its own inputs and the shared ones
-    before = {str(f): _snapshot(f) for f in watched}
-    proc = subprocess.run(
-        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        preexec_fn=_limit_file_size if build is _full_disk else None,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )  # fmt: skip
-    after = {str(f): _snapshot(f) for f in watched}
-    return name, expect, proc.returncode, proc.stderr, _join(before), _join(after), may_change
-
-
 def _join(snapshots: dict[str, dict]) -> dict[str, tuple[int, int]]:
     return {f"{top}/{k}": v for top, files in snapshots.items() for k, v in files.items()}
 
 
 def test_every_bad_input_is_one_clear_line_and_changes_nothing(env):
+    """Every case runs as its own process (forked from one that has imported torch and the
+    scripts already, see forkrun.py); the files it may touch are compared before and after."""
     assert len(CASES) >= 25
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = list(pool.map(lambda i: _run(env, i), range(len(CASES))))
+    cases = [env.tmp / f"case{i:02d}" for i in range(len(CASES))]
+    jobs, watched = [], []
+    for case, (_, build, _, _) in zip(cases, CASES):
+        case.mkdir()
+        jobs.append({"argv": build(env, case), "stderr": str(case.parent / f"{case.name}.err"),
+                     "limit_file_size": build is _full_disk})  # fmt: skip
+        watched.append((case, env.run, env.preds, env.root))  # its own inputs and the shared ones
+    before = [_join({str(f): _snapshot(f) for f in folders}) for folders in watched]
+    codes = [r["code"] for r in forkrun.run_all(jobs)]
+    after = [_join({str(f): _snapshot(f) for f in folders}) for folders in watched]
     failures = []
-    for name, expect, code, err, before, after, may_change in results:
+    for index, (name, _, expect, may_change) in enumerate(CASES):
+        err, code = Path(jobs[index]["stderr"]).read_text(), codes[index]
+        old, new = before[index], after[index]
         last = err.strip().splitlines()[-1] if err.strip() else ""
         changed = sorted(
-            k for k in set(before) | set(after)
-            if before.get(k) != after.get(k) and not any(m in k for m in may_change)
+            k for k in set(old) | set(new)
+            if old.get(k) != new.get(k) and not any(m in k for m in may_change)
         )  # fmt: skip
         problems = [
             f"exit {code}" if code != 2 else "",
@@ -407,3 +395,28 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monke
     monkeypatch.setattr(torch, "save", real_save)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left
+
+
+def test_a_forked_command_exits_as_python_would(tmp_path):
+    """The fork server's children against ``python <argv>``: exit codes, tracebacks,
+    ``sys.exit("message")``, atexit handlers and a ``-m`` module's arguments."""
+    scripts = {
+        "raises.py": "raise ValueError('bad value')\n",
+        "message.py": "import sys\nsys.exit('error: a message')\n",
+        "atexit_.py": "import atexit, sys\natexit.register(lambda: print('bye', file=sys.stderr))\n"
+        "sys.exit(3)\n",
+        "argv.py": "import sys\nprint(sys.argv[1:], file=sys.stderr)\n",
+    }  # fmt: skip
+    argvs = [[str(tmp_path / "argv.py"), "a", "--b"], ["-m", "json.tool", str(tmp_path / "no")]]
+    for name, text in scripts.items():
+        (tmp_path / name).write_text(text)
+        argvs.append([str(tmp_path / name)])
+    jobs = [{"argv": a, "stderr": str(tmp_path / f"{i}.err")} for i, a in enumerate(argvs)]
+    forked = forkrun.run_all(jobs, workers=2, preload=())  # (the bad inputs fork after torch)
+    for job, result in zip(jobs, forked):
+        python = subprocess.run([sys.executable, *job["argv"]], capture_output=True, text=True,
+                                cwd=ROOT)  # fmt: skip
+        err = Path(job["stderr"]).read_text()
+        assert result["code"] == python.returncode, job["argv"]
+        assert err.strip().splitlines()[-1] == python.stderr.strip().splitlines()[-1], job["argv"]
+        assert ("Traceback" in err) == ("Traceback" in python.stderr), job["argv"]
