@@ -53,6 +53,7 @@ def build_dataset(
         scale_range=cfg.scale_range,
         image_rescale=cfg.image_rescale,
         crop=cfg.crop,
+        cat_max_ratio=cfg.cat_max_ratio,
         mirror=cfg.mirror,
         blur=cfg.blur,
         label_at_full_resolution=evaluation,

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -181,13 +181,19 @@ class SegmentationDataset(Dataset[Sample]):
         index, seed = key if isinstance(key, tuple) else (key, key)
         if not 0 <= index < len(self.items):
             raise IndexError(f"index {index} out of range for {len(self.items)} items")
+        image, label, name = self.load(index)
+        image, label = self.transform(image, label, torch.Generator().manual_seed(seed))
+        return Sample(image, label, name)
+
+    def load(self, index: int) -> tuple[Tensor, Tensor | None, str]:
+        """Item ``index`` as read, before the transform: uint8 RGB (3, H, W), uint8 trainIds
+        (H, W) fitted to the image (or None), and its name."""
         image_path, label_path, name = self.items[index]
         image = self.read_image(image_path)
         label = None
         if label_path is not None:
             label = self.fit_label(self.read_label(label_path), image, label_path)
-        image, label = self.transform(image, label, torch.Generator().manual_seed(seed))
-        return Sample(image, label, name)
+        return image, label, name
 
     def read_image(self, path: Path) -> Tensor:
         """The uint8 RGB (3, H, W) of image file ``path``."""
@@ -359,6 +365,12 @@ def _label_name(image_name: str) -> str:
     return image_name.removesuffix(CITYSCAPES_IMAGE_SUFFIX) + CITYSCAPES_LABEL_SUFFIX
 
 
+def sample_seed(seed: int, position: int) -> int:
+    """Augmentation seed of the item at global stream position ``position`` of a stream
+    seeded with ``seed`` (``InfiniteSampler``'s, and rare-class sampling's)."""
+    return (seed * 1_000_003 + position) % 2**63
+
+
 class InfiniteSampler(Sampler[tuple[int, int]]):
     """Endless (index, sample_seed) stream, deterministic in (seed, position) and resumable.
 
@@ -387,7 +399,7 @@ class InfiniteSampler(Sampler[tuple[int, int]]):
 
     def sample_seed(self, position: int) -> int:
         """Augmentation seed of the item at global stream position ``position``."""
-        return (self.seed * 1_000_003 + position) % 2**63
+        return sample_seed(self.seed, position)
 
     def _order(self, epoch: int) -> Tensor:
         if not self.shuffle:
@@ -405,6 +417,14 @@ class InfiniteSampler(Sampler[tuple[int, int]]):
             position += self.world_size
 
 
+class StreamDraw(Protocol):
+    """A draw of its own for ``infinite_loader`` (``dataset.rare_class.RareClasses``)."""
+
+    def sampler(self, seed: int, start: int, rank: int, world_size: int) -> Sampler:
+        """The endless key stream of rank ``rank``, ``start`` items in."""
+        ...
+
+
 def infinite_loader(
     dataset: Dataset,
     batch_size: int,
@@ -415,15 +435,21 @@ def infinite_loader(
     rank: int = 0,
     world_size: int = 1,
     shuffle: bool = True,
+    rare: StreamDraw | None = None,
 ) -> Iterator[Batch]:
     """Endless batches; the same (seed, start_step) gives the same batches for any num_workers.
 
     ``start_step`` is the number of batches this rank has already consumed. The loader draws
     its workers' base seed from a generator of its own, not from the global RNG, so that
     starting it (again, on a resume) leaves the global stream (dropout's) where it was.
+    ``rare``: rare-class sampling's draw, whose (index, seed, class) stream replaces the
+    shuffled epochs; ``dataset`` then reads such keys (``dataset.rare_class.RareClassCrops``).
     """
     start = start_step * batch_size
-    sampler = InfiniteSampler(len(dataset), seed, start, shuffle, rank, world_size)
+    if rare is not None:
+        sampler: Sampler = rare.sampler(seed, start, rank, world_size)
+    else:
+        sampler = InfiniteSampler(len(dataset), seed, start, shuffle, rank, world_size)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

@@ -34,7 +34,6 @@ from dataset.datasets import (
     DatasetLayoutError,
     LabelFormatError,
     MissingFileError,
-    Sample,
     SegmentationDataset,
     SizeMismatchError,
     _read_list,
@@ -247,15 +246,12 @@ class FolderDataset(SegmentationDataset):
             return read_train_ids(path, hint=": give the folder's label ids a label_map")
         return read_label(path, lut=self.label_lut)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+    def load(self, index: int) -> tuple[Tensor, Tensor | None, str]:
         """As ``SegmentationDataset``'s; with ``skip_unreadable``, an image that fails to
         decode (its header read, its data did not) is logged and the next one taken."""
-        index, seed = key if isinstance(key, tuple) else (key, key)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
         for attempt in range(len(self)):
             try:
-                return super().__getitem__(((index + attempt) % len(self), seed))
+                return super().load((index + attempt) % len(self))
             except CorruptImageError as err:
                 if not self.skip_unreadable:
                     raise

@@ -20,7 +20,14 @@ from torch import Tensor
 from dataset.labels import IGNORE_INDEX
 from utils.image_form import IMG_MEAN_BGR  # (re-exported: the datasets' image form)
 
-__all__ = ["IMG_MEAN_BGR", "PairedTransform", "TransformSpec", "denormalize", "normalize"]
+__all__ = [
+    "IMG_MEAN_BGR",
+    "PairedTransform",
+    "TransformSpec",
+    "accepts_crop",
+    "denormalize",
+    "normalize",
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,9 @@ class TransformSpec:
     resize: tuple[int, int] | None = None  # (W, H): whole image bicubic, label nearest
     scale_range: tuple[float, float] = (1.0, 1.0)  # uniform factor: image bilinear, label nearest
     crop: tuple[int, int] | None = None  # (W, H) random crop, padded first (image 0, label 255)
+    # < 1: mmseg's RandomCrop(cat_max_ratio): up to 10 windows re-drawn until one holds two
+    # classes or more, the largest below this share of its labelled pixels (``_crop_window``)
+    cat_max_ratio: float = 1.0
     mirror: bool = False  # horizontal flip of image and label with p = 0.5
     blur: bool = False  # Gaussian blur of the image with p = 0.5, sigma ~ U(0, 1) (MaxSquare's)
     label_at_full_resolution: bool = False  # resize/scale the image only (evaluation)
@@ -49,6 +59,8 @@ class TransformSpec:
             size = getattr(self, name)
             if size is not None and (len(size) != 2 or min(size) <= 0):
                 raise ValueError(f"{name} must be a positive (W, H) pair, got {size}")
+        if not 0 < self.cat_max_ratio <= 1:
+            raise ValueError(f"cat_max_ratio must be in (0, 1], got {self.cat_max_ratio}")
         if sum(p for _, p in self.image_rescale) > 1 or any(
             f <= 0 or p < 0 for f, p in self.image_rescale
         ):
@@ -100,11 +112,50 @@ def _random_blur(image: Tensor, rng: torch.Generator) -> Tensor:
     return TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
 
 
+CROP_TRIES = 10  # mmseg's RandomCrop: windows checked against cat_max_ratio before the last
+
+
+def accepts_crop(labels: Tensor, cat_max_ratio: float) -> bool:
+    """mmseg's ``RandomCrop`` rule: a window is accepted when its labelled pixels (the ignore
+    label excluded) hold more than one class and the largest class's count over their sum is
+    below ``cat_max_ratio`` (``np.max(cnt) / np.sum(cnt) < cat_max_ratio``)."""
+    counts = torch.bincount(labels[labels != IGNORE_INDEX].flatten().long())
+    counts = counts[counts > 0]
+    return len(counts) > 1 and counts.max().item() / counts.sum().item() < cat_max_ratio
+
+
+def _crop_window(
+    labels: Tensor | None,
+    size: tuple[int, int],
+    crop: tuple[int, int],
+    cat_max_ratio: float,
+    rng: torch.Generator,
+) -> tuple[int, int]:
+    """(top, left) of a ``crop`` = (W, H) window of an image of ``size`` = (H, W): one random
+    draw; with ``cat_max_ratio`` < 1 and labels, as mmseg's ``RandomCrop`` does it: while a
+    window fails ``accepts_crop``, another is drawn, ``CROP_TRIES`` times at most, and the
+    last one drawn is used unchecked."""
+    (crop_w, crop_h), (height, width) = crop, size
+    top, left = _randint(rng, height - crop_h), _randint(rng, width - crop_w)
+    if cat_max_ratio >= 1 or labels is None:
+        return top, left
+    for _ in range(CROP_TRIES):
+        if accepts_crop(labels[..., top : top + crop_h, left : left + crop_w], cat_max_ratio):
+            break
+        top, left = _randint(rng, height - crop_h), _randint(rng, width - crop_w)
+    return top, left
+
+
 def _random_crop(
-    image: Tensor, labels: Tensor | None, crop: tuple[int, int], rng: torch.Generator
+    image: Tensor,
+    labels: Tensor | None,
+    crop: tuple[int, int],
+    rng: torch.Generator,
+    cat_max_ratio: float = 1.0,
 ) -> tuple[Tensor, Tensor | None]:
-    """A ``crop`` = (W, H) window at a random place, the image padded with 0 (the mean colour,
-    once normalised) and the labels with the ignore label where it is smaller."""
+    """A ``crop`` = (W, H) window at a random place (``_crop_window``), the image padded with
+    0 (the mean colour, once normalised) and the labels with the ignore label where it is
+    smaller."""
     import torchvision.transforms.v2.functional as TF
 
     crop_w, crop_h = crop
@@ -114,8 +165,7 @@ def _random_crop(
     if pad[2] or pad[3]:
         image = TF.pad(image, pad, fill=0.0)
         labels = TF.pad(labels, pad, fill=IGNORE_INDEX) if labels is not None else None
-    _, height, width = image.shape
-    top, left = _randint(rng, height - crop_h), _randint(rng, width - crop_w)
+    top, left = _crop_window(labels, image.shape[-2:], crop, cat_max_ratio, rng)
     image = TF.crop(image, top, left, crop_h, crop_w)
     labels = TF.crop(labels, top, left, crop_h, crop_w) if labels is not None else None
     return image, labels
@@ -178,7 +228,7 @@ class PairedTransform:
         image = normalize(image)  # padding with 0 below is padding with the mean colour
 
         if spec.crop is not None:
-            image, labels = _random_crop(image, labels, spec.crop, rng)
+            image, labels = _random_crop(image, labels, spec.crop, rng, spec.cat_max_ratio)
 
         if spec.mirror and torch.rand((), generator=rng).item() < 0.5:
             image = TF.horizontal_flip(image)

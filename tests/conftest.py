@@ -37,6 +37,21 @@ TINY_CPU_TRAIN = [*TINY_TRAIN, "train.device=cpu", "data.batch_size=2", "optim.w
 TINY_NORM_ONLY = [*TINY_CPU_TRAIN, "optim.lr=0.01", "train.image_every=2"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory):
+    """``XDG_CACHE_HOME`` in a temporary folder for the whole session, in ``os.environ`` so
+    that the commands the tests start inherit it: no test writes to the real cache (the class
+    statistics of rare-class sampling, ``dataset.class_stats``)."""
+    path = tmp_path_factory.mktemp("cache_home")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):
     """Overrides that point every dataset at a tiny synthetic benchmark, generated once on

@@ -248,6 +248,10 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str, tuple[str, ...]]] 
      "LABELS/0000000.png: 8-bit with 1 channel", ()),
     ("dataset: missing training root (the new run folder is removed)",
      lambda e, c: e.train(c, f"data.source.root={c / 'GTA5'}"), "GTA5", ()),
+    ("dataset: rare-class sampling's min_pixels above every image's counts (nothing cached, "
+     "the new run folder removed)",
+     lambda e, c: e.train(c, "data.rcs.enabled=true", "data.rcs.min_pixels=1000000"),
+     "data.rcs.min_pixels=1000000: no image of the source", ()),
     ("folder: empty (the new run folder is removed)",
      lambda e, c: _folder_target(e, c, lambda d: [p.unlink() for p in d.rglob("*.jpg")]),
      "no images under", ()),

@@ -24,10 +24,13 @@ from typing import Any, NamedTuple
 import torch
 
 from dataset.build import build_dataset, ensure_data
-from dataset.datasets import Batch, infinite_loader
+from dataset.class_stats import ClassStats, load_class_stats, save_class_stats
+from dataset.datasets import Batch, SegmentationDataset, infinite_loader
+from dataset.rare_class import RareClassCrops, RareClasses, rare_classes
 from utils.checkpoint import save_checkpoint, step_in_name
 from utils.config import NO_VAL, Config, dump_yaml, read_yaml, to_dict
 from utils.distributed import DistInfo, all_reduce_max, broadcast_object, resolve_device
+from utils.errors import UserError
 from utils.evaluation.inference import evaluate_views
 from utils.evaluation.prepare import val_dataset, val_loader
 from utils.evaluation.reports import (
@@ -176,7 +179,9 @@ def _data(state: TrainState, start: int, info: DistInfo) -> _Data:
     pin = device.type == "cuda"
     ranks = {"rank": info.rank, "world_size": info.world_size}
     source = build_dataset(cfg.data.source, with_labels=True)
-    source_iter = infinite_loader(source, bs, seed, start, workers, pin, **ranks)
+    rare = _rare_classes(cfg, source, info) if cfg.data.rcs.enabled else None
+    drawn = source if rare is None else RareClassCrops(source, rare.crop_pixels)
+    source_iter = infinite_loader(drawn, bs, seed, start, workers, pin, **ranks, rare=rare)
     target_iter = None
     if state.uses_target:
         target = build_dataset(cfg.data.target, with_labels=False)
@@ -191,6 +196,30 @@ def _data(state: TrainState, start: int, info: DistInfo) -> _Data:
         "checkpoints with evaluate_cityscapes.py and a labelled set)", bs, info.world_size,
     )  # fmt: skip
     return _Data(source_iter, target_iter, loader)
+
+
+def _rare_classes(cfg: Config, source: SegmentationDataset, info: DistInfo) -> RareClasses:
+    """Rare-class sampling's draw (``data.rcs``): rank 0 reads the source's class statistics
+    from their cache or computes them, every rank gets them (or rank 0's error), and they are
+    cached once checked (an error writes nothing)."""
+    r = cfg.data.rcs
+    stats: ClassStats | UserError | None = None
+    if info.is_main:
+        try:
+            stats = load_class_stats(source, cfg.model.num_classes, r.cache_dir,
+                                     cfg.data.num_workers)  # fmt: skip
+        except UserError as err:
+            stats = err
+    stats = broadcast_object(stats, info)
+    if isinstance(stats, UserError):
+        raise stats
+    assert stats is not None
+    rare = rare_classes(stats, r.temperature, r.min_pixels, r.min_crop_ratio)
+    if info.is_main and stats.fresh:
+        save_class_stats(stats)
+    log.info("rare-class sampling: P(c) = %s",
+             ", ".join(f"{c}: {p:.4f}" for c, p in zip(rare.classes, rare.probs)))  # fmt: skip
+    return rare
 
 
 def _set_learning_rates(state: TrainState, step: int, world_size: int) -> dict[str, float]:
