@@ -59,6 +59,8 @@ def class_probabilities(counts: np.ndarray, temperature: float) -> tuple[np.ndar
     softmax((1 - f_c) / T), f_c the class's share of the pixels of those classes."""
     totals = counts.sum(axis=0)
     classes = np.flatnonzero(totals)
+    if not len(classes):
+        return classes, np.zeros(0)
     share = totals[classes] / totals[classes].sum()
     logits = (1.0 - share) / temperature
     probs = np.exp(logits - logits.max())
@@ -104,8 +106,9 @@ def _no_class_message(stats: ClassStats, min_pixels: int) -> str:
             f"than {min_pixels} pixels of any class (class statistics of "
             f"{len(stats.counts)} labels: {where}); ")  # fmt: skip
     if most == 0:
-        return head + ("its labels hold no pixel of a class: rare-class sampling has nothing to "
-                       "draw (data.rcs.enabled=false)")  # fmt: skip
+        return head + ("its labels hold no pixel of any class, so rare-class sampling has "
+                       "nothing to draw: check the source's labels, or "
+                       "data.rcs.enabled=false")  # fmt: skip
     image, c = np.unravel_index(int(stats.counts.argmax()), stats.counts.shape)
     return head + (f"the largest count of one class in one image is {most} (class {c} in "
                    f"{stats.labels[image]}): data.rcs.min_pixels={most - 1} admits that "

@@ -149,6 +149,8 @@ def test_no_candidate_is_an_error_naming_the_file_and_the_min_pixels_that_fits()
     assert "largest count of one class in one image is 120 (class 0 in labels/00000.png)" in message
     assert "data.rcs.min_pixels=119 admits" in message
     assert rare_classes(_stats(counts), 0.01, 119, 0.5).classes == (0,)
+    with pytest.raises(NoRareClassError, match="hold no pixel of any class"):
+        rare_classes(_stats([[0, 0], [0, 0]]), 0.01, 0, 0.5)
 
 
 # --- the draws -------------------------------------------------------------------------------
