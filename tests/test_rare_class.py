@@ -189,12 +189,21 @@ def _crops(gta5: Path, crop_pixels: float | None, crop=(16, 16)) -> RareClassCro
     return RareClassCrops(GTA5(gta5, PairedTransform(TransformSpec(crop=crop))), crop_pixels)
 
 
+def _seeds_used(crops: RareClassCrops, monkeypatch) -> list[int]:
+    """The seeds of every transform ``crops`` applies from now on."""
+    seeds, transform = [], crops.dataset.transform
+
+    def spy(image, label, rng):
+        seeds.append(rng.initial_seed())
+        return transform(image, label, rng)
+
+    monkeypatch.setattr(crops.dataset, "transform", spy)
+    return seeds
+
+
 def test_a_crop_is_redrawn_until_it_holds_enough_of_the_class(gta5, monkeypatch):
     crops = _crops(gta5, crop_pixels=50)  # the 100-pixel car in a 16x16 crop of 64x32
-    seeds = []
-    transform = crops.dataset.transform
-    monkeypatch.setattr(crops.dataset, "transform", lambda *a: seeds.append(a[2].initial_seed())
-                        or transform(*a))  # fmt: skip
+    seeds = _seeds_used(crops, monkeypatch)
     redrawn = 0
     for seed in range(30):
         seeds.clear()
@@ -207,15 +216,17 @@ def test_a_crop_is_redrawn_until_it_holds_enough_of_the_class(gta5, monkeypatch)
     assert redrawn >= 10  # most first crops miss the car
 
 
-def test_the_redraw_stops_after_ten_and_is_off_without_a_threshold(gta5):
+def test_the_redraw_stops_after_ten_and_is_off_without_a_threshold(gta5, monkeypatch):
     never = _crops(gta5, crop_pixels=10**6)
-    last = never.dataset.transform
     image, label, _ = never.dataset.load(1)
-    expected = last(image, label, torch.Generator().manual_seed(redraw_seed(7, REDRAWS)))
-    assert torch.equal(never[1, 7, 12].label, expected[1])  # the 10th re-draw, used as it is
+    last = never.dataset.transform(image, label, torch.Generator().manual_seed(redraw_seed(7, 10)))
+    seeds = _seeds_used(never, monkeypatch)
+    assert torch.equal(never[1, 7, 12].label, last[1])  # the 10th re-draw, used as it is
+    assert len(seeds) == 1 + REDRAWS == 11
     off = _crops(gta5, crop_pixels=None)
     plain = off.dataset[1, 7]
-    assert torch.equal(off[1, 7, 12].image, plain.image)
+    seeds = _seeds_used(off, monkeypatch)
+    assert torch.equal(off[1, 7, 12].image, plain.image) and seeds == [7]
     assert torch.equal(off[1, 7, 12].label, plain.label)
 
 
@@ -292,7 +303,8 @@ def _counting_reads(monkeypatch) -> list[Path]:
     return reads
 
 
-def test_the_statistics_are_counted_once_then_read_from_the_cache(gta5, monkeypatch, cache_home):
+def test_the_statistics_are_counted_once_then_read_from_the_cache(gta5, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     data = GTA5(gta5, PairedTransform(TransformSpec()))
     reads = _counting_reads(monkeypatch)
     first = load_class_stats(data, 19, progress=False)
@@ -304,7 +316,7 @@ def test_the_statistics_are_counted_once_then_read_from_the_cache(gta5, monkeypa
         0,
     ]
     save_class_stats(first)
-    assert first.path.parent == cache_home / "feature_to_adapt" / "class_stats"
+    assert first.path.parent == tmp_path / "xdg" / "feature_to_adapt" / "class_stats"
     assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]  # no temporary file
     again = load_class_stats(data, 19, progress=False)
     assert not again.fresh and len(reads) == 3 and np.array_equal(again.counts, first.counts)
@@ -339,7 +351,8 @@ def test_a_missing_unreadable_or_stale_cache_is_counted_again(damage, gta5, monk
         assert "stale" in warnings[0] and stats.counts[1, 12] == 64
 
 
-def test_the_cache_folder_follows_xdg_cache_home_then_home(monkeypatch, tmp_path):
+def test_the_cache_folder_follows_xdg_cache_home_then_home(monkeypatch, tmp_path, cache_home):
+    assert default_cache_dir() == cache_home / "feature_to_adapt" / "class_stats"  # conftest's
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "feature_to_adapt" / "class_stats"
     monkeypatch.delenv("XDG_CACHE_HOME")
