@@ -94,6 +94,7 @@ SETUPS: tuple[Setup, ...] = (
          Variant("DACS + Norm", "configs/demo/dacs_norm.yaml", _DACS, baseline="DACS"),
          Variant("DACS + Norm, one pass", None, (*_DACS, "loss.dacs.student_passes=one"))),
         reference="reference_dacs_step",
+        archs=("deeplabv2", "daformer"),
     ),
 )  # fmt: skip
 
