@@ -77,7 +77,7 @@ AT_LEAST: dict[str, float] = {  # key: smallest valid value
     "data.batch_size": 1, "data.num_workers": 0, "eval.batch_size": 1, "eval.num_workers": 0,
     "data.synthetic.seed": 0, "data.synthetic.num_source": 0, "data.synthetic.num_train": 0,
     "data.synthetic.num_val": 0, "data.synthetic.num_synthia": 0, "data.synthetic.num_night": 0,
-    "data.synthetic.num_night_val": 0,
+    "data.synthetic.num_night_val": 0, "data.rcs.min_pixels": 0, "data.rcs.min_crop_ratio": 0,
     "loss.focal_gamma": 0, "loss.lambda_norm": 0, "loss.lambda_adv": 0, "loss.lambda_weight": 0,
     "loss.lambda_local": 0, "loss.eps": 0, "loss.maxsquare.lambda_target": 0,
     "loss.maxsquare.iw_ratio": 0, "loss.maxsquare.lambda_aux": 0, "loss.maxsquare.threshold": 0,
@@ -121,6 +121,7 @@ def _domain_problems(name: str, d: DomainConfig, batch_size: int) -> list[str]:
             f"to at most 1, got {[list(x) for x in d.image_rescale]}"
         )
     problems += _dataset_problems(name, d)
+    problems += _cat_max_ratio_problems(name, d)
     if name == "val":
         if d.crop is not None:
             problems.append(f"{k}.crop: evaluation scores whole images (labels at full size): null")
@@ -140,6 +141,22 @@ def _domain_problems(name: str, d: DomainConfig, batch_size: int) -> list[str]:
             f"the released code) or a crop"
         )
     return problems
+
+
+def _cat_max_ratio_problems(name: str, d: DomainConfig) -> list[str]:
+    """``cat_max_ratio`` in (0, 1], and below 1 only where crops of a labelled set are drawn:
+    the source's (the target's labels are not read in training, the val set is not cropped)."""
+    key, ratio = f"data.{name}.cat_max_ratio", d.cat_max_ratio
+    if not 0 < ratio <= 1:
+        return [f"{key}: expected a number > 0 and <= 1 (1 = any crop), got {ratio}"]
+    if ratio == 1:
+        return []
+    if name == "target":
+        return [f"{key}={ratio}: a crop's class shares need labels, and the target's are not "
+                f"read in training: 1.0"]  # fmt: skip
+    if d.crop is None:
+        return [f"{key}={ratio}: it chooses among crops, and data.{name}.crop is null: 1.0"]
+    return []
 
 
 def _dataset_problems(name: str, d: DomainConfig) -> list[str]:
@@ -313,6 +330,9 @@ def _range_problems(cfg: Config) -> list[str]:
     if any(not 0 <= c < k for c in ds.fd_classes) or len(set(ds.fd_classes)) < len(ds.fd_classes):
         problems.append(f"loss.dacs.fd_classes: expected distinct trainIds in 0..{k - 1}, got "
                         f"{list(ds.fd_classes)}")  # fmt: skip
+    if not cfg.data.rcs.temperature > 0:
+        problems.append(f"data.rcs.temperature: expected a number > 0, got "
+                        f"{cfg.data.rcs.temperature}")  # fmt: skip
     lo, hi = cfg.loss.dacs.blur_sigma
     if not 0 < lo <= hi:
         problems.append(f"loss.dacs.blur_sigma: expected 0 < low <= high, got [{lo}, {hi}]")

@@ -76,6 +76,7 @@ class DomainConfig:
     scale_range: Range
     image_rescale: tuple[Annotated[tuple[float, float], "[scale, probability]"], ...]
     crop: Size | None
+    cat_max_ratio: float  # a crop's largest class share must be below it (1.0: any crop)
     mirror: bool
     blur: bool
     label_root: str  # dataset folder: its labels ("": none)
@@ -85,6 +86,15 @@ class DomainConfig:
     skip_unreadable: bool  # dataset folder, training: skip and count unreadable images
     condition: str  # acdc, darkzurich
     city: str  # crosscity
+
+
+@dataclass(frozen=True)
+class RareClassConfig:
+    enabled: bool  # DAFormer's rare-class sampling of the source (dataset.rare_class)
+    temperature: float
+    min_pixels: int
+    min_crop_ratio: float
+    cache_dir: str  # the class statistics' cache ("": the user's cache folder)
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ class DataConfig:
     source: DomainConfig
     target: DomainConfig
     val: DomainConfig
+    rcs: RareClassConfig
     synthetic: SyntheticConfig
     batch_size: int
     num_workers: int
