@@ -5,16 +5,27 @@ Each step, a mean teacher (an EMA of G, never trained) labels the target images;
 classes of each source image are pasted onto a target image (ClassMix), with their labels over
 the teacher's; the mixed images are colour-jittered and blurred. G is trained with
 
-    L = L_src + lambda_mix L_mix + lambda_norm d_norm (L_norm(F_s) + L_norm(F_mix))
+    L = L_src + lambda_fd L_fd + lambda_mix L_mix + lambda_norm d_norm (L_norm(F_s) + L_norm(F_mix))
 
 L_src the source CE, L_mix the CE on the mixed images against the mixed labels, each target
 pixel weighted by the share of the teacher's confident pixels (source pixels weigh 1), and the
-norm loss on the layer4 features of the source and mixed images: one backward per step. The
-teacher then moves towards G. The pieces are ``utils.self_training``.
+norm loss on the features of the source and mixed images (DeepLab-v2's layer4; DAFormer's last
+MiT stage or fused head features, ``loss.norm_features``): one backward per step. The teacher
+then moves towards G. The pieces are ``utils.self_training``.
+
+DAFormer (Hoyer et al., CVPR 2022) is this step with ``model.arch=daformer`` and its additions,
+each a key of ``loss.dacs`` (off by default): the batch's class pool for ClassMix
+(``mix_classes``), pseudo-label weights zeroed on the top and bottom rows (``ignore_top``,
+``ignore_bottom``), the source CE averaged over all pixels (``source_ce``), and the ImageNet
+feature distance L_fd (``fd_lambda``, ``fd_classes``, ``fd_min_ratio``) between the encoder's
+last stage and that of a frozen copy of the initial network (``utils.feature_distance``); the
+teacher runs without dropout or drop path. Rare-class sampling is a key of the data.
 
     python train_dacs_norm.py --config configs/demo/dacs_norm.yaml       # synthetic, CPU
     python train_dacs_norm.py --config configs/gta5_to_cityscapes/dacs_norm.yaml \
         model.init_from=weights/resnet101COCO-41f33a49.pth
+    python train_dacs_norm.py --config configs/gta5_to_cityscapes/daformer_norm.yaml \
+        model.init_from=weights/mit_b5.pth                                  # DAFormer + Norm
     python train_dacs_norm.py --resume runs/dacs_norm-20261203-120000     # continue a run
 """
 
@@ -31,9 +42,11 @@ import torch.nn.functional as F
 
 from dataset.datasets import Batch
 from dataset.transforms import IMG_MEAN_BGR
-from model.contract import split_output
+from model.build import build_model
+from model.contract import last_stage, split_output
 from utils.config import Config, ConfigError, apply_preset, refuse
 from utils.errors import run
+from utils.feature_distance import feature_distance_mask, masked_feature_distance
 from utils.losses import (
     feature_norm,
     head_loss,
@@ -47,10 +60,12 @@ from utils.self_training import (
     draw_augmentation,
     ema_alpha,
     ema_blend,
+    freeze_stochastic_layers,
     make_teacher,
     mix,
     pseudo_label,
     pseudo_label_weight,
+    pseudo_weight_map,
     strong_augment,
 )
 from utils.setups import foreign_keys
@@ -61,15 +76,20 @@ SETUP = "dacs_norm"
 
 
 def build(cfg: Config, device: torch.device) -> TrainState:
-    """G (the student) and its SGD optimizer (backbone x1, classifiers x10), and the teacher:
-    G's copy, checkpointed with the run, never optimized."""
+    """G (the student) and its optimizer (``optim.optimizer``), and the teacher: G's copy,
+    checkpointed with the run, never optimized. With the feature distance, also the frozen
+    copy of the initial G that it reads (``imnet``, checkpointed too)."""
     model, optimizer = build_generator(cfg, device)
-    teacher = make_teacher(model)
+    modules = {"G": model, "teacher": make_teacher(model)}
+    if cfg.loss.dacs.fd_lambda > 0:  # its forward reads the encoder alone (norm placement aside)
+        frozen = build_model(cfg.model, "backbone").to(device)
+        frozen.load_state_dict(model.state_dict())
+        modules["imnet"] = frozen.requires_grad_(False).eval()
     return TrainState(
         cfg=cfg,
         device=device,
         model=model,
-        modules={"G": model, "teacher": teacher},
+        modules=modules,
         optimizers={"G": optimizer},
         base_lrs={"G": cfg.optim.lr},
         uses_target=True,
@@ -134,7 +154,8 @@ def train_step(
             out_s = g(x_s)
             out_m = g(mixed.image)
     heads = state.model.predicted_heads  # C2 (DACS's one classifier), or C1 and C2
-    loss_seg = sum(head_loss(p, y_s, lo.seg, lo.focal_gamma) for p in heads(out_s))
+    loss_seg = sum(_source_loss(p, y_s, cfg) for p in heads(out_s))
+    loss_fd = _feature_distance(state, x_s, y_s, out_s)
     loss_mix = sum(pixel_weighted_cross_entropy(upsample_to(p, mixed.label.shape[-2:]),
                                                 mixed.label, mixed.weight)
                    for p in heads(out_m))  # fmt: skip
@@ -142,6 +163,7 @@ def train_step(
     loss_norm_m = stepwise_norm_term(out_m.features, lo.delta_r, lo.lambda_norm)
     loss = (
         loss_seg
+        + ds.fd_lambda * loss_fd
         + ds.lambda_mix * loss_mix
         + lo.lambda_norm * d_norm * (loss_norm_s + loss_norm_m)
     )  # fmt: skip
@@ -151,6 +173,7 @@ def train_step(
     return {
         "loss_seg": loss_seg.detach(),
         "loss_mix": loss_mix.detach(),
+        **({"loss_fd": loss_fd.detach()} if ds.fd_lambda > 0 else {}),
         "loss_norm_s": loss_norm_s.detach(),
         "loss_norm_m": loss_norm_m.detach(),
         "feat_norm_s": feature_norm(out_s.features.detach()).mean(),
@@ -160,6 +183,32 @@ def train_step(
         "damping_norm": d_norm,
         "ema_alpha": v["ema_alpha"],
     }
+
+
+def _source_loss(logits: torch.Tensor, label: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """A head's source loss: ``loss.seg`` over the labelled pixels, or CE over all of them, an
+    ignored pixel counting 0 (``loss.dacs.source_ce=all``, mmseg's mean, DAFormer's)."""
+    lo = cfg.loss
+    if lo.dacs.source_ce == "valid":
+        return head_loss(logits, label, lo.seg, lo.focal_gamma)
+    logits = upsample_to(logits, label.shape[-2:])
+    return pixel_weighted_cross_entropy(logits, label, torch.ones_like(label, dtype=torch.float))
+
+
+def _feature_distance(
+    state: TrainState, x_s: torch.Tensor, y_s: torch.Tensor, out_s
+) -> torch.Tensor:
+    """L_fd: the encoder's last stage on the source images against the frozen initial copy's,
+    on the cells of ``loss.dacs.fd_classes`` (0, unused, without the distance)."""
+    ds, k = state.cfg.loss.dacs, state.cfg.model.num_classes
+    if ds.fd_lambda <= 0:
+        return torch.zeros((), device=x_s.device)
+    frozen = state.modules["imnet"].eval()  # (in eval mode whatever switched it)
+    with torch.no_grad(), state.autocast():
+        reference = last_stage(frozen(x_s, heads=False))
+    features = last_stage(out_s)
+    mask = feature_distance_mask(y_s, features.shape[-2:], ds.fd_classes, ds.fd_min_ratio, k)
+    return masked_feature_distance(features, reference, mask)
 
 
 class Mixed(NamedTuple):
@@ -184,16 +233,19 @@ def _mixed_batch(
     source pixels of the drawn classes over the target, label and weight alike, the mixed
     images strongly augmented."""
     ds = state.cfg.loss.dacs
+    teacher = freeze_stochastic_layers(state.modules["teacher"])  # (none in DeepLab-v2)
     with torch.no_grad(), state.autocast():
-        logits_t = state.modules["teacher"].predict(state.run("teacher")(x_t))
+        logits_t = teacher.predict(state.run("teacher")(x_t))
     prob_t = F.softmax(upsample_to(logits_t, y_s.shape[-2:]), dim=1)
     label_t, _ = pseudo_label(prob_t)
     weight_t = pseudo_label_weight(prob_t, ds.threshold)
-    mask = class_mix_mask(y_s, keys=v["mix_keys"], include_ignore=ds.mix_ignore)
+    mask = class_mix_mask(y_s, keys=v["mix_keys"], include_ignore=ds.mix_ignore,
+                          pool=ds.mix_classes)  # fmt: skip
     augment = {k: v[k] for k in ("jitter_on", "jitter", "blur_on", "blur_sigma")}
     x_mix = strong_augment(mix(mask, x_s, x_t), augment, IMG_MEAN_BGR, ds.blur_kernel)
     y_mix = mix(mask, y_s, label_t)
-    w_mix = mix(mask, torch.ones_like(prob_t[:, 0]), weight_t.expand_as(prob_t[:, 0]))
+    w_t = pseudo_weight_map(weight_t, prob_t[:, 0].shape, ds.ignore_top, ds.ignore_bottom)
+    w_mix = mix(mask, torch.ones_like(prob_t[:, 0]), w_t)
     return Mixed(x_mix, y_mix, w_mix, mask, weight_t)
 
 

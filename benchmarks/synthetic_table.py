@@ -48,6 +48,7 @@ PAGES = {  # each table's block lives on its docs page; the main table's summary
     "synthetic-table-maxsquare": ("docs/maxsquare.md",),
     "synthetic-table-dacs": ("docs/dacs.md",),
     "synthetic-table-dacs-synthia": ("docs/dacs.md",),
+    "synthetic-table-daformer": ("docs/daformer.md",),
 }
 
 class Row(NamedTuple):
@@ -133,6 +134,7 @@ SETUPS: dict[str, Row | Ensemble] = {
 }  # fmt: skip
 MAXSQUARE_ROWS = [s for s in SETUPS if s.startswith("maxsquare")]
 DACS_ROWS = [s for s in SETUPS if "dacs" in s]
+DAFORMER_ROWS = [s for s in SETUPS if s.startswith("daformer")]
 
 
 def run_setup(setup: str, seeds: Sequence[int], runs: Path, overrides: Sequence[str]) -> list[dict]:
@@ -261,10 +263,10 @@ def _parser() -> argparse.ArgumentParser:
         "--setups",
         nargs="+",
         default=[s for s in SETUPS if "_released" not in s and not s.startswith("synthia")
-                 and s not in MAXSQUARE_ROWS and s not in DACS_ROWS],
+                 and s not in MAXSQUARE_ROWS + DACS_ROWS + DAFORMER_ROWS],
         metavar="SETUP",
-        help=f"{', '.join(SETUPS)} (default: all but the released-protocol, SYNTHIA, MaxSquare "
-        "and DACS rows, which are run on their own)",
+        help=f"{', '.join(SETUPS)} (default: all but the released-protocol, SYNTHIA, MaxSquare, "
+        "DACS and DAFormer rows, which are run on their own)",
     )
     parser.add_argument(
         "--classes", type=int, choices=[19, 16], default=19,

@@ -78,3 +78,9 @@ def split_output(out: SegOutput, parts: int) -> list[SegOutput]:
         return list(t.chunk(parts))
 
     return [SegOutput(*fields) for fields in zip(*(chunks(t) for t in out), strict=True)]
+
+
+def last_stage(out: SegOutput) -> Tensor:
+    """The encoder's last stage: ``stages[-1]`` where the family returns its stages (DAFormer's
+    last MiT stage), else the backbone features (DeepLab-v2's layer4)."""
+    return out.stages[-1] if out.stages is not None else out.features

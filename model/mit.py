@@ -120,6 +120,8 @@ class DepthwiseConv(nn.Module):
 class Block(nn.Module):
     """A pre-norm transformer block with stochastic depth on both residual branches."""
 
+    stochastic_depth = True  # random in train mode (a teacher turns it off: self_training)
+
     def __init__(self, dim: int, heads: int, reduction: int, mlp_ratio: int, drop_path: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=BLOCK_EPS)

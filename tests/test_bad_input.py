@@ -206,6 +206,29 @@ def _full_disk(env: Env, case: Path) -> list[str]:
     return ["train_norm_only.py", "--resume", str(run), "train.max_steps=3"]
 
 
+def _mit_b0(env: Env, case: Path) -> list[str]:
+    """A Norm-only DAFormer run (mit_demo) from the ImageNet file of another MiT size."""
+    from model.mit import MixTransformer
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in MixTransformer("mit_b0").state_dict().items()}
+    torch.save({k: torch.zeros(s) for k, s in shapes.items()}, case / "mit_b0.pth")
+    return env.train(case, "model.arch=daformer", "model.backbone=mit_demo",
+                     "model.head_channels=8", f"model.init_from={case / 'mit_b0.pth'}")  # fmt: skip
+
+
+def _hrda(env: Env, case: Path) -> list[str]:
+    """An mmcv checkpoint whose head is HRDA's (scale attention), to evaluate."""
+    from model.daformer import DAFormer
+
+    sd = DAFormer(19, "mit_demo", head_channels=8).state_dict()
+    hrda = {k.replace("decode_head.", "decode_head.head."): v for k, v in sd.items()}
+    hrda["decode_head.scale_attention.conv_seg.weight"] = torch.zeros(19, 8, 1, 1)
+    torch.save({"meta": {}, "state_dict": {f"model.{k}": v for k, v in hrda.items()}},
+               case / "hrda.pth")  # fmt: skip
+    return ["evaluate_cityscapes.py", "--restore", str(case / "hrda.pth"), *env.data]
+
+
 # (name, argv builder, what the message must name, files the case may change)
 CASES: list[tuple[str, Callable[[Env, Path], list[str]], str, tuple[str, ...]]] = [
     ("config: unknown key", lambda e, c: e.train(c, "train.foo=1"), "train.foo", ()),
@@ -229,6 +252,10 @@ CASES: list[tuple[str, Callable[[Env, Path], list[str]], str, tuple[str, ...]]] 
     ("checkpoint: truncated", _truncated, "trunc.pth", ()),
     ("checkpoint: a text file", _text, "text.pth", ()),
     ("checkpoint: pickled code", _pickled, "safe loader", ()),
+    ("weights: a MiT file of another size (the new run folder is removed)", _mit_b0,
+     "mit_b0.pth: the file holds a mit_b0 encoder, the model is mit_demo (model.backbone): "
+     "model.backbone=mit_b0", ()),
+    ("checkpoint: HRDA's head", _hrda, "hrda.pth: HRDA's multi-resolution head", ()),
     ("checkpoint: another shape",
      lambda e, c: ["evaluate_cityscapes.py", "--restore", e.ckpt, *e.data, "model.base_width=16"],
      "shape mismatches", ()),

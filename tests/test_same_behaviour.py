@@ -63,7 +63,7 @@ def test_the_plan_covers_every_setup_and_script(tmp_path):
     names = [name for name, _ in plan(tmp_path)]
     commands = {command[0] for _, command in plan(tmp_path)}
     setups = [Path(v.demo).stem for s in SETUPS for v in s.variants if v.demo]
-    assert len(setups) == 13  # Source only ... DACS + Norm: every setup's demo
+    assert len(setups) == 20  # Source only ... DAFormer w/o feature distance: every demo
     assert {f"train_{s}" for s in setups} | {"resume", "evaluate", "sweep", "ensemble",
                                               "predict", "analyze"} <= set(names)  # fmt: skip
     scripts = {p.name for p in ROOT.glob("train_*.py")}

@@ -8,7 +8,9 @@ which the teacher is confident. The mixed images are colour-jittered and blurred
 - ``class_mix_mask``: which pixels of each source image are pasted.
 - ``mix``: the mixed image, label or weight map.
 - ``make_teacher``, ``ema_update`` (``ema_blend`` with a given rate): the mean teacher.
-- ``pseudo_label``, ``pseudo_label_weight``: the teacher's label and its weight.
+- ``pseudo_label``, ``pseudo_label_weight``, ``pseudo_weight_map``: the teacher's label and
+  its weight (DAFormer's: zero on the top and bottom rows).
+- ``freeze_stochastic_layers``: the teacher without dropout or drop path (DAFormer's).
 - ``draw_augmentation``, ``strong_augment``: the mixed images' colour jitter and blur.
 
 Everything random is drawn from a generator the caller passes, or given as tensors
@@ -41,15 +43,20 @@ def class_mix_mask(
     ignore_index: int = IGNORE_INDEX,
     include_ignore: bool = False,
     keys: torch.Tensor | None = None,
+    pool: str = "image",
 ) -> torch.Tensor:
     """ClassMix's mask: ``B x H x W`` bool, true on the pixels of each source ``label`` (``B x H
     x W`` trainIds) whose class is drawn.
 
-    Per image, of the n classes present (``ignore_index`` excluded, unless ``include_ignore``:
-    DACS's released ``trainUDA.py`` leaves it in the pool, the line that drops it commented out)
-    ``ceil(n / 2)`` are drawn without replacement: the classes with the smallest of the random
-    ``keys`` (``B x 256``, uniform in [0, 1); drawn with ``generator`` when not given), which is
-    a uniformly random subset of that size. No value is read back to the host."""
+    Per image, of the n classes in the pool (``ignore_index`` excluded, unless
+    ``include_ignore``: DACS's released ``trainUDA.py`` leaves it in the pool, the line that
+    drops it commented out) ``ceil(n / 2)`` are drawn without replacement: the classes with the
+    smallest of the random ``keys`` (``B x 256``, uniform in [0, 1); drawn with ``generator``
+    when not given), which is a uniformly random subset of that size. The pool is the image's
+    own classes (``pool="image"``, DACS) or those of the whole batch (``"batch"``, DAFormer's
+    ``get_class_masks``, whose ``torch.unique(labels)`` reads every label: each image draws its
+    own half of the batch's classes, and pastes those of them it holds). No value is read back
+    to the host."""
     b = label.shape[0]
     flat = label.reshape(b, -1).long()
     if keys is None:
@@ -62,6 +69,10 @@ def class_mix_mask(
     counts = torch.zeros(b, LABEL_VALUES, dtype=torch.int64, device=label.device)
     counts.scatter_add_(1, flat, torch.ones_like(flat))
     present = counts > 0
+    if pool == "batch":
+        present = present.any(0, keepdim=True).expand(b, -1)
+    elif pool != "image":
+        raise ValueError(f"class_mix_mask: pool must be 'image' or 'batch', got {pool!r}")
     if not include_ignore:
         pool = torch.ones(LABEL_VALUES, dtype=torch.bool, device=label.device)
         pool[ignore_index] = False
@@ -143,6 +154,32 @@ def pseudo_label_weight(prob: torch.Tensor, threshold: float = 0.968) -> torch.T
     all the batch's pixels whose maximum probability reaches ``threshold``, one number per
     batch (a 0-dim tensor, not read back)."""
     return (prob.amax(dim=1) >= threshold).float().mean()
+
+
+def pseudo_weight_map(
+    weight: torch.Tensor, shape: Sequence[int], ignore_top: int = 0, ignore_bottom: int = 0
+) -> torch.Tensor:
+    """The pseudo-labels' pixel weights, ``B x H x W`` (``shape``): ``weight`` (a number per
+    batch or per image) everywhere, 0 on the top ``ignore_top`` and bottom ``ignore_bottom``
+    rows (DAFormer's ``pseudo_weight_ignore_top`` / ``_bottom``: rows where the frames'
+    rectification borders and the car's hood sit)."""
+    out = weight.float().reshape(-1, 1, 1).expand(*shape).clone()
+    if ignore_top > 0:
+        out[:, :ignore_top] = 0
+    if ignore_bottom > 0:
+        out[:, -ignore_bottom:] = 0
+    return out
+
+
+def freeze_stochastic_layers(model: nn.Module) -> nn.Module:
+    """``model`` with dropout and drop path off, the rest in its mode: DAFormer's teacher runs
+    in train mode (BatchNorm on the batch) with its ``_DropoutNd`` and ``DropPath`` layers in
+    eval mode. Called before each teacher pass, since the loop and evaluation switch modes.
+    A layer is stochastic when it is a dropout or sets ``stochastic_depth`` (the MiT blocks)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) or getattr(m, "stochastic_depth", False):
+            m.training = False
+    return model
 
 
 def draw_augmentation(

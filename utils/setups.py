@@ -56,7 +56,10 @@ SETUPS: tuple[Setup, ...] = (
     Setup(
         "train_norm_only.py", "the norm loss alone", (),
         (Variant("Source only", "configs/demo/source_only.yaml", _OFF),
-         Variant("Norm only", "configs/demo/norm_only.yaml", (), baseline="Source only")),
+         Variant("Norm only", "configs/demo/norm_only.yaml", (), baseline="Source only"),
+         Variant("Source only (DAFormer)", "configs/demo/daformer_source_only.yaml"),
+         Variant("Norm only (DAFormer)", "configs/demo/daformer_norm_only.yaml",
+                 baseline="Source only (DAFormer)")),
         # CLAN's configs are Norm only's plus D: its configs carry CLAN's values
         ignores=("train_clan_norm.py",),
         reference="reference_step",
@@ -92,8 +95,15 @@ SETUPS: tuple[Setup, ...] = (
         "train_dacs_norm.py", "DACS's self-training", ("loss.dacs", "eval.model"),
         (Variant("DACS", "configs/demo/dacs.yaml", (*_DACS, *_OFF)),
          Variant("DACS + Norm", "configs/demo/dacs_norm.yaml", _DACS, baseline="DACS"),
-         Variant("DACS + Norm, one pass", None, (*_DACS, "loss.dacs.student_passes=one"))),
+         Variant("DACS + Norm, one pass", None, (*_DACS, "loss.dacs.student_passes=one")),
+         Variant("DAFormer", "configs/demo/daformer.yaml"),
+         Variant("DAFormer + Norm", "configs/demo/daformer_norm.yaml", baseline="DAFormer"),
+         Variant("DAFormer + Norm (decoder)", "configs/demo/daformer_norm_decoder.yaml",
+                 baseline="DAFormer"),
+         Variant("DAFormer w/o rare-class sampling", "configs/demo/daformer_no_rcs.yaml"),
+         Variant("DAFormer w/o feature distance", "configs/demo/daformer_no_fd.yaml")),
         reference="reference_dacs_step",
+        archs=("deeplabv2", "daformer"),
     ),
 )  # fmt: skip
 

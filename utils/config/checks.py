@@ -47,6 +47,8 @@ SUBSET_PROTOCOLS = ("ignore_outside", "full_matrix")  # a class subset's IoU: it
 EVAL_MODELS = ("student", "teacher")  # which of a self-training run's models is scored
 TEACHER_BN = ("keep", "copy")  # the teacher's BatchNorm statistics: its own | the student's
 STUDENT_PASSES = ("two", "one")  # DACS's student forward: a pass per batch | one joint batch
+MIX_CLASSES = ("image", "batch")  # ClassMix's class pool: each image's own | the batch's
+SOURCE_CE = ("valid", "all")  # the source CE's mean: over labelled pixels | over all pixels
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ARCHS,
     "optim.optimizer": OPTIMIZERS,
@@ -67,6 +69,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.model": EVAL_MODELS,
     "loss.dacs.teacher_bn": TEACHER_BN,
     "loss.dacs.student_passes": STUDENT_PASSES,
+    "loss.dacs.mix_classes": MIX_CLASSES,
+    "loss.dacs.source_ce": SOURCE_CE,
 }
 AT_LEAST: dict[str, float] = {  # key: smallest valid value
     "model.num_classes": 1, "model.base_width": 1, "model.d_width": 1, "model.head_channels": 1,
@@ -79,7 +83,8 @@ AT_LEAST: dict[str, float] = {  # key: smallest valid value
     "loss.maxsquare.iw_ratio": 0, "loss.maxsquare.lambda_aux": 0, "loss.maxsquare.threshold": 0,
     "loss.dacs.lambda_mix": 0, "loss.dacs.threshold": 0, "loss.dacs.ema_alpha": 0,
     "loss.dacs.jitter_p": 0, "loss.dacs.jitter_strength": 0, "loss.dacs.blur_p": 0,
-    "loss.dacs.blur_kernel": 0,
+    "loss.dacs.blur_kernel": 0, "loss.dacs.ignore_top": 0, "loss.dacs.ignore_bottom": 0,
+    "loss.dacs.fd_lambda": 0,
     "optim.lr": 0, "optim.momentum": 0, "optim.weight_decay": 0, "optim.power": 0,
     "optim.warmup_steps": 0, "optim.schedule_steps": 1, "optim.lr_d": 0, "optim.weight_decay_d": 0,
     "train.max_steps": 1, "train.log_every": 1, "train.image_every": 0, "train.eval_every": 0,
@@ -318,6 +323,13 @@ def _range_problems(cfg: Config) -> list[str]:
     ):
         if not value <= 1:
             problems.append(f"{key}: expected a number <= 1, got {value}")
+    ds = cfg.loss.dacs
+    if not 0 < ds.fd_min_ratio <= 1:
+        problems.append(f"loss.dacs.fd_min_ratio: expected 0 < ratio <= 1, got {ds.fd_min_ratio}")
+    k = cfg.model.num_classes
+    if any(not 0 <= c < k for c in ds.fd_classes) or len(set(ds.fd_classes)) < len(ds.fd_classes):
+        problems.append(f"loss.dacs.fd_classes: expected distinct trainIds in 0..{k - 1}, got "
+                        f"{list(ds.fd_classes)}")  # fmt: skip
     if not cfg.data.rcs.temperature > 0:
         problems.append(f"data.rcs.temperature: expected a number > 0, got "
                         f"{cfg.data.rcs.temperature}")  # fmt: skip

@@ -146,6 +146,13 @@ class DacsConfig:
     blur_sigma: Range
     blur_kernel: float
     student_passes: str
+    mix_classes: str  # DAFormer's keys from here: ClassMix's class pool
+    ignore_top: int  # pseudo-label weight zeroed on these rows
+    ignore_bottom: int
+    source_ce: str
+    fd_lambda: float  # the ImageNet feature distance
+    fd_classes: tuple[int, ...]
+    fd_min_ratio: float
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,190 @@
+"""DAFormer's additions to DACS's self-training (lhoyer/DAFormer, mmseg/models/uda/dacs.py):
+the ImageNet feature distance, the batch's ClassMix pool, the pseudo-label weight's cropped
+rows, the source CE over all pixels, the teacher without dropout or drop path; and the DACS
+script training DAFormer with all of them, resumed exactly (teacher and frozen copy included)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY_TRAIN
+
+import train_dacs_norm
+from model.daformer import DAFormer
+from utils.feature_distance import (
+    downscale_label_ratio,
+    feature_distance_mask,
+    masked_feature_distance,
+)
+from utils.self_training import class_mix_mask, freeze_stochastic_layers, pseudo_weight_map
+
+TINY = [*TINY_TRAIN, "train.device=cpu", "optim.schedule_steps=12"]
+THINGS = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)  # DAFormer's fd classes
+
+
+# ---- the feature distance ----
+
+
+def test_cells_take_their_majority_class_where_it_holds_the_ratio():
+    # 4 x 4 cells of 2 x 2 pixels: 4/4, 3/4 and 2/4 of one class, an all-ignored cell
+    label = torch.tensor([[[6, 6, 7, 7],
+                           [6, 6, 7, 0],
+                           [1, 1, 255, 255],
+                           [2, 2, 255, 255]]])  # fmt: skip
+    cells = downscale_label_ratio(label, 2, 0.75, num_classes=19)
+    assert cells.tolist() == [[[6, 7], [255, 255]]]  # 2/4 of class 1 is under 0.75
+    assert downscale_label_ratio(label, 2, 0.5, 19).tolist() == [[[6, 7], [1, 255]]]
+    # a cell whose majority is the ignore label stays ignored at any ratio
+    assert downscale_label_ratio(label, 2, 0.0, 19)[0, 1, 1] == 255
+
+
+def test_the_mask_keeps_thing_cells_and_pads_a_larger_feature_map():
+    label = torch.full((1, 64, 96), 0)  # road, stride-32 cells: 2 x 3
+    label[:, :32, 32:64] = 13  # a car filling cell (0, 1)
+    label[:, 32:, 64:] = 11  # a person filling cell (1, 2)
+    label[:, 32:40, 64:] = 255  # a quarter of it ignored: 0.75 of the cell remains
+    mask = feature_distance_mask(label, (2, 3), THINGS, 0.75, 19)
+    assert mask.tolist() == [[[False, True, False], [False, False, True]]]
+    assert feature_distance_mask(label, (2, 3), (), 0.75, 19).all()  # every majority cell
+    # a 100-pixel-wide label on a map of ceil(100 / 32) = 4 columns: DAFormer's factor 100 // 4
+    # = 25 gives 4 cells across; rows 64 // 25 = 2 of the map's 3, the third left out
+    wide = torch.full((1, 64, 100), 13)
+    assert feature_distance_mask(wide, (3, 4), THINGS, 0.75, 19).tolist() == [
+        [[True] * 4, [True] * 4, [False] * 4]
+    ]
+
+
+def test_the_distance_is_the_mean_l2_over_the_masked_cells():
+    f0 = torch.zeros(1, 2, 2, 2)
+    f = torch.zeros(1, 2, 2, 2, requires_grad=True)
+    with torch.no_grad():
+        f[0, :, 0, 0] = torch.tensor([3.0, 4.0])  # distance 5
+        f[0, :, 0, 1] = torch.tensor([0.0, 1.0])  # distance 1
+        f[0, :, 1, 1] = torch.tensor([6.0, 8.0])  # distance 10, not masked
+    mask = torch.tensor([[[True, True], [True, False]]])
+    dist = masked_feature_distance(f, f0, mask)
+    assert dist.item() == pytest.approx((5 + 1 + 0) / 3)
+    dist.backward()
+    assert f.grad[0, :, 1, 1].abs().sum() == 0  # an unmasked cell takes no gradient
+    # no qualifying cell: 0, not DAFormer's NaN, and no gradient
+    empty = masked_feature_distance(f, f0, torch.zeros_like(mask))
+    assert empty.item() == 0 and not torch.isnan(empty)
+
+
+# ---- ClassMix's pool, the pseudo-label weight, the teacher ----
+
+
+def test_the_batch_pool_draws_half_of_the_batchs_classes_for_each_image():
+    label = torch.tensor([[[0, 0, 1, 1]], [[2, 2, 3, 3]]])  # two images, two classes each
+    keys = torch.ones(2, 256)
+    keys[0, [1, 2]] = 0.1  # image 0 draws classes 1 and 2 (it holds 1)
+    keys[1, [0, 1]] = 0.1  # image 1 draws 0 and 1 (it holds neither)
+    batch = class_mix_mask(label, keys=keys, pool="batch")
+    assert batch.tolist() == [[[False, False, True, True]], [[False, False, False, False]]]
+    # per image (DACS): each draws one of its own two classes
+    own = class_mix_mask(label, keys=keys, pool="image")
+    assert own.tolist() == [[[False, False, True, True]], [[True, True, False, False]]]
+    with pytest.raises(ValueError, match="pool"):
+        class_mix_mask(label, keys=keys, pool="dataset")
+
+
+def test_the_pseudo_weight_is_zero_on_the_cropped_rows():
+    w = pseudo_weight_map(torch.tensor(0.25), (2, 8, 3), ignore_top=2, ignore_bottom=3)
+    assert w.shape == (2, 8, 3)
+    assert w[:, :2].eq(0).all() and w[:, 5:].eq(0).all() and w[:, 2:5].eq(0.25).all()
+    assert pseudo_weight_map(torch.tensor(0.5), (1, 4, 4)).eq(0.5).all()
+
+
+def test_the_teacher_runs_without_dropout_and_drop_path_but_batchnorm_in_train_mode():
+    torch.manual_seed(0)
+    teacher = DAFormer(19, "mit_demo", head_channels=16).train()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = teacher(x).p2, teacher(x).p2
+    assert not torch.equal(a, b)  # dropout and drop path draw
+    freeze_stochastic_layers(teacher)
+    with torch.no_grad():
+        a, b = teacher(x).p2, teacher(x).p2
+        assert torch.equal(a, b)
+        eval_out = teacher.eval()(x).p2
+    assert not torch.allclose(a, eval_out)  # BatchNorm still read the batch's statistics
+    blocks = [m for m in teacher.modules() if getattr(m, "stochastic_depth", False)]
+    assert blocks and all(not m.training for m in blocks)
+
+
+def test_the_source_ce_over_all_pixels_counts_ignored_ones_as_zero():
+    from utils.config import load_config
+
+    logits = torch.randn(1, 19, 4, 4)
+    label = torch.randint(0, 19, (1, 4, 4))
+    label[0, 0] = 255  # a quarter ignored
+    ce = F.cross_entropy(logits, label, ignore_index=255, reduction="none")
+    cfg = load_config(None, ["loss.dacs.source_ce=all"])
+    assert train_dacs_norm._source_loss(logits, label, cfg).item() == pytest.approx(
+        ce.sum().item() / 16
+    )
+    valid = load_config(None, [])
+    assert train_dacs_norm._source_loss(logits, label, valid).item() == pytest.approx(
+        ce.sum().item() / 12
+    )
+
+
+# ---- DAFormer through the DACS script ----
+
+DAFORMER_DACS = [
+    *("model.arch=daformer", "model.backbone=mit_demo", "model.head_channels=8"),
+    *("optim.optimizer=adamw", "optim.lr=6e-4", "optim.weight_decay=0.01"),
+    *("optim.warmup_form=mmcv", "model.init_from="),
+    *("loss.dacs.mix_classes=batch", "loss.dacs.ignore_top=4", "loss.dacs.ignore_bottom=8"),
+    *("loss.dacs.source_ce=all", "loss.dacs.fd_lambda=0.005", "loss.dacs.ema_alpha=0.999"),
+    *("loss.dacs.fd_classes=[]", "loss.dacs.threshold=0.2", "train.image_every=0"),
+]
+
+
+def _run(tmp_path, synthetic, name, steps, *extra, resume=None):
+    args = (["--resume", str(resume)] if resume else
+            ["--config", "configs/demo/dacs_norm.yaml", *synthetic, *TINY, "data.batch_size=2",
+             f"train.out_dir={tmp_path}", f"train.run_name={name}", "train.save_every=0",
+             *DAFORMER_DACS, *extra])  # fmt: skip
+    assert train_dacs_norm.main([*args, f"train.max_steps={steps}"]) == 0
+    return tmp_path / name
+
+
+def _logged(folder):
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "sec_per_step" not in k}
+            for r in rows if "train/loss_seg" in r]  # fmt: skip
+
+
+def test_daformer_self_training_resumes_exactly_teacher_and_frozen_copy_included(
+    tmp_path, synthetic
+):
+    full = _run(tmp_path, synthetic, "full", 3)
+    part = _run(tmp_path, synthetic, "part", 2)
+    _run(tmp_path, synthetic, "part", 3, resume=part)
+    a, b = _logged(full), _logged(part)
+    assert a == b and len(a) == 3
+    assert all(row["train/loss_fd"] > 0 for row in a[1:])  # the student has moved
+    ckpt_a = torch.load(full / "checkpoints" / "last.pth", weights_only=True)
+    ckpt_b = torch.load(part / "checkpoints" / "last.pth", weights_only=True)
+    assert set(ckpt_a["models"]) == {"G", "teacher", "imnet"}
+    for model in ("G", "teacher", "imnet"):
+        for key, value in ckpt_a["models"][model].items():
+            assert torch.equal(value, ckpt_b["models"][model][key]), f"{model}.{key}"
+    # the frozen copy is the initial network: a fresh run's step-0 G
+    init = _run(tmp_path, synthetic, "init", 1, "loss.dacs.fd_lambda=0.005")
+    ckpt_0 = torch.load(init / "checkpoints" / "last.pth", weights_only=True)
+    frozen = ckpt_a["models"]["imnet"]
+    assert any(not torch.equal(v, ckpt_a["models"]["G"][k]) for k, v in frozen.items())
+    assert all(torch.equal(v, ckpt_0["models"]["imnet"][k]) for k, v in frozen.items())
+    # its checkpoint scores like any other run's (the frozen copy is not a candidate)
+    import evaluate_cityscapes
+
+    results = tmp_path / "r.json"
+    ckpt = str(full / "checkpoints" / "last.pth")
+    assert evaluate_cityscapes.main(["--restore", ckpt, "--results", str(results)]) == 0
+    scored = json.loads(results.read_text())
+    assert (scored["preset"], scored["protocol"]["model"]) == ("daformer mit_demo", "student")
