@@ -55,14 +55,17 @@ from benchmarks.speed.benchmarks import (
     build_pair,
     build_state,
     eval_dataset,
+    eval_overrides,
     feature_size,
     layout,
+    norm_features_shape,
 )
 from benchmarks.speed.references import (
     reference_dacs_step,
     reference_maxsquare_step,
     reference_step,
 )
+from benchmarks.speed.references_daformer import explicit_attention, reference_daformer_step
 from benchmarks.speed.report import markdown
 from benchmarks.speed.timing import (
     LAUNCH_CALLS,
@@ -93,12 +96,16 @@ __all__ = [  # what the tests use, and every name this module had before it beca
     "build_state",
     "busy_time",
     "eval_dataset",
+    "eval_overrides",
+    "explicit_attention",
     "feature_size",
     "layout",
     "main",
     "markdown",
+    "norm_features_shape",
     "profile_steps",
     "reference_dacs_step",
+    "reference_daformer_step",
     "reference_maxsquare_step",
     "reference_step",
 ]
