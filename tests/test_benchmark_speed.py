@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_sized
 
 import train_clan_norm
 import train_maxsquare_norm
@@ -21,10 +22,9 @@ from utils.errors import UsageError
 CASES = {**speed.SETUPS, "MaxSquare + IW + Multi + Norm": (train_maxsquare_norm, [
     *speed.SETUPS["MaxSquare + IW + Norm"][1], "loss.maxsquare.multi=true",
     "loss.maxsquare.threshold=0.1"])}  # fmt: skip
-# DAFormer's at the test's size: the smallest MiT and a narrow head; the pseudo-labels weighed
-# (a low threshold) and their rows kept within a 48-row image
-TINY_DAFORMER = ["model.backbone=mit_demo", "model.head_channels=16", "loss.dacs.threshold=0.1",
-                 "loss.dacs.ignore_top=4", "loss.dacs.ignore_bottom=8"]  # fmt: skip
+# DAFormer's at the tests' size, with its pseudo-labels weighed (a low threshold) and their
+# rows kept within a 48-row image
+DAFORMER_ROWS = ["loss.dacs.threshold=0.1", "loss.dacs.ignore_top=4", "loss.dacs.ignore_bottom=8"]
 
 
 def _first_conv(model: torch.nn.Module) -> str:
@@ -37,10 +37,9 @@ def _first_conv(model: torch.nn.Module) -> str:
 def test_reference_step_makes_the_same_update_as_ours(name, small_model, small_batches):
     script, extra = CASES[name]
     reference = speed.REFERENCES.get(script, speed.reference_step)
-    daformer = "model.arch=daformer" in extra
+    rows = DAFORMER_ROWS if "model.arch=daformer" in extra else []
     # lambda_norm large enough that the norm term visibly moves the backbone
-    cfg = load_config(None, [*small_model, "loss.lambda_norm=0.5", *extra,
-                             *(TINY_DAFORMER if daformer else [])])  # fmt: skip
+    cfg = load_config(None, [*small_model, "loss.lambda_norm=0.5", *tiny_sized(extra), *rows])
     source, target = small_batches
     if cfg.loss.dacs.fd_lambda > 0:  # a "thing" over a whole cell: the feature distance reads it
         label = source.label.clone()
