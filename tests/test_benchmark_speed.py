@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_sized
+from conftest import TINY_DAFORMER, tiny_sized
 
 import train_clan_norm
 import train_maxsquare_norm
@@ -168,3 +168,72 @@ def test_feature_size_is_the_models():
             features = model(torch.zeros(1, 3, h, w)).features
         assert features.shape[-2:] == (speed.feature_size(h), speed.feature_size(w))
     assert speed.feature_size(512) == 65 and speed.feature_size(1024) == 129
+
+
+def test_explicit_attention_is_segformers_form_for_the_given_modules_only(monkeypatch):
+    from model.mit import MixTransformer
+
+    torch.manual_seed(0)
+    ref, ours = MixTransformer("mit_demo").eval(), MixTransformer("mit_demo").eval()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = ours(x)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))  # fmt: skip
+    with torch.no_grad(), speed.explicit_attention([ref]):
+        got, untouched = ref(x), ours(x)
+    assert len(calls) == 4  # ours kept its fused attention, one block a stage
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(untouched, expected, strict=True))
+    with torch.no_grad():
+        ref(x)
+    assert len(calls) == 8  # and the reference's is restored on leaving
+    assert not any("forward" in vars(m) for m in ref.modules())
+
+
+MIT = ["model.arch=daformer", "model.backbone=mit_demo", "model.head_channels=16"]
+
+
+@pytest.mark.parametrize("extra", [[], MIT, [*MIT, "loss.norm_features=decoder"]])
+def test_norm_features_shape_is_the_models(extra, small_model):
+    from model.build import build_model
+
+    cfg = load_config(None, [*small_model, *extra])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.loss.norm_features).eval()
+    with torch.no_grad():
+        features = model(torch.zeros(1, 3, 72, 100)).features
+    assert speed.norm_features_shape(cfg, 72, 100) == tuple(features.shape)
+
+
+def test_daformer_states_report_their_layout_and_evaluated_network(small_model):
+    script, extra = speed.SETUPS["DAFormer + Norm"]
+    ours, ref = speed.build_pair(script, [*small_model, *tiny_sized(extra)], torch.device("cpu"))
+    assert speed.layout(ours) == speed.layout(ref) == "NCHW, eager"
+    args = argparse.Namespace(setups=["DAFormer", "DACS"], overrides=["model.backbone=mit_b0"])
+    assert speed.eval_overrides(args) == [
+        "model.arch=daformer", "model.backbone=mit_b5", "model.backbone=mit_b0"
+    ]  # fmt: skip
+
+
+def test_benchmark_times_daformer_end_to_end(tmp_path, capsys):
+    out = tmp_path / "speed.md"
+    args = [
+        "--device", "cpu", "--crop", "48", "64", "--amp", "off", "--steps", "1", "--warmup", "0",
+        "--eval-images", "1", "--eval-distinct", "1", "--eval-batch", "1", "--eval-workers", "0",
+        "--eval-size", "64", "128", "--eval-cache", str(tmp_path / "eval"), "--out", str(out),
+        "--loader-configs", "--setups", "DAFormer", "DAFormer + Norm (decoder)", "--",
+        *TINY_DAFORMER, "data.val.resize=[64,32]",
+    ]  # fmt: skip
+    assert speed.main(args) == 0
+    table = out.read_text()
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| DAFormer")]
+    assert len(rows) == 4  # ours and the reference, each setup
+    assert "DAFormer + Norm (decoder) / DAFormer = " in table
+    assert "the norm term timed alone (norm, loss, backward to the features, two feature " \
+           "maps): " in table and "% of the DAFormer step" in table  # fmt: skip
+    assert "Evaluation (daformer mit_demo, float32" in table

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 import benchmarks.speed.references as references
-import train_norm_only
 from benchmarks.speed.timing import PeakMemory, _time, profile_steps
 from dataset.build import build_dataset
 from dataset.datasets import Batch, eval_loader, infinite_loader
@@ -337,7 +336,7 @@ def bench_eval(args: argparse.Namespace, device: torch.device) -> dict[str, floa
     decoding and resizing in the loader's workers."""
     lh, lw = args.eval_size
     cfg = load_config(None, [f"train.device={device}", *eval_overrides(args)])
-    model = train_norm_only.build(cfg, device).model.eval()
+    model = build_model(cfg.model, cfg.loss.norm_features).to(device).eval()
     iw, ih = cfg.data.val.resize
     image = torch.randn(args.eval_batch, 3, ih, iw, device=device)
     label = torch.randint(0, 19, (args.eval_batch, lh, lw), device=device)
