@@ -160,7 +160,11 @@ class DAFormer(nn.Module):
         fused, logits = self.decode_head(stages)
         if not heads:  # the decoder's features alone: no logits to resize
             return SegOutput(None, None, fused, tuple(stages))
-        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        # to the input's size in float32, as every family's logits (losses.upsample_to): under
+        # mixed precision the full-resolution logits that the losses read keep their precision
+        logits = F.interpolate(
+            logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
         features = stages[-1] if self.norm_features == "backbone" else fused
         return SegOutput(None, logits, features, tuple(stages))
 

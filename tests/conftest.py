@@ -35,6 +35,14 @@ TINY_CPU_TRAIN = [*TINY_TRAIN, "train.device=cpu", "data.batch_size=2", "optim.w
                   "optim.schedule_steps=12"]  # fmt: skip
 # The norm-only runs': a larger learning rate, and image grids every 2 steps.
 TINY_NORM_ONLY = [*TINY_CPU_TRAIN, "optim.lr=0.01", "train.image_every=2"]
+# DAFormer's network at the tiny sizes: the smallest MiT and a 16-channel head.
+TINY_DAFORMER = ["model.backbone=mit_demo", "model.head_channels=16"]
+
+
+def tiny_sized(overrides: list[str]) -> list[str]:
+    """A speed setup's overrides (``benchmarks.speed.SETUPS``) at the tests' sizes: with
+    ``TINY_DAFORMER`` after them where they name DAFormer's network (its MiT-B5 otherwise)."""
+    return [*overrides, *(TINY_DAFORMER if "model.arch=daformer" in overrides else [])]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -104,6 +104,14 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     return box[0]
 
 
+def broadcast_tensors(tensors: list[torch.Tensor], info: DistInfo) -> None:
+    """Rank 0's values of ``tensors``, in place on every rank (nothing without torchrun)."""
+    if info.distributed:
+        with torch.no_grad():
+            for t in tensors:
+                dist.broadcast(t, src=0)
+
+
 def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Mean over processes (identity without torchrun)."""
     if info.distributed:

@@ -60,9 +60,11 @@ def feature_distance_mask(
     h, w = feature_size
     scale = max(1, label.shape[-1] // w)
     cells = downscale_label_ratio(label, scale, min_ratio, num_classes)[:, :h, :w]
-    if classes:
-        wanted = torch.tensor(list(classes), device=label.device)
-        mask = (cells.unsqueeze(-1) == wanted).any(-1)
+    if classes:  # compared with each class as a number: no tensor copied to the device, so
+        # no host sync, and the step stays capturable as a CUDA graph
+        mask = torch.zeros_like(cells, dtype=torch.bool)
+        for c in classes:
+            mask |= cells == c
     else:
         mask = cells != IGNORE_INDEX
     return F.pad(mask, (0, w - mask.shape[-1], 0, h - mask.shape[-2]))

@@ -229,7 +229,9 @@ def strong_augment(
     (neither transform moves a pixel). Unaugmented images come back unchanged, bit for bit."""
     dev = image.device
     p = {k: v.to(dev) for k, v in params.items()}
-    m = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    # the mean made by fills on the device: a torch.tensor of numbers there would be a
+    # blocking copy from the host, which a CUDA graph cannot capture
+    m = torch.stack([torch.full((), float(x), device=dev) for x in mean]).view(1, 3, 1, 1)
     rgb = ((image.float() + m) / 255).flip(1)
     rgb = torch.where(p["jitter_on"] > 0, color_jitter(rgb, p["jitter"]), rgb)
     ky = blur_kernel_size(image.shape[-2], kernel_fraction)

@@ -7,15 +7,18 @@ against the released code's procedure, on whatever device this runs on.
         --eval-images 4 --eval-distinct 2 --eval-batch 1 --eval-workers 2      # this CPU
 
 For each setup (Source only, Norm only, CLAN, CLAN + Norm; with ``--setups`` also MaxSquare,
-+ Norm, + IW and + IW + Norm) it times our ``train_step`` eagerly, as one CUDA graph
-(``--cuda-graph``: ``train.cuda_graph``, CUDA only) and compiled (``--compile``:
-``train.compile`` with ``--compile-mode``), and a reference step that follows the released
-code: a separate backward through the backbone for the norm term (``retain_graph``),
-classifier heads on every pass, float32, eager; for MaxSquare, its ``solve_gta5.py`` (the
-source backward, then the target's, IW's class histogram on the host, the loss read back each
-step). Every variant runs on the same full-size DeepLab-v2/ResNet-101 (or ``model.*``
-overrides) and the same random inputs, interleaved within each round in a shuffled order,
-with the same memory layout (channels_last
++ Norm, + IW and + IW + Norm, DACS and + Norm, DAFormer, + Norm and + Norm (decoder)) it
+times our ``train_step`` eagerly, as one CUDA graph (``--cuda-graph``: ``train.cuda_graph``,
+CUDA only) and compiled (``--compile``: ``train.compile`` with ``--compile-mode``), and a
+reference step that follows the released code: a separate backward through the backbone for
+the norm term (``retain_graph``), classifier heads on every pass, float32, eager; for
+MaxSquare, its ``solve_gta5.py`` (the source backward, then the target's, IW's class histogram
+on the host, the loss read back each step); for DACS, its ``trainUDA.py``; for DAFormer, its
+``dacs.py`` (the source backward kept for the feature distance's own backward, the values
+read back, ClassMix one image at a time, SegFormer's explicit attention). Every variant of a
+setup runs on the same network (full-size DeepLab-v2/ResNet-101, DAFormer's MiT-B5, or
+``model.*`` overrides such as ``model.backbone=mit_b0``) and the same random inputs,
+interleaved within each round in a shuffled order, with the same memory layout (channels_last
 on CUDA unless ``train.channels_last=false``). Per setup and variant the table gives the median
 step time, its spread over the rounds ((max - min) / median), the ratio to the reference, and
 on CUDA the step's peak memory (after the warm-up, which holds cudnn.benchmark's autotuning
@@ -26,9 +29,9 @@ it over the same setup without (CLAN + Norm over CLAN, ...; paired per round), a
 term timed alone.
 The loaders are timed as training runs them (``--loader-configs``, the configured workers and
 transforms) on synthetic images at the real sizes (GTA5 1914x1052, Cityscapes 2048x1024):
-source/target pairs per second. Evaluation is timed as ``evaluate_cityscapes.py`` runs it, on
-the real Cityscapes val split (``--eval-root``) or on synthetic images of its size and layout,
-end to end and for the model alone.
+source/target pairs per second. Evaluation is timed as ``evaluate_cityscapes.py`` runs it, with
+the first timed setup's network, on the real Cityscapes val split (``--eval-root``) or on
+synthetic images of its size and layout, end to end and for the model alone.
 """
 
 from __future__ import annotations
@@ -55,14 +58,17 @@ from benchmarks.speed.benchmarks import (
     build_pair,
     build_state,
     eval_dataset,
+    eval_overrides,
     feature_size,
     layout,
+    norm_features_shape,
 )
 from benchmarks.speed.references import (
     reference_dacs_step,
     reference_maxsquare_step,
     reference_step,
 )
+from benchmarks.speed.references_daformer import explicit_attention, reference_daformer_step
 from benchmarks.speed.report import markdown
 from benchmarks.speed.timing import (
     LAUNCH_CALLS,
@@ -93,12 +99,16 @@ __all__ = [  # what the tests use, and every name this module had before it beca
     "build_state",
     "busy_time",
     "eval_dataset",
+    "eval_overrides",
+    "explicit_attention",
     "feature_size",
     "layout",
     "main",
     "markdown",
+    "norm_features_shape",
     "profile_steps",
     "reference_dacs_step",
+    "reference_daformer_step",
     "reference_maxsquare_step",
     "reference_step",
 ]

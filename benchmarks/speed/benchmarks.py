@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 import benchmarks.speed.references as references
-import train_norm_only
 from benchmarks.speed.timing import PeakMemory, _time, profile_steps
 from dataset.build import build_dataset
 from dataset.datasets import Batch, eval_loader, infinite_loader
 from dataset.synthetic import SyntheticSpec, generate
+from model.build import build_model
 from utils import losses
-from utils.config import load_config
+from utils.config import Config, load_config
 from utils.distributed import DistInfo
 from utils.errors import UsageError
 from utils.evaluation.inference import evaluate, predict_logits
@@ -65,8 +66,9 @@ def build_pair(
 
 
 def layout(state: TrainState) -> str:
-    """How a state's step runs: memory layout of G's weights, and compiled or eager."""
-    weight = state.model.conv1.weight
+    """How a state's step runs: memory layout of G's weights (its first convolution's: the stem
+    of DeepLab-v2, MiT's first patch embedding), and compiled or eager."""
+    weight = next(m.weight for m in state.model.modules() if isinstance(m, nn.Conv2d))
     nhwc = weight.is_contiguous(memory_format=torch.channels_last) and weight.shape[-1] > 1
     mode = f"compiled ({state.cfg.train.compile_mode})" if state.cfg.train.compile else "eager"
     return f"{'channels_last' if nhwc else 'NCHW'}, {mode}"
@@ -248,14 +250,39 @@ def feature_size(n: int) -> int:
     return (pool - 1) // 2 + 1
 
 
-def bench_norm_term(args: argparse.Namespace, device: torch.device) -> float:
-    """Seconds the norm term adds to a step, timed alone: norm, loss and backward to the
-    features, and the logged mean norm, for the source and the target feature map of one crop
-    (backbone output, stride 8).
-    The backbone backward it feeds into runs anyway in CLAN, so this is its whole cost there."""
+def norm_features_shape(cfg: Config, h: int, w: int) -> tuple[int, ...]:
+    """The shape of the features the norm loss reads for one ``h x w`` image: G built and run
+    on the meta device (shapes, no data), so any family and size gives its own
+    (DeepLab-v2's layer4 at stride 8, MiT's last stage at stride 32, DAFormer's fused head
+    features at stride 4)."""
+    with torch.device("meta"):
+        model = build_model(cfg.model, cfg.loss.norm_features)
+        return tuple(model(torch.empty(1, 3, h, w)).features.shape)
+
+
+def bench_norm_term(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Seconds the norm term adds to a step, timed alone, for each timed setup with the norm
+    loss whose baseline is timed too (by its label): norm, loss and backward to the features,
+    and the logged mean norm, for two feature maps of one crop (source and target, or source
+    and mixed) of that setup's network. The backward it feeds into runs anyway, so this is its
+    whole cost there."""
     h, w = args.crop
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp, torch.float32)
-    shape = (1, 2048, feature_size(h), feature_size(w))
+    timed = getattr(args, "setups", None) or PAPER_SETUPS
+    seconds: dict[tuple[int, ...], float] = {}
+    out = {}
+    for name, _ in [(a, b) for a, b in NORM_PAIRS if a in timed and b in timed]:
+        cfg = load_config(None, [*SETUPS[name][1], *args.overrides])
+        shape = norm_features_shape(cfg, h, w)
+        if shape not in seconds:
+            seconds[shape] = _time_norm_term(shape, dtype, device, max(10, args.steps))
+        out[name] = seconds[shape]
+    return out
+
+
+def _time_norm_term(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                    repeats: int) -> float:  # fmt: skip
+    """The median seconds of the norm term on two random feature maps of ``shape``."""
     feats = [torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in "st"]
 
     def both() -> None:
@@ -264,7 +291,7 @@ def bench_norm_term(args: argparse.Namespace, device: torch.device) -> float:
             losses.feature_norm(f.detach()).mean()
 
     both()
-    return statistics.median(_time(both, device) for _ in range(max(10, args.steps)))
+    return statistics.median(_time(both, device) for _ in range(repeats))
 
 
 def eval_dataset(args: argparse.Namespace, list_dir: Path) -> tuple[str, str]:
@@ -294,13 +321,22 @@ def eval_dataset(args: argparse.Namespace, list_dir: Path) -> tuple[str, str]:
     return str(root), str(list_file)
 
 
+def eval_overrides(args: argparse.Namespace) -> list[str]:
+    """The overrides of the network that evaluation is timed with: the first timed setup's
+    ``model.*`` keys (DAFormer's family and size, a preset), then the command line's."""
+    first = (getattr(args, "setups", None) or PAPER_SETUPS)[0]
+    own = [o for o in SETUPS[first][1] if o.startswith(("model.", "loss.norm_features="))]
+    return [*own, *args.overrides]
+
+
 def bench_eval(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    """Images per second of the evaluation path, as evaluate_cityscapes.py runs it (float32):
-    ``model`` on in-memory images (forward, upsample to the label, argmax, confusion
-    matrix), and ``end_to_end`` with PNG decoding and resizing in the loader's workers."""
+    """Images per second of the evaluation path, as evaluate_cityscapes.py runs it (float32),
+    with the first timed setup's network (``eval_overrides``): ``model`` on in-memory images
+    (forward, upsample to the label, argmax, confusion matrix), and ``end_to_end`` with PNG
+    decoding and resizing in the loader's workers."""
     lh, lw = args.eval_size
-    cfg = load_config(None, [f"train.device={device}", *args.overrides])
-    model = train_norm_only.build(cfg, device).model.eval()
+    cfg = load_config(None, [f"train.device={device}", *eval_overrides(args)])
+    model = build_model(cfg.model, cfg.loss.norm_features).to(device).eval()
     iw, ih = cfg.data.val.resize
     image = torch.randn(args.eval_batch, 3, ih, iw, device=device)
     label = torch.randint(0, 19, (args.eval_batch, lh, lw), device=device)

@@ -1,6 +1,7 @@
 """The released code's procedures, which ``benchmarks.speed`` times against our steps: CLAN's
 and the paper's (``reference_step``), MaxSquare's (``reference_maxsquare_step``) and DACS's
-(``reference_dacs_step``). Each makes the same update as the setup's ``train_step`` (checked by
+(``reference_dacs_step``, which hands a DAFormer network to DAFormer's procedure in
+``references_daformer``). Each makes the same update as the setup's ``train_step`` (checked by
 tests/test_benchmark_speed.py); utils.setups names each setup's reference by its function name."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import train_dacs_norm
+from benchmarks.speed.references_daformer import reference_daformer_step
 from dataset.datasets import Batch
 from dataset.transforms import IMG_MEAN_BGR
 from model.contract import split_output
@@ -173,7 +175,10 @@ def reference_dacs_step(state: TrainState, source: Batch, target: Batch | None, 
     by comparing the label with each drawn class; the mix, jitter and blur one image at a time;
     the pixel weight read back (``.item()``); ``L_l + L_u`` (and the norm term with its own
     backward, as the paper's code has it) backward; the losses read back for the log; the
-    teacher's update one parameter at a time."""
+    teacher's update one parameter at a time. With ``model.arch=daformer``: DAFormer's own
+    procedure (``reference_daformer_step``)."""
+    if state.cfg.model.arch == "daformer":
+        return reference_daformer_step(state, source, target, step)
     cfg, g = state.cfg, state.run("G")
     lo, ds = cfg.loss, cfg.loss.dacs
     v = train_dacs_norm.step_values(cfg, step)

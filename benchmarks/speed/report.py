@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from benchmarks.speed.benchmarks import NORM_PAIRS, VARIANTS
-from utils.config import load_config
+from benchmarks.speed.benchmarks import NORM_PAIRS, VARIANTS, eval_overrides
+from utils.config import Config, load_config
 
 
 def _overhead(by: dict[str, dict], num: str, den: str) -> str:
@@ -55,20 +55,27 @@ def _step_table(
     return lines
 
 
-def _norm_overhead(eager: dict[str, dict], norm_term: float) -> list[str]:
-    """Each setup with the norm loss over the same setup without, and the norm term alone (no
-    lines where no such pair was timed)."""
+def _norm_overhead(eager: dict[str, dict], norm_term: dict[str, float]) -> list[str]:
+    """Each setup with the norm loss over the same setup without, and the norm term alone, as
+    a share of the step without it (no lines where no such pair was timed). Setups whose norm
+    features have one shape share one timing line."""
     lines: list[str] = []
     pairs = [(a, b) for a, b in NORM_PAIRS if a in eager and b in eager]
-    if pairs:
-        lines += ["", "Norm loss overhead (ours, eager; Norm only over Source only includes "
-                  "the target pass):"]  # fmt: skip
-        lines += [f"- step times: {_overhead(eager, a, b)}" for a, b in pairs]
-        shares = [f"{100 * norm_term / eager[b]['median']:.2f}% of the {b} step"
-                  for _, b in pairs if b != "Source only"]  # fmt: skip
-        lines.append(f"- the norm term timed alone (norm, loss, backward to the features, source "
-                     f"and target): {norm_term * 1e3:.2f} ms" + "".join(f" = {x}" if i == 0 else
-                     f", {x}" for i, x in enumerate(shares)))  # fmt: skip
+    if not pairs:
+        return lines
+    lines += ["", "Norm loss overhead (ours, eager; Norm only over Source only includes "
+              "the target pass):"]  # fmt: skip
+    lines += [f"- step times: {_overhead(eager, a, b)}" for a, b in pairs]
+    by_time: dict[float, list[tuple[str, str]]] = {}
+    for a, b in pairs:
+        by_time.setdefault(norm_term[a], []).append((a, b))
+    for seconds, group in by_time.items():
+        shares = [f"{100 * seconds / eager[b]['median']:.2f}% of the {b} step"
+                  for _, b in group if b != "Source only"]  # fmt: skip
+        whose = "" if len(by_time) == 1 else f" of {', '.join(a for a, _ in group)}"
+        shares_text = "".join(f" = {x}" if i == 0 else f", {x}" for i, x in enumerate(shares))
+        lines.append(f"- the norm term{whose} timed alone (norm, loss, backward to the features, "
+                     f"two feature maps): {seconds * 1e3:.2f} ms{shares_text}")  # fmt: skip
     return lines
 
 
@@ -89,11 +96,15 @@ def _loader_lines(loader: list[dict]) -> list[str]:
     return lines
 
 
-def _eval_lines(ev: dict, args: argparse.Namespace, eval_input: tuple[int, int]) -> list[str]:
-    """Evaluation's throughput, end to end and for the model alone."""
+def _eval_lines(ev: dict, args: argparse.Namespace, cfg: Config) -> list[str]:
+    """Evaluation's throughput, end to end and for the model alone, with the network ``cfg``
+    names."""
+    m, eval_input = cfg.model, cfg.data.val.resize
+    network = f"{m.arch} {m.backbone}" if m.arch == "daformer" else m.arch
     return [
         "",
-        f"Evaluation (float32, batch {args.eval_batch}, {args.eval_workers} loader workers, "
+        f"Evaluation ({network}, float32, batch {args.eval_batch}, {args.eval_workers} loader "
+        f"workers, "
         f"{args.eval_size[1]}x{args.eval_size[0]} labels, input resized to "
         f"{'x'.join(map(str, eval_input))}):",
         f"- end to end (PNG decoding, resizing, forward, upsampling, argmax, confusion matrix) "
@@ -107,17 +118,17 @@ def _eval_lines(ev: dict, args: argparse.Namespace, eval_input: tuple[int, int])
 def markdown(
     rows: list[dict],
     layouts: dict[str, str],
-    norm_term: float,
+    norm_term: dict[str, float],
     ev: dict,
     loader: list[dict],
     args: argparse.Namespace,
     device_name: str,
 ) -> str:
     """The report of the four benchmarks, in markdown."""
-    eval_input = load_config(None, args.overrides).data.val.resize
+    eval_cfg = load_config(None, eval_overrides(args))
     eager = {r["setup"]: r for r in rows if r["variant"] == "eager"}
     lines = _step_table(rows, layouts, args, device_name)
     lines += _norm_overhead(eager, norm_term)
     lines += _loader_lines(loader)
-    lines += _eval_lines(ev, args, eval_input)
+    lines += _eval_lines(ev, args, eval_cfg)
     return "\n".join(lines)

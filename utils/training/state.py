@@ -25,7 +25,7 @@ from model.build import build_model
 from model.contract import Segmenter
 from utils.checkpoint import restore_training, training_checkpoint
 from utils.config import Config, to_dict
-from utils.distributed import DistInfo
+from utils.distributed import DistInfo, broadcast_tensors
 from utils.schedules import norm_damping
 from utils.training.optim import OPTIMIZERS
 
@@ -136,6 +136,9 @@ def prepare(state: TrainState, info: DistInfo) -> None:
             module.to(memory_format=torch.channels_last)
         runner = module
         trained = any(p.requires_grad for p in module.parameters())
+        if info.distributed and not trained:  # a teacher, a frozen copy: made from this rank's
+            # initial G, they start as rank 0's, the G that DDP gives every rank
+            broadcast_tensors([*module.parameters(), *module.buffers()], info)
         if info.distributed and trained:  # (a mean teacher is no DDP module: it has no grads)
             ids = [device.index] if device.type == "cuda" else None
             # Looking for unused parameters costs a graph traversal per pass, and DDP warns on
