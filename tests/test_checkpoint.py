@@ -112,3 +112,29 @@ def test_unreadable_files_say_what_they_are(tmp_path):
     with pytest.raises(CheckpointError, match=r"safe loader .*\(WeightsUnpickler error: Unsu") as e:
         load_checkpoint(tmp_path / "code.pth")
     assert "\n" not in str(e.value)  # torch's long message cut to its one telling line
+
+
+def test_each_process_resumes_with_its_own_random_state(tmp_path):
+    """Under torchrun every rank's dropout draws from its own stream: a checkpoint keeps each
+    rank's state, and rank r restores the r-th (rank 0's alone in a one-process run's)."""
+    from torch import nn
+
+    from utils.checkpoint import restore_training, rng_state, training_checkpoint
+
+    cpu = torch.device("cpu")
+    model = nn.Linear(2, 2)
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        states.append(rng_state(cpu))
+    ckpt = training_checkpoint("norm_only", 3, {"G": model}, {}, None, {}, None, cpu, states)
+    assert len(ckpt["rng"]["ranks"]) == 2
+    draws = []
+    for rank in (0, 1):
+        torch.manual_seed(99)
+        assert restore_training(ckpt, {"G": model}, {}, None, cpu, "ckpt", rank) == 3
+        draws.append(torch.rand(3))
+    torch.manual_seed(1)
+    assert torch.equal(draws[1], torch.rand(3)) and not torch.equal(draws[0], draws[1])
+    one = training_checkpoint("norm_only", 3, {"G": model}, {}, None, {}, None, cpu, states[:1])
+    assert "ranks" not in one["rng"]  # one process: its state, as before

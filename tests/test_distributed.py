@@ -107,6 +107,28 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path, synthetic, script, 
     assert steps.count(1) == 1  # one writer: rank 0
 
 
+def test_a_resumed_run_draws_each_ranks_dropout_as_the_uninterrupted_one(tmp_path, synthetic):
+    """DAFormer's dropout and drop path draw from each process's own stream: a checkpoint keeps
+    every rank's, so two ranks resumed at step 1 end at step 2 with the weights of the run
+    that was not interrupted (with rank 0's stream on both, they would not)."""
+    argv = ["--config", "configs/demo/daformer_norm_only.yaml", *TINY, *synthetic,
+            "model.head_channels=8", "train.save_every=0"]  # fmt: skip
+    runs = {"full": ["train.max_steps=2"], "part": ["train.max_steps=1"]}
+    for name, steps in runs.items():
+        (tmp_path / name).mkdir()
+        args = [*argv, *steps, f"train.out_dir={tmp_path}", f"train.run_name={name}_run"]
+        mp.spawn(_worker, args=(2, _free_port(), "train_norm_only", args, str(tmp_path / name)),
+                 nprocs=2, join=True)  # fmt: skip
+    (tmp_path / "resumed").mkdir()
+    resume = ["--resume", str(tmp_path / "part_run"), "train.max_steps=2"]
+    mp.spawn(_worker, args=(2, _free_port(), "train_norm_only", resume, str(tmp_path / "resumed")),
+             nprocs=2, join=True)  # fmt: skip
+    full = torch.load(tmp_path / "full" / "rank0.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "rank0.pt", weights_only=True)
+    assert full.keys() == resumed.keys() and full
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
 def test_torchrun_with_one_process_takes_the_distributed_path(tmp_path, synthetic):
     # As `torchrun --nproc_per_node=1`: a process group (gloo here, nccl on CUDA) and DDP.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",

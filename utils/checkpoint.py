@@ -6,7 +6,8 @@ one calls it::
     {"setup": "clan_norm", "step": 2000,
      "models": {"G": state_dict, "D": ...}, "optimizers": {"G": state_dict, "D": ...},
      "scaler": GradScaler state (train.amp=fp16) or None,
-     "rng": {"torch": CPU RNG state, "cuda": the GPU's (on CUDA)},
+     "rng": {"torch": CPU RNG state, "cuda": the GPU's (on CUDA),
+             "ranks": [each process's {"torch", "cuda"}] (under torchrun)},
      "world_size": processes, "config": the resolved config as a dict, "metric": mIoU or None}
 """
 
@@ -135,13 +136,15 @@ def training_checkpoint(
     config: dict[str, Any],
     metric: float | None,
     device: torch.device,
+    rng_ranks: list[dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Everything a run needs to continue (the module docstring's format): models, optimizers
     (in their eager settings), the fp16 GradScaler, step, RNG (CPU, and the GPU's on CUDA),
-    config, last metric."""
-    rng = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
+    config, last metric. ``rng_ranks``: every process's RNG states (``rng_state``) under
+    torchrun, so that each rank's dropout draws continue as its own."""
+    rng = rng_state(device)
+    if rng_ranks is not None and len(rng_ranks) > 1:
+        rng["ranks"] = rng_ranks
     return {
         "setup": setup,
         "step": step,
@@ -153,6 +156,14 @@ def training_checkpoint(
         "config": config,
         "metric": metric,
     }
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random states: the CPU's, and the GPU's on CUDA."""
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
 
 
 def plain_state_dict(opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -178,10 +189,12 @@ def restore_training(
     scaler: torch.amp.GradScaler | None,
     device: torch.device,
     source: str,
+    rank: int = 0,
 ) -> int:
     """Load a training checkpoint into built modules and optimizers (after DDP, compilation and
     the GradScaler are set up, so the optimizer buffers take the parameters' memory layout) and
-    restore the RNG; returns its step."""
+    restore the RNG, process ``rank``'s where the checkpoint holds each process's; returns its
+    step."""
     for name, module in modules.items():
         load_state_strict(module, ckpt["models"].get(name, {}), f"{source} (model {name})")
     for name, opt in optimizers.items():
@@ -196,9 +209,11 @@ def restore_training(
                 "starts afresh, so this is not an exact continuation",
                 source,
             )
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if device.type == "cuda" and "cuda" in ckpt["rng"]:
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    ranks = ckpt["rng"].get("ranks") or [ckpt["rng"]]
+    rng = ranks[rank] if rank < len(ranks) else ranks[0]
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
     return int(ckpt["step"])
 
 

@@ -104,6 +104,15 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     return box[0]
 
 
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without torchrun)."""
+    if not info.distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_tensors(tensors: list[torch.Tensor], info: DistInfo) -> None:
     """Rank 0's values of ``tensors``, in place on every rank (nothing without torchrun)."""
     if info.distributed:

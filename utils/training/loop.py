@@ -27,9 +27,15 @@ from dataset.build import build_dataset, ensure_data
 from dataset.class_stats import ClassStats, load_class_stats, save_class_stats
 from dataset.datasets import Batch, SegmentationDataset, infinite_loader
 from dataset.rare_class import RareClassCrops, RareClasses, rare_classes
-from utils.checkpoint import save_checkpoint, step_in_name
+from utils.checkpoint import rng_state, save_checkpoint, step_in_name
 from utils.config import NO_VAL, Config, dump_yaml, read_yaml, to_dict
-from utils.distributed import DistInfo, all_reduce_max, broadcast_object, resolve_device
+from utils.distributed import (
+    DistInfo,
+    all_reduce_max,
+    broadcast_object,
+    gather_objects,
+    resolve_device,
+)
 from utils.errors import UserError
 from utils.evaluation.inference import evaluate_views
 from utils.evaluation.prepare import val_dataset, val_loader
@@ -100,8 +106,10 @@ def train(
                 log_images(progress.writer, state.scored_model, (source, target), done, device)
             if t.eval_every and done % t.eval_every == 0 and not last and data.val is not None:
                 mious = _evaluate(state, data.val, progress.writer, run_dir, done, command)
+            # every process's random states (dropout's), gathered by all, written by rank 0
+            rngs = gather_objects(rng_state(device), info) if saving else None
             if saving and info.is_main:
-                checkpoints.save(state.checkpoint(setup, done, _metric(mious)), periodic)
+                checkpoints.save(state.checkpoint(setup, done, _metric(mious), rngs), periodic)
                 save_config(cfg, run_dir, start)  # the config the checkpoints now hold
             if stopping and not last:
                 progress.close()
@@ -137,7 +145,7 @@ def _start(
     prepare(state, info)
     if checkpoint is None:
         return state, 0
-    start = state.restore(checkpoint, checkpoint_path)
+    start = state.restore(checkpoint, checkpoint_path, info.rank)
     log.info("resumed at step %d of %d", start, cfg.train.max_steps)
     return state, start
 

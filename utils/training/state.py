@@ -99,18 +99,24 @@ class TrainState:
         """``loss.backward()``, through the GradScaler when float16 needs one."""
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def checkpoint(self, setup: str, step: int, metric: float | None = None) -> dict[str, Any]:
+    def checkpoint(
+        self,
+        setup: str,
+        step: int,
+        metric: float | None = None,
+        rng_ranks: list[dict[str, torch.Tensor]] | None = None,
+    ) -> dict[str, Any]:
         """This state as a training checkpoint at ``step`` (``utils.checkpoint`` owns the
-        format)."""
+        format), with every process's random states where ``rng_ranks`` holds them."""
         return training_checkpoint(setup, step, self.modules, self.optimizers, self.scaler,
-                                   to_dict(self.cfg), metric, self.device)  # fmt: skip
+                                   to_dict(self.cfg), metric, self.device, rng_ranks)  # fmt: skip
 
-    def restore(self, ckpt: dict[str, Any], source: str) -> int:
+    def restore(self, ckpt: dict[str, Any], source: str, rank: int = 0) -> int:
         """Load a training checkpoint into this prepared state (after ``prepare``: the
-        GradScaler exists, and the optimizer buffers take the parameters' memory layout);
-        returns its step."""
+        GradScaler exists, and the optimizer buffers take the parameters' memory layout), with
+        process ``rank``'s random states; returns its step."""
         return restore_training(ckpt, self.modules, self.optimizers, self.scaler, self.device,
-                                source)  # fmt: skip
+                                source, rank)  # fmt: skip
 
     def step_optimizers(self) -> None:
         """Step every optimizer (unscaling first under float16), then update the scale."""
