@@ -123,6 +123,28 @@ def metrics_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def step_rows(run_dir: Path) -> list[dict]:
+    """The per-step records of a run's ``metrics.jsonl`` (those with a source loss), without
+    their timings, which no two runs share."""
+    return [{k: v for k, v in r.items() if "sec_per_step" not in k}
+            for r in metrics_rows(run_dir) if "train/loss_seg" in r]  # fmt: skip
+
+
+def dacs_run(tmp_path: Path, synthetic: list[str], name: str, steps: int, *extra: str,
+             resume: Path | None = None) -> Path:  # fmt: skip
+    """``train_dacs_norm.py`` on the demo's ``dacs_norm.yaml`` at tiny sizes, batch 2, for
+    ``steps`` steps with ``extra``; or the run ``resume`` continued to ``steps``."""
+    import train_dacs_norm
+
+    args = (["--resume", str(resume)] if resume else
+            ["--config", "configs/demo/dacs_norm.yaml", *synthetic, *TINY_TRAIN,
+             "train.device=cpu", "optim.schedule_steps=12", "data.batch_size=2",
+             f"train.out_dir={tmp_path}", f"train.run_name={name}", "train.save_every=0",
+             *extra])  # fmt: skip
+    assert train_dacs_norm.main([*args, f"train.max_steps={steps}"]) == 0
+    return tmp_path / name
+
+
 def state_weights(state) -> dict[str, torch.Tensor]:
     """Copies of every tensor of a ``TrainState``'s modules, keyed ``<module>.<key>``."""
     return {

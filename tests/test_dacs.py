@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, spy_terms
+from conftest import TINY_TRAIN, dacs_run, spy_terms, step_rows
 
 import train_clan_norm
 import train_dacs_norm
@@ -149,26 +149,11 @@ def test_the_other_scripts_refuse_dacs_keys_rather_than_ignore_them(
     assert not (tmp_path / "runs").exists()
 
 
-def _run(tmp_path, synthetic, name, steps, *extra, resume=None):
-    args = (["--resume", str(resume)] if resume else
-            ["--config", "configs/demo/dacs_norm.yaml", *synthetic, *TINY, "data.batch_size=2",
-             f"train.out_dir={tmp_path}", f"train.run_name={name}",
-             "train.save_every=0", *extra])  # fmt: skip
-    assert train_dacs_norm.main([*args, f"train.max_steps={steps}"]) == 0
-    return tmp_path / name
-
-
-def _logged(folder):
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if "sec_per_step" not in k}
-            for r in rows if "train/loss_seg" in r]  # fmt: skip
-
-
 def test_resumed_run_equals_uninterrupted_teacher_and_augmentation_included(tmp_path, synthetic):
-    full = _run(tmp_path, synthetic, "full", 4, "loss.dacs.threshold=0.2")
-    part = _run(tmp_path, synthetic, "part", 2, "loss.dacs.threshold=0.2")
-    _run(tmp_path, synthetic, "part", 4, resume=part)
-    a, b = _logged(full), _logged(part)
+    full = dacs_run(tmp_path, synthetic, "full", 4, "loss.dacs.threshold=0.2")
+    part = dacs_run(tmp_path, synthetic, "part", 2, "loss.dacs.threshold=0.2")
+    dacs_run(tmp_path, synthetic, "part", 4, resume=part)
+    a, b = step_rows(full), step_rows(part)
     assert a == b and len(a) == 4
     assert {"train/loss_mix", "train/loss_norm_m", "train/pseudo_weight"} <= set(a[-1])
     ckpt_a = torch.load(full / "checkpoints" / "last.pth", weights_only=True)
@@ -190,7 +175,7 @@ def test_eval_model_teacher_scores_the_teacher_and_says_so(tmp_path, synthetic, 
         scored.append(model), evaluate(model, *a, **k))[1])  # fmt: skip
     for name in ("student", "teacher"):
         built.clear()
-        run = _run(tmp_path, synthetic, name, 2, f"eval.model={name}")
+        run = dacs_run(tmp_path, synthetic, name, 2, f"eval.model={name}")
         module = built["state"].modules["G" if name == "student" else "teacher"]
         assert scored[-1] is module
         assert json.loads((run / "results.json").read_text())["protocol"]["model"] == name
@@ -200,7 +185,7 @@ def test_evaluate_cityscapes_scores_the_model_eval_model_names(tmp_path, synthet
     import evaluate_cityscapes
     from utils.checkpoint import CheckpointError
 
-    run = _run(tmp_path, synthetic, "run", 2, "eval.model=teacher")
+    run = dacs_run(tmp_path, synthetic, "run", 2, "eval.model=teacher")
     last = run / "checkpoints" / "last.pth"
     trained = json.loads((run / "results.json").read_text())
 

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_TRAIN
+from conftest import dacs_run, step_rows
 
 import train_dacs_norm
 from model.daformer import DAFormer
@@ -21,7 +21,6 @@ from utils.feature_distance import (
 )
 from utils.self_training import class_mix_mask, freeze_stochastic_layers, pseudo_weight_map
 
-TINY = [*TINY_TRAIN, "train.device=cpu", "optim.schedule_steps=12"]
 THINGS = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)  # DAFormer's fd classes
 
 
@@ -144,28 +143,13 @@ DAFORMER_DACS = [
 ]
 
 
-def _run(tmp_path, synthetic, name, steps, *extra, resume=None):
-    args = (["--resume", str(resume)] if resume else
-            ["--config", "configs/demo/dacs_norm.yaml", *synthetic, *TINY, "data.batch_size=2",
-             f"train.out_dir={tmp_path}", f"train.run_name={name}", "train.save_every=0",
-             *DAFORMER_DACS, *extra])  # fmt: skip
-    assert train_dacs_norm.main([*args, f"train.max_steps={steps}"]) == 0
-    return tmp_path / name
-
-
-def _logged(folder):
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if "sec_per_step" not in k}
-            for r in rows if "train/loss_seg" in r]  # fmt: skip
-
-
 def test_daformer_self_training_resumes_exactly_teacher_and_frozen_copy_included(
     tmp_path, synthetic
 ):
-    full = _run(tmp_path, synthetic, "full", 3)
-    part = _run(tmp_path, synthetic, "part", 2)
-    _run(tmp_path, synthetic, "part", 3, resume=part)
-    a, b = _logged(full), _logged(part)
+    full = dacs_run(tmp_path, synthetic, "full", 3, *DAFORMER_DACS)
+    part = dacs_run(tmp_path, synthetic, "part", 2, *DAFORMER_DACS)
+    dacs_run(tmp_path, synthetic, "part", 3, resume=part)
+    a, b = step_rows(full), step_rows(part)
     assert a == b and len(a) == 3
     assert all(row["train/loss_fd"] > 0 for row in a[1:])  # the student has moved
     ckpt_a = torch.load(full / "checkpoints" / "last.pth", weights_only=True)
@@ -175,7 +159,7 @@ def test_daformer_self_training_resumes_exactly_teacher_and_frozen_copy_included
         for key, value in ckpt_a["models"][model].items():
             assert torch.equal(value, ckpt_b["models"][model][key]), f"{model}.{key}"
     # the frozen copy is the initial network: a fresh run's step-0 G
-    init = _run(tmp_path, synthetic, "init", 1, "loss.dacs.fd_lambda=0.005")
+    init = dacs_run(tmp_path, synthetic, "init", 1, *DAFORMER_DACS)
     ckpt_0 = torch.load(init / "checkpoints" / "last.pth", weights_only=True)
     frozen = ckpt_a["models"]["imnet"]
     assert any(not torch.equal(v, ckpt_a["models"]["G"][k]) for k, v in frozen.items())

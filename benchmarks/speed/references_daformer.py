@@ -150,13 +150,13 @@ def _class_mix(
     x_s: torch.Tensor,
     y_s: torch.Tensor,
     x_t: torch.Tensor,
-    label_t: torch.Tensor,
-    weight_t: torch.Tensor,
+    pseudo: tuple[torch.Tensor, torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DAFormer's ``get_class_masks`` and ``strong_transform``, one image at a time: the pool
     by ``torch.unique`` (of the batch's labels, or the image's), half of it drawn with our
     keys, the mask by comparing the label with each drawn class; image, label and weight
     mixed; jitter and blur."""
+    label_t, weight_t = pseudo  # the teacher's labels and their pixel weights
     mean = torch.tensor(IMG_MEAN_BGR, device=x_s.device).view(3, 1, 1)
     ky, kx = (blur_kernel_size(n, ds.blur_kernel) for n in x_s.shape[-2:])
     images, labels, weights = [], [], []
@@ -215,8 +215,7 @@ def _daformer_step(state: TrainState, source: Batch, target: Batch, step: int) -
     _decode_losses(out_s.p2, y_s, weight_s).backward(retain_graph=fd)
     if fd:
         _feature_distance_backward(state, x_s, y_s, out_s)
-    label_t, weight_t = _pseudo_labels(state, x_t)
-    x_mix, y_mix, w_mix = _class_mix(ds, v, x_s, y_s, x_t, label_t, weight_t)
+    x_mix, y_mix, w_mix = _class_mix(ds, v, x_s, y_s, x_t, _pseudo_labels(state, x_t))
     out_m = g(x_mix)
     _norm_backward(state, out_m.features, step)
     (ds.lambda_mix * _decode_losses(out_m.p2, y_mix, w_mix)).backward()
