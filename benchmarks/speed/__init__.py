@@ -59,7 +59,6 @@ from benchmarks.speed.benchmarks import (
     build_state,
     eval_dataset,
     eval_overrides,
-    feature_size,
     layout,
     norm_features_shape,
 )
@@ -101,7 +100,6 @@ __all__ = [  # what the tests use, and every name this module had before it beca
     "eval_dataset",
     "eval_overrides",
     "explicit_attention",
-    "feature_size",
     "layout",
     "main",
     "markdown",

@@ -242,14 +242,6 @@ def bench_loader(args: argparse.Namespace, device: torch.device) -> list[dict]:
     return rows
 
 
-def feature_size(n: int) -> int:
-    """G's feature-map size for an input size ``n``: the stem's stride-2 conv, its max-pool
-    (stride 2, rounding up) and layer2's stride 2 (512 -> 65)."""
-    conv = (n - 1) // 2 + 1
-    pool = -(-(conv - 1) // 2) + 1
-    return (pool - 1) // 2 + 1
-
-
 def norm_features_shape(cfg: Config, h: int, w: int) -> tuple[int, ...]:
     """The shape of the features the norm loss reads for one ``h x w`` image: G built and run
     on the meta device (shapes, no data), so any family and size gives its own

@@ -98,11 +98,7 @@ def train(
             saving = periodic or last or stopping
             if log_step or saving:  # a checkpoint is only written after its values are checked
                 progress.log(step, lrs, read_now=saving)
-            if (
-                progress.writer is not None
-                and t.image_every
-                and (done % t.image_every == 0 or done == 1)
-            ):
+            if progress.writer is not None and _images_due(t.image_every, done):
                 log_images(progress.writer, state.scored_model, (source, target), done, device)
             if t.eval_every and done % t.eval_every == 0 and not last and data.val is not None:
                 mious = _evaluate(state, data.val, progress.writer, run_dir, done, command)
@@ -121,6 +117,12 @@ def train(
         mious = _evaluate(state, data.val, progress.writer, run_dir, t.max_steps, command)
     progress.close()
     return mious
+
+
+def _images_due(every: int, done: int) -> bool:
+    """Whether TensorBoard's image grids are drawn after step ``done``: after the first step
+    and every ``train.image_every`` steps (never with 0)."""
+    return bool(every) and (done % every == 0 or done == 1)
 
 
 def _start(
