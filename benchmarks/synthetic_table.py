@@ -131,6 +131,11 @@ SETUPS: dict[str, Row | Ensemble] = {
                                    ("norm_only", "maxsquare"), (0.7, 0.3)),
     "synthia_dacs": Row("DACS (SYNTHIA)", DACS, "configs/demo/synthia/dacs.yaml"),
     "synthia_dacs_norm": Row("DACS + Norm (SYNTHIA)", DACS, "configs/demo/synthia/dacs_norm.yaml"),
+    # DAFormer's step in bfloat16 autocast (the mixed precision its speed figures use) against
+    # the float32 rows: does the precision change what the recipe and the norm loss reach?
+    "daformer_bf16": Row("DAFormer, bf16", DACS, "configs/demo/daformer.yaml", ("train.amp=bf16",)),
+    "daformer_norm_bf16": Row("DAFormer + Norm, bf16", DACS, "configs/demo/daformer_norm.yaml",
+                              ("train.amp=bf16",)),
 }  # fmt: skip
 MAXSQUARE_ROWS = [s for s in SETUPS if s.startswith("maxsquare")]
 DACS_ROWS = [s for s in SETUPS if "dacs" in s]

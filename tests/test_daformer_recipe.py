@@ -172,3 +172,52 @@ def test_daformer_self_training_resumes_exactly_teacher_and_frozen_copy_included
     assert evaluate_cityscapes.main(["--restore", ckpt, "--results", str(results)]) == 0
     scored = json.loads(results.read_text())
     assert (scored["preset"], scored["protocol"]["model"]) == ("daformer mit_demo", "student")
+
+
+def test_daformer_steps_in_bf16_with_float32_logits_losses_and_weights(monkeypatch):
+    """``train.amp=bf16`` (the CPU's and the GPU's mixed precision): the encoder and head run
+    in bfloat16, the logits are resized in float32, every loss and the weights stay float32,
+    and a step moves the student, the teacher (EMA) but not the frozen copy."""
+    from utils.config import load_config
+    from utils.distributed import DistInfo
+    from utils.training.state import prepare
+
+    torch.manual_seed(0)
+    overrides = [*DAFORMER_DACS, "train.device=cpu", "train.amp=bf16", "data.batch_size=2",
+                 "loss.lambda_norm=1.5e-4",
+                 "loss.dacs.fd_classes=[1,2]", "loss.dacs.fd_min_ratio=0.5"]  # fmt: skip
+    state = train_dacs_norm.build(load_config(None, overrides), torch.device("cpu"))
+    prepare(state, DistInfo())
+    from dataset.datasets import Batch
+
+    gen = torch.Generator().manual_seed(0)
+    label = torch.zeros(2, 64, 64, dtype=torch.long)
+    label[:, 32:, :32], label[:, 32:, 32:] = 1, 2  # two of the stride-32 cells are things
+    source = Batch(torch.randn(2, 3, 64, 64, generator=gen) * 50, label, ["a", "b"])
+    target = Batch(torch.randn(2, 3, 64, 64, generator=gen) * 50, None, ["c", "d"])
+    with state.autocast():
+        out = state.run("G")(source.image)
+    assert out.features.dtype == torch.bfloat16 and out.p2.dtype == torch.float32
+    before = {name: {k: v.clone() for k, v in m.state_dict().items()}
+              for name, m in state.modules.items()}  # fmt: skip
+    resized = []  # (channels, dtype) of every F.interpolate input
+    interpolate = F.interpolate
+    monkeypatch.setattr(F, "interpolate", lambda x, *a, **k: resized.append(
+        (x.shape[1], x.dtype)) or interpolate(x, *a, **k))  # fmt: skip
+    for step in range(2):
+        terms = train_dacs_norm.train_step(state, source, target, step)
+    # the head's stage embeddings (8 channels) resize in bfloat16, the logits (19) in float32
+    assert {dtype for c, dtype in resized if c == 8} == {torch.bfloat16}
+    assert {dtype for c, dtype in resized if c == 19} == {torch.float32}
+    for name, value in terms.items():
+        if isinstance(value, torch.Tensor):
+            assert value.dtype == torch.float32 and torch.isfinite(value).all(), name
+    assert terms["loss_fd"] > 0  # the student has left its frozen initial copy
+    for name, module in state.modules.items():
+        for key, value in module.state_dict().items():
+            if value.is_floating_point():
+                assert value.dtype == torch.float32, f"{name}.{key}"
+    moved = {name: not torch.equal(before[name]["decode_head.conv_seg.weight"],
+                                   m.state_dict()["decode_head.conv_seg.weight"])
+             for name, m in state.modules.items()}  # fmt: skip
+    assert moved == {"G": True, "teacher": True, "imnet": False}
