@@ -223,8 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--script", choices=list(SCRIPTS), help="default: from the config's name")
     parser.add_argument("--runs", type=Path, help="run folders (default: <train.out_dir>/seeds)")
     parser.add_argument("--name", help="run name prefix (default: the config's file name)")
-    parser.add_argument("--start", metavar="CONFIG",
-                        help="a first stage, trained per seed, that each run starts from")
+    parser.add_argument(
+        "--start",
+        metavar="CONFIG",
+        help="a first stage, trained per seed, that each run starts from",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     add_debug_flag(parser)
     args = parser.parse_args(argv)

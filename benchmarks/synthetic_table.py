@@ -51,6 +51,7 @@ PAGES = {  # each table's block lives on its docs page; the main table's summary
     "synthetic-table-daformer": ("docs/daformer.md",),
 }
 
+
 class Row(NamedTuple):
     """A row: its label, training script, config and extra overrides, and the first stage
     (a config) it starts from, if any (``benchmarks.seeds --start``)."""
@@ -267,8 +268,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--setups",
         nargs="+",
-        default=[s for s in SETUPS if "_released" not in s and not s.startswith("synthia")
-                 and s not in MAXSQUARE_ROWS + DACS_ROWS + DAFORMER_ROWS],
+        default=[
+            s
+            for s in SETUPS
+            if "_released" not in s
+            and not s.startswith("synthia")
+            and s not in MAXSQUARE_ROWS + DACS_ROWS + DAFORMER_ROWS
+        ],
         metavar="SETUP",
         help=f"{', '.join(SETUPS)} (default: all but the released-protocol, SYNTHIA, MaxSquare, "
         "DACS and DAFormer rows, which are run on their own)",

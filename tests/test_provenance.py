@@ -239,8 +239,17 @@ def test_seeds_takes_overrides_after_the_seeds_as_the_docs_write_them(tmp_path, 
 
 def test_seeds_trains_a_first_stage_once_per_seed_and_starts_from_it(tmp_path, tiny_run):
     tiny = [*tiny_run, "train.device=cpu", "train.max_steps=2", "data.source.crop=[96,48]"]
-    args = ["--start", "configs/demo/maxsquare_source.yaml", "--config",
-            "configs/demo/maxsquare_norm.yaml", "--seeds", "0", "--runs", str(tmp_path), *tiny]
+    args = [
+        "--start",
+        "configs/demo/maxsquare_source.yaml",
+        "--config",
+        "configs/demo/maxsquare_norm.yaml",
+        "--seeds",
+        "0",
+        "--runs",
+        str(tmp_path),
+        *tiny,
+    ]
     assert seeds.main(args) == 0
     stage = tmp_path / "maxsquare_source-seed0"
     run = tmp_path / "maxsquare_norm-seed0"
