@@ -152,8 +152,9 @@ def test_peak_memory_is_taken_after_the_warm_up(monkeypatch, small_model):
             return (100 if Meter.calls <= len(speed.PAPER_SETUPS) * 2 else 1) * 2**30
 
     monkeypatch.setattr("benchmarks.speed.benchmarks.PeakMemory", Meter)  # bench_training's
-    args = argparse.Namespace(crop=[48, 64], amp="off", compile=False, cuda_graph=False, steps=1,
-                              warmup=1, profile_steps=0, overrides=small_model)  # fmt: skip
+    args = argparse.Namespace(crop=[48, 64], batch=1, amp="off", compile=False,
+                              cuda_graph=False, steps=1, warmup=1, profile_steps=0,
+                              overrides=small_model)  # fmt: skip
     rows, _ = speed.bench_training(args, torch.device("cpu"))
     assert Meter.calls == 2 * len(speed.PAPER_SETUPS) * 2  # two rounds of eight steps
     assert [r["mem"] for r in rows] == [1.0] * 2 * len(speed.PAPER_SETUPS)
@@ -218,16 +219,18 @@ def test_daformer_states_report_their_layout_and_evaluated_network(small_model):
 def test_benchmark_times_daformer_end_to_end(tmp_path, capsys):
     out = tmp_path / "speed.md"
     args = [
-        "--device", "cpu", "--crop", "48", "64", "--amp", "off", "--steps", "1", "--warmup", "0",
-        "--eval-images", "1", "--eval-distinct", "1", "--eval-batch", "1", "--eval-workers", "0",
-        "--eval-size", "64", "128", "--eval-cache", str(tmp_path / "eval"), "--out", str(out),
-        "--loader-configs", "--setups", "DAFormer", "DAFormer + Norm (decoder)", "--",
+        "--device", "cpu", "--crop", "48", "64", "--batch", "2", "--amp", "off", "--steps", "1",
+        "--warmup", "0", "--eval-images", "1", "--eval-distinct", "1", "--eval-batch", "1",
+        "--eval-workers", "0", "--eval-size", "64", "128", "--eval-cache", str(tmp_path / "eval"),
+        "--out", str(out), "--loader-configs", "--setups", "DAFormer", "DAFormer + Norm (decoder)",
+        "--",
         *TINY_DAFORMER, "data.val.resize=[64,32]",
     ]  # fmt: skip
     assert speed.main(args) == 0
     table = out.read_text()
     rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| DAFormer")]
     assert len(rows) == 4  # ours and the reference, each setup
+    assert "crop 48x64, batch 2, AMP off" in table  # DAFormer's 2 source and 2 target images
     assert "DAFormer + Norm (decoder) / DAFormer = " in table
     assert "the norm term timed alone (norm, loss, backward to the features, two feature " \
            "maps): " in table and "% of the DAFormer step" in table  # fmt: skip

@@ -17,7 +17,8 @@ on the host, the loss read back each step); for DACS, its ``trainUDA.py``; for D
 ``dacs.py`` (the source backward kept for the feature distance's own backward, the values
 read back, ClassMix one image at a time, SegFormer's explicit attention). Every variant of a
 setup runs on the same network (full-size DeepLab-v2/ResNet-101, DAFormer's MiT-B5, or
-``model.*`` overrides such as ``model.backbone=mit_b0``) and the same random inputs,
+``model.*`` overrides such as ``model.backbone=mit_b0``) and the same random inputs
+(``--batch`` source and target images of ``--crop``, 1 by default; DAFormer's recipe steps on 2),
 interleaved within each round in a shuffled order, with the same memory layout (channels_last
 on CUDA unless ``train.channels_last=false``). Per setup and variant the table gives the median
 step time, its spread over the rounds ((max - min) / median), the ratio to the reference, and
@@ -122,6 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--crop", type=at_least(1), nargs=2, default=[512, 1024], metavar=("H", "W")
     )
+    parser.add_argument(
+        "--batch", type=at_least(1), default=1,
+        help="images per source and target batch (data.batch_size for every setup)",
+    )  # fmt: skip
     parser.add_argument("--amp", default="bf16", choices=["off", "bf16", "fp16"])
     parser.add_argument("--compile", action="store_true", help="also time ours compiled")
     parser.add_argument("--compile-mode", default="default", help="train.compile_mode")

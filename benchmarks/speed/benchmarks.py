@@ -86,12 +86,13 @@ def _variants(args: argparse.Namespace, device: torch.device) -> list[str]:
 
 
 def _inputs(args: argparse.Namespace, device: torch.device) -> tuple[Batch, Batch]:
-    """The random source and target batches (``--crop``) every variant steps on, pinned on CUDA."""
-    h, w = args.crop
+    """The random source and target batches (``--batch`` images of ``--crop``) every variant
+    steps on, pinned on CUDA."""
+    (h, w), b = args.crop, args.batch
     gen = torch.Generator().manual_seed(0)
-    label = torch.randint(0, 19, (1, h, w), generator=gen)
-    source = Batch(torch.randn(1, 3, h, w, generator=gen) * 50, label, ["s"])
-    target = Batch(torch.randn(1, 3, h, w, generator=gen) * 50, None, ["t"])
+    label = torch.randint(0, 19, (b, h, w), generator=gen)
+    source = Batch(torch.randn(b, 3, h, w, generator=gen) * 50, label, ["s"] * b)
+    target = Batch(torch.randn(b, 3, h, w, generator=gen) * 50, None, ["t"] * b)
     if device.type == "cuda":  # as the loader delivers them
         source = Batch(source.image.pin_memory(), source.label.pin_memory(), source.names)
         target = Batch(target.image.pin_memory(), None, target.names)
@@ -111,7 +112,8 @@ def _runs(
     layouts = {}
     for name in setups:
         script, extra = SETUPS[name]
-        overrides = [f"train.device={device}", f"train.amp={args.amp}", *extra, *args.overrides]
+        overrides = [f"train.device={device}", f"train.amp={args.amp}",
+                     f"data.batch_size={args.batch}", *extra, *args.overrides]  # fmt: skip
         ours, ref = build_pair(script, overrides, device)
         tgt = target if ours.uses_target else None
         states = {"eager": (ours, script.train_step),
@@ -242,22 +244,22 @@ def bench_loader(args: argparse.Namespace, device: torch.device) -> list[dict]:
     return rows
 
 
-def norm_features_shape(cfg: Config, h: int, w: int) -> tuple[int, ...]:
-    """The shape of the features the norm loss reads for one ``h x w`` image: G built and run
+def norm_features_shape(cfg: Config, h: int, w: int, batch: int = 1) -> tuple[int, ...]:
+    """The shape of the features the norm loss reads for ``batch`` ``h x w`` images: G built and run
     on the meta device (shapes, no data), so any family and size gives its own
     (DeepLab-v2's layer4 at stride 8, MiT's last stage at stride 32, DAFormer's fused head
     features at stride 4)."""
     with torch.device("meta"):
         model = build_model(cfg.model, cfg.loss.norm_features)
-        return tuple(model(torch.empty(1, 3, h, w)).features.shape)
+        return tuple(model(torch.empty(batch, 3, h, w)).features.shape)
 
 
 def bench_norm_term(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """Seconds the norm term adds to a step, timed alone, for each timed setup with the norm
     loss whose baseline is timed too (by its label): norm, loss and backward to the features,
-    and the logged mean norm, for two feature maps of one crop (source and target, or source
-    and mixed) of that setup's network. The backward it feeds into runs anyway, so this is its
-    whole cost there."""
+    and the logged mean norm, for two feature maps of ``--batch`` crops (source and target, or
+    source and mixed) of that setup's network. The backward it feeds into runs anyway, so this
+    is its whole cost there."""
     h, w = args.crop
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp, torch.float32)
     timed = getattr(args, "setups", None) or PAPER_SETUPS
@@ -265,7 +267,7 @@ def bench_norm_term(args: argparse.Namespace, device: torch.device) -> dict[str,
     out = {}
     for name, _ in [(a, b) for a, b in NORM_PAIRS if a in timed and b in timed]:
         cfg = load_config(None, [*SETUPS[name][1], *args.overrides])
-        shape = norm_features_shape(cfg, h, w)
+        shape = norm_features_shape(cfg, h, w, args.batch)
         if shape not in seconds:
             seconds[shape] = _time_norm_term(shape, dtype, device, max(10, args.steps))
         out[name] = seconds[shape]

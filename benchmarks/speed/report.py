@@ -34,9 +34,10 @@ def _step_table(
     h, w = args.crop
     ref = {r["setup"]: r["median"] for r in rows if r["variant"] == "ref"}
     lines = [
-        f"Device: {device_name}; crop {h}x{w}, batch 1, AMP {args.amp} (reference: float32); "
-        f"median of {args.steps} steps after {args.warmup} warm-up, all variants interleaved; "
-        f"peak memory after the warm-up; profiler over {args.profile_steps} steps",
+        f"Device: {device_name}; crop {h}x{w}, batch {args.batch}, AMP {args.amp} "
+        f"(reference: float32); median of {args.steps} steps after {args.warmup} warm-up, all "
+        f"variants interleaved; peak memory after the warm-up; profiler over "
+        f"{args.profile_steps} steps",
         "Layout: " + "; ".join(f"{VARIANTS[v]} {layouts[v]}" for v in layouts),
         "",
         "| setup | step | median (ms) | spread | / reference | GPU busy | kernels / step "
