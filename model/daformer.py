@@ -98,6 +98,13 @@ class SeparableASPP(nn.Module):
         self.bottleneck = ConvBNReLU(len(dilations) * channels, channels, 3)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_cpu and torch.is_autocast_enabled("cpu"):
+            # The fused stages come channels_last-strided (the embeddings' transposes leave
+            # them so), and PyTorch's CPU kernel for a dilated depthwise convolution's weight
+            # gradient in bfloat16 is wrong on such inputs (over 100% off in torch 2.14; NCHW
+            # is within rounding, and faster). Under CPU autocast they go in as NCHW; float32
+            # and CUDA keep their layout.
+            x = x.contiguous()
         return self.bottleneck(torch.cat([branch(x) for branch in self.aspp_modules], dim=1))
 
 
