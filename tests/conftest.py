@@ -170,6 +170,38 @@ def upsampled_dtypes(monkeypatch):
     return seen
 
 
+def bf16_head_gradient_errors(device, channels_last: bool = False) -> dict[str, float]:
+    """Each DAFormer head parameter's gradient under bf16 autocast against float32's (relative
+    L2 error), for a small MiT on a blocky 128x128 batch; dropout and drop path off, so both
+    passes see the same network. ``channels_last``: the network in that layout, as
+    ``train.channels_last`` gives it on CUDA."""
+    import torch.nn.functional as F
+
+    from model.daformer import DAFormer
+
+    torch.manual_seed(0)
+    model = DAFormer(19, "mit_demo", head_channels=16).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout2d) or getattr(m, "stochastic_depth", False):
+            m.eval()
+    label = torch.randint(0, 19, (2, 8, 8)).repeat_interleave(16, 1).repeat_interleave(16, 2)
+    x = torch.randn(2, 3, 8, 8).repeat_interleave(16, 2).repeat_interleave(16, 3) * 50
+    model, x, label = model.to(device), x.to(device), label.to(device)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(
+            memory_format=torch.channels_last)  # fmt: skip
+
+    def grads(amp: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x).p2
+        F.cross_entropy(logits.float(), label).backward()
+        return {n: p.grad.clone() for n, p in model.decode_head.named_parameters()}
+
+    exact, bf16 = grads(False), grads(True)
+    return {n: ((bf16[n] - g).norm() / g.norm()).item() for n, g in exact.items()}
+
+
 # --- Weights files of every layout the loader reads, made from a seeded tiny G. ---
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_sized
+from conftest import bf16_head_gradient_errors, tiny_sized
 
 import ensemble
 import evaluate_cityscapes
@@ -238,6 +238,14 @@ def test_evaluation_never_waits_for_the_gpu_and_counts_as_the_cpu():
     cpu_cm.update(pred.cpu(), label.cpu())
     assert torch.equal(gpu_cm.mat.cpu(), cpu_cm.mat)
     assert int(gpu_cm.mat.sum()) == 2 * 88 * 128
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_bf16_head_gradients_follow_float32s_on_cuda(channels_last, no_tf32):
+    """The CPU's bf16 kernel got a dilated depthwise convolution's weight gradient wrong on
+    channels_last inputs (tests/test_daformer.py); cuDNN's must not, in either layout."""
+    errors = bf16_head_gradient_errors(CUDA, channels_last)
+    assert max(errors.values()) < 0.2, {n: round(e, 3) for n, e in errors.items() if e >= 0.2}
 
 
 def test_a_gpu_index_beyond_the_machine_is_an_error():

@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import bf16_head_gradient_errors
 
 from dataset.transforms import normalize
 from model.build import build_model, restore_model
@@ -145,23 +146,7 @@ def test_bf16_gradients_on_the_cpu_follow_float32s_in_every_head_layer():
     """Under CPU bf16 autocast each head parameter's gradient is float32's up to bf16 rounding.
     (PyTorch's CPU bf16 kernel for a dilated depthwise convolution's weight gradient is wrong
     on channels_last inputs, which the fused stages are: that gradient was over 100% off.)"""
-    torch.manual_seed(0)
-    model = DAFormer(19, "mit_demo", head_channels=16).train()
-    for m in model.modules():  # no dropout or drop path: the two passes see the same network
-        if isinstance(m, torch.nn.Dropout2d) or getattr(m, "stochastic_depth", False):
-            m.eval()
-    label = torch.randint(0, 19, (2, 8, 8)).repeat_interleave(16, 1).repeat_interleave(16, 2)
-    x = torch.randn(2, 3, 8, 8).repeat_interleave(16, 2).repeat_interleave(16, 3) * 50
-
-    def grads(amp: bool) -> dict[str, torch.Tensor]:
-        model.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            logits = model(x).p2
-        F.cross_entropy(logits.float(), label).backward()
-        return {n: p.grad.clone() for n, p in model.decode_head.named_parameters()}
-
-    exact, bf16 = grads(False), grads(True)
-    errors = {n: ((bf16[n] - g).norm() / g.norm()).item() for n, g in exact.items()}
+    errors = bf16_head_gradient_errors(torch.device("cpu"))
     assert any("depthwise_conv.conv" in n for n in errors)
     assert max(errors.values()) < 0.2, {n: round(e, 3) for n, e in errors.items() if e >= 0.2}
 
