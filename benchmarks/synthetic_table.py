@@ -49,6 +49,7 @@ PAGES = {  # each table's block lives on its docs page; the main table's summary
     "synthetic-table-dacs": ("docs/dacs.md",),
     "synthetic-table-dacs-synthia": ("docs/dacs.md",),
     "synthetic-table-daformer": ("docs/daformer.md",),
+    "synthetic-table-daformer-bf16": ("docs/daformer.md",),
 }
 
 
