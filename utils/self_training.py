@@ -74,9 +74,9 @@ def class_mix_mask(
     elif pool != "image":
         raise ValueError(f"class_mix_mask: pool must be 'image' or 'batch', got {pool!r}")
     if not include_ignore:
-        pool = torch.ones(LABEL_VALUES, dtype=torch.bool, device=label.device)
-        pool[ignore_index] = False
-        present = present & pool
+        drawable = torch.ones(LABEL_VALUES, dtype=torch.bool, device=label.device)
+        drawable[ignore_index] = False
+        present = present & drawable
     drawn_count = (present.sum(1, keepdim=True) + 1) // 2  # ceil(n / 2)
     # Absent classes sort after every present one (keys < 1), so a present class is drawn when
     # its key is among the drawn_count smallest.
